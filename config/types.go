@@ -1,0 +1,111 @@
+// Package config decodes, validates and defaults berth's YAML configuration.
+//
+// Decoding is strict: an unknown key, a value of the wrong type, a bad size
+// or duration is an error that names the file and line, as `nginx -t` does.
+// A Config returned without error is complete: every default is filled in, so
+// the rest of berth never interprets a zero value.
+package config
+
+import (
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// DefaultPath is where `berth run` looks when neither --config nor
+// $BERTH_CONFIG names a file.
+const DefaultPath = "/etc/berth/berth.yaml"
+
+// Config is the whole configuration. Field comments give the YAML key.
+type Config struct {
+	Listen    []string  `yaml:"listen" json:"listen"`
+	Admin     Admin     `yaml:"admin" json:"admin"`
+	App       App       `yaml:"app" json:"app"`
+	Workers   Workers   `yaml:"workers" json:"workers"`
+	Static    []Static  `yaml:"static" json:"static"`
+	Proxy     Proxy     `yaml:"proxy" json:"proxy"`
+	Shutdown  Shutdown  `yaml:"shutdown" json:"shutdown"`
+	Resources Resources `yaml:"resources" json:"resources"`
+
+	// Source is the file the config came from; "" for the built-in defaults.
+	Source string `yaml:"-" json:"-"`
+}
+
+// Admin is the admin endpoint: /livez /readyz /metrics /status.
+type Admin struct {
+	// Listen is a TCP address or "unix:PATH"; "off" disables the endpoint.
+	Listen string `yaml:"listen" json:"listen"`
+}
+
+// App says which WSGI callable to serve and how to start Python.
+type App struct {
+	// Module is "pkg.module:callable"; "" means discover it in Chdir (and
+	// serve the built-in demo app when Chdir holds no app).
+	Module     string            `yaml:"module" json:"module"`
+	Chdir      string            `yaml:"chdir" json:"chdir"`
+	Python     string            `yaml:"python" json:"python"`
+	PythonPath []string          `yaml:"pythonpath" json:"pythonpath"`
+	Env        map[string]string `yaml:"env" json:"env"`
+	User       string            `yaml:"user" json:"user"`
+	ReloadOn   []string          `yaml:"reload_on" json:"reload_on"`
+}
+
+// Workers sizes and recycles the Python worker processes.
+type Workers struct {
+	// Count is the number of workers; 0 means "auto" (sized from the cgroup
+	// CPU quota, else the usable CPUs). The YAML value is a number or "auto".
+	Count             int      `yaml:"count" json:"count"`
+	Threads           int      `yaml:"threads" json:"threads"`
+	Preload           bool     `yaml:"preload" json:"preload"`
+	MaxRequests       int64    `yaml:"max_requests" json:"max_requests"`
+	MaxRequestsJitter int64    `yaml:"max_requests_jitter" json:"max_requests_jitter"`
+	MaxRSS            Size     `yaml:"max_rss" json:"max_rss"`
+	Timeout           Duration `yaml:"timeout" json:"timeout"`
+	GracefulTimeout   Duration `yaml:"graceful_timeout" json:"graceful_timeout"`
+}
+
+// Static maps a URL prefix onto a directory (nginx alias semantics).
+type Static struct {
+	URL string `yaml:"url" json:"url"`
+	Dir string `yaml:"dir" json:"dir"`
+}
+
+// Proxy holds the HTTP front's settings.
+type Proxy struct {
+	MaxBodySize    Size     `yaml:"max_body_size" json:"max_body_size"`
+	TrustedProxies []string `yaml:"trusted_proxies" json:"trusted_proxies"`
+	AccessLog      string   `yaml:"access_log" json:"access_log"`
+	Queue          Queue    `yaml:"queue" json:"queue"`
+}
+
+// Queue bounds the requests waiting for a free worker.
+type Queue struct {
+	Size    int      `yaml:"size" json:"size"`
+	Timeout Duration `yaml:"timeout" json:"timeout"`
+}
+
+// Shutdown tunes the SIGTERM sequence.
+type Shutdown struct {
+	// Delay keeps accepting connections this long after SIGTERM while
+	// /readyz already fails, so load balancers stop sending first.
+	Delay Duration `yaml:"delay" json:"delay"`
+}
+
+// Resources are OCI runtime-spec LinuxResources per cgroup; nil means no
+// limit is set for that group.
+type Resources struct {
+	Workers *specs.LinuxResources `yaml:"workers" json:"workers,omitempty"`
+	Worker  *specs.LinuxResources `yaml:"worker" json:"worker,omitempty"`
+	Proxy   *specs.LinuxResources `yaml:"proxy" json:"proxy,omitempty"`
+}
+
+// Size is a byte count. YAML accepts a plain integer or an integer with a
+// unit, with Kubernetes' meaning: K, M, G, T are powers of 1000 and Ki, Mi,
+// Gi, Ti powers of 1024 ("75M" = 75,000,000; "512Mi" = 536,870,912).
+type Size int64
+
+// Duration is a time.Duration written as Go durations ("30s", "1m30s").
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }

@@ -1,0 +1,474 @@
+package supervisor
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
+)
+
+// debounce collapses the burst of events one save makes (an editor's write,
+// rename and chmod; Kubernetes' symlink dance) into one reload.
+const debounce = 300 * time.Millisecond
+
+// watcher turns file system events into reload requests. It watches the
+// config file's directory, not the file: editors replace the file by rename
+// and Kubernetes swaps a `..data` symlink, and a watch on the file itself
+// would die with the first such save.
+type watcher struct {
+	fs       *fsnotify.Watcher
+	cfgDir   string
+	cfgName  string
+	codeDirs map[string]bool
+	out      chan<- reloadRequest
+	log      *log.Logger
+	done     chan struct{}
+	once     sync.Once
+}
+
+func newWatcher(cfgPath string, reloadOn []string, chdir string, out chan<- reloadRequest, lg *log.Logger) (*watcher, error) {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
+	w := &watcher{fs: fw, out: out, log: lg, done: make(chan struct{}), codeDirs: map[string]bool{}}
+	if cfgPath != "" {
+		abs, _ := filepath.Abs(cfgPath)
+		w.cfgDir, w.cfgName = filepath.Dir(abs), filepath.Base(abs)
+		if err := fw.Add(w.cfgDir); err != nil {
+			fw.Close()
+			return nil, fmt.Errorf("watch %s: %w", w.cfgDir, err)
+		}
+	}
+	for _, p := range reloadOn {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(chdir, p)
+		}
+		w.addCode(p)
+	}
+	go w.run()
+	return w, nil
+}
+
+// addCode watches p: a directory recursively, a file through its directory.
+func (w *watcher) addCode(p string) {
+	st, err := os.Stat(p)
+	if err != nil {
+		w.log.Printf("app.reload_on: %s: %v (not watched)", p, err)
+		return
+	}
+	if !st.IsDir() {
+		w.codeDirs[p] = true // a file: matched by exact path
+		_ = w.fs.Add(filepath.Dir(p))
+		return
+	}
+	filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if ignoredName(d.Name()) && path != p {
+			return filepath.SkipDir
+		}
+		w.codeDirs[path] = true
+		_ = w.fs.Add(path)
+		return nil
+	})
+}
+
+// ignoredName is what Python and editors write on their own: reacting to
+// __pycache__ would make every import trigger the next reload.
+func ignoredName(name string) bool {
+	return name == "__pycache__" || strings.HasSuffix(name, ".pyc") || strings.HasPrefix(name, ".#") ||
+		strings.HasSuffix(name, "~") || strings.HasSuffix(name, ".swp") || strings.HasSuffix(name, ".swx") ||
+		name == ".git"
+}
+
+func (w *watcher) run() {
+	var cfgTimer, codeTimer <-chan time.Time
+	for {
+		select {
+		case <-w.done:
+			return
+		case err, ok := <-w.fs.Errors:
+			if !ok {
+				return
+			}
+			w.log.Printf("watch: %v", err)
+		case ev, ok := <-w.fs.Events:
+			if !ok {
+				return
+			}
+			dir, name := filepath.Dir(ev.Name), filepath.Base(ev.Name)
+			if dir == w.cfgDir && (name == w.cfgName || name == "..data") {
+				cfgTimer = time.After(debounce)
+				continue
+			}
+			if ignoredName(name) {
+				continue
+			}
+			if w.codeDirs[dir] || w.codeDirs[ev.Name] {
+				if ev.Has(fsnotify.Create) {
+					if st, err := os.Stat(ev.Name); err == nil && st.IsDir() && w.codeDirs[dir] {
+						w.addCode(ev.Name)
+					}
+				}
+				codeTimer = time.After(debounce)
+			}
+		case <-cfgTimer:
+			cfgTimer = nil
+			w.send(reloadRequest{reason: "config file changed"})
+		case <-codeTimer:
+			codeTimer = nil
+			w.send(reloadRequest{reason: "code changed (app.reload_on)", code: true})
+		}
+	}
+}
+
+func (w *watcher) send(r reloadRequest) {
+	select {
+	case w.out <- r:
+	case <-w.done:
+	}
+}
+
+func (w *watcher) close() {
+	w.once.Do(func() {
+		close(w.done)
+		w.fs.Close()
+	})
+}
+
+// reload applies a new config (or, for code reloads, re-imports the app).
+// Caddy's order: decode strictly → validate → build what is new → start it
+// → swap → stop the old. Until the swap nothing running is touched, so any
+// error leaves the old config serving.
+func (s *Supervisor) reload(r reloadRequest) {
+	if s.phase != running || s.fatal != nil {
+		return
+	}
+	if r.code {
+		s.rollCode(r)
+		return
+	}
+	if s.opts.ConfigPath == "" {
+		s.log.Printf("%s: no config file to reload (running on the built-in defaults)", r.reason)
+		return
+	}
+	data, err := os.ReadFile(s.opts.ConfigPath)
+	if err != nil {
+		s.reloadFailed(r, fmt.Errorf("read %s: %w", s.opts.ConfigPath, err))
+		return
+	}
+	hash, _ := hashFile(s.opts.ConfigPath)
+	if hash == s.cfgHash {
+		if r.reason == "SIGHUP" {
+			s.log.Printf("SIGHUP: %s unchanged, nothing to do", s.opts.ConfigPath)
+		}
+		return
+	}
+	cfg, err := config.Parse(s.opts.ConfigPath, data)
+	if err == nil && s.opts.Override != nil {
+		err = s.opts.Override(cfg)
+	}
+	if err != nil {
+		s.cfgHash = hash // the same broken content is not reported again
+		s.reloadFailed(r, err)
+		return
+	}
+	ch := config.Diff(s.cfg, cfg)
+	s.sd.reloading()
+
+	// Build and start what is new, old things untouched.
+	var newListeners []*listener
+	if ch.Listen && !s.socketActivated() {
+		newListeners, err = s.reuseOrOpen(cfg.Listen)
+		if err != nil {
+			s.reloadFailed(r, err)
+			return
+		}
+	}
+	var oldAdmin *adminServer
+	if ch.Admin {
+		oldAdmin = s.admin
+		s.admin = nil
+		if err := s.startAdmin(cfg.Admin.Listen); err != nil {
+			s.admin = oldAdmin
+			s.closeUnused(newListeners)
+			s.reloadFailed(r, err)
+			return
+		}
+	}
+	if ch.Resources {
+		if err := s.updateCgroups(cfg); err != nil {
+			if oldAdmin != nil {
+				s.admin.close()
+				s.admin = oldAdmin
+			}
+			s.closeUnused(newListeners)
+			s.reloadFailed(r, err)
+			return
+		}
+	}
+	var g *generation
+	if ch.Workers {
+		g, err = s.newGeneration(cfg, false)
+		if err != nil {
+			s.closeUnused(newListeners)
+			s.reloadFailed(r, err)
+			return
+		}
+	}
+
+	// Swap.
+	prev := s.cfg
+	s.cfg, s.cfgHash = cfg, hash
+	s.generation++
+	if oldAdmin != nil {
+		oldAdmin.close()
+	}
+	var did []string
+	if ch.Proxy {
+		for _, p := range s.proxies {
+			s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(cfg)})
+		}
+		did = append(did, "proxy settings swapped")
+	}
+	if ch.Listen && newListeners != nil {
+		old := s.listeners
+		s.listeners = newListeners
+		// The new proxy serves the new set; when it says ready the old
+		// proxy stops, finishing its connections on the old sockets.
+		if err := s.startProxy(); err != nil {
+			s.log.Printf("%v", err)
+		}
+		for _, l := range old {
+			if !containsListener(newListeners, l) {
+				l.close()
+			}
+		}
+		did = append(did, "listeners reopened: "+listenerNames(newListeners))
+	}
+	if ch.Admin {
+		did = append(did, "admin moved to "+cfg.Admin.Listen)
+	}
+	if ch.Resources {
+		did = append(did, "cgroup limits updated in place")
+	}
+	if ch.Workers {
+		g.prev = prev
+		s.roll(g, "reload")
+		did = append(did, fmt.Sprintf("workers rolling to generation %d", g.n))
+	}
+	if ch.WorkerCount || ch.Workers {
+		want := s.wantWorkers(cfg)
+		if want != s.activeSlots() {
+			did = append(did, fmt.Sprintf("workers %d → %d", s.activeSlots(), want))
+			s.resize(want)
+		}
+	}
+	if ch.ReloadOn && s.watch != nil {
+		s.watch.close()
+		s.watch, _ = newWatcher(s.opts.ConfigPath, cfg.App.ReloadOn, cfg.App.Chdir, s.reloadCh, s.log)
+		did = append(did, "reload_on watch updated")
+	}
+	if len(did) == 0 {
+		did = append(did, "no effective change")
+	}
+	msg := strings.Join(did, "; ")
+	s.log.Printf("reload (%s): generation %d: %s", r.reason, s.generation, msg)
+	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: msg, Reason: r.reason}
+	s.metrics.reloads.WithLabelValues("ok").Inc()
+	if s.pendingReload == nil {
+		s.sd.ready("reloaded: " + msg)
+	}
+}
+
+func (s *Supervisor) rollCode(r reloadRequest) {
+	s.sd.reloading()
+	g, err := s.newGeneration(s.cfg, true)
+	if err != nil {
+		s.reloadFailed(r, err)
+		return
+	}
+	g.prev = s.cfg
+	s.roll(g, "code reload")
+	s.log.Printf("reload (%s): re-importing %s in generation %d", r.reason, g.module, g.n)
+	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: "workers rolling to fresh code", Reason: r.reason}
+	s.metrics.reloads.WithLabelValues("ok").Inc()
+}
+
+// roll makes g the current generation and starts a replacement for every
+// slot; each old worker drains once its replacement is ready.
+func (s *Supervisor) roll(g *generation, why string) {
+	s.gens = append(s.gens, g)
+	s.gen = g
+	s.pendingReload = g
+	for _, sl := range s.slots {
+		if sl.retired {
+			continue
+		}
+		if sl.next != nil && sl.next.gen != g {
+			sl.next.retiring = "superseded"
+			s.stopWorker(sl.next)
+			sl.next = nil
+		}
+		if sl.cur != nil {
+			sl.cur.retiring = why
+		}
+		sl.next = s.startWorker(sl, g)
+	}
+	s.checkReload()
+}
+
+// checkReload finishes a roll once every slot runs the new generation, and
+// retires generations nothing runs any more.
+func (s *Supervisor) checkReload() {
+	if g := s.pendingReload; g != nil {
+		done := true
+		for _, sl := range s.slots {
+			if !sl.retired && (sl.cur == nil || sl.cur.gen != g || sl.cur.state != wReady) {
+				done = false
+			}
+		}
+		if done {
+			s.pendingReload = nil
+			s.log.Printf("generation %d serving on all %d workers", g.n, s.activeSlots())
+			s.sd.ready(fmt.Sprintf("serving %s with %d workers (generation %d)", g.module, s.activeSlots(), g.n))
+		}
+	}
+	keep := s.gens[:0]
+	for _, g := range s.gens {
+		if g != s.gen && s.pendingReload != g {
+			used := false
+			for _, w := range s.workers {
+				if w.gen == g && w.state < wDraining {
+					used = true
+				}
+			}
+			if !used {
+				s.stopZygote(g)
+				alive := g.zygote != nil && g.zygote.pid > 0
+				for _, w := range s.workers {
+					if w.gen == g {
+						alive = true
+					}
+				}
+				if !alive {
+					continue
+				}
+			}
+		}
+		keep = append(keep, g)
+	}
+	s.gens = keep
+}
+
+// abandonGeneration gives up on a generation whose app cannot be imported:
+// its workers stop, the previous generation stays current, and its config
+// comes back so that what runs and what /status says agree.
+func (s *Supervisor) abandonGeneration(g *generation, why string) {
+	s.log.Printf("reload failed: %s; the previous workers keep serving", why)
+	s.stopZygote(g)
+	for _, w := range s.workers {
+		if w.gen == g {
+			w.retiring = "abandoned"
+			s.stopWorker(w)
+		}
+	}
+	var prev *generation
+	for _, x := range s.gens {
+		if x != g && x.failed == "" {
+			prev = x
+		}
+	}
+	if s.gen == g && prev != nil {
+		s.gen = prev
+		if g.prev != nil && g.prev != s.cfg {
+			s.cfg = g.prev
+			for _, p := range s.proxies {
+				s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(s.cfg)})
+			}
+		}
+	}
+	if s.pendingReload == g {
+		s.pendingReload = nil
+	}
+	for _, sl := range s.slots {
+		if sl.next != nil && sl.next.gen == g {
+			sl.next = nil
+		}
+		if sl.cur != nil && (sl.cur.retiring == "reload" || sl.cur.retiring == "code reload") {
+			sl.cur.retiring = ""
+		}
+	}
+	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: why, Reason: "reload"}
+	s.metrics.reloads.WithLabelValues("failed").Inc()
+	s.sd.ready("reload failed: " + why)
+	s.checkReload()
+}
+
+func (s *Supervisor) reloadFailed(r reloadRequest, err error) {
+	s.log.Printf("reload (%s) refused, the running config is unchanged: %v", r.reason, err)
+	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: err.Error(), Reason: r.reason}
+	s.metrics.reloads.WithLabelValues("failed").Inc()
+	s.sd.ready("reload refused: " + err.Error())
+}
+
+func (s *Supervisor) socketActivated() bool {
+	for _, l := range s.listeners {
+		if strings.HasPrefix(l.addr, "fd:") {
+			return true
+		}
+	}
+	return false
+}
+
+// reuseOrOpen returns listeners for addrs, keeping open sockets whose
+// address is unchanged (their connections must not notice the reload).
+func (s *Supervisor) reuseOrOpen(addrs []string) ([]*listener, error) {
+	var out []*listener
+	for _, a := range addrs {
+		var found *listener
+		for _, l := range s.listeners {
+			if l.configured == a {
+				found = l
+			}
+		}
+		if found == nil {
+			l, err := openListener(a)
+			if err != nil {
+				s.closeUnused(out)
+				return nil, err
+			}
+			found = l
+		}
+		out = append(out, found)
+	}
+	return out, nil
+}
+
+// closeUnused closes listeners of ls that are not in use.
+func (s *Supervisor) closeUnused(ls []*listener) {
+	for _, l := range ls {
+		if !containsListener(s.listeners, l) {
+			l.close()
+		}
+	}
+}
+
+func containsListener(ls []*listener, l *listener) bool {
+	for _, x := range ls {
+		if x == l {
+			return true
+		}
+	}
+	return false
+}

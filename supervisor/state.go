@@ -1,0 +1,131 @@
+package supervisor
+
+import (
+	"net"
+	"os"
+	"time"
+
+	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
+)
+
+// Exit codes of `berth run`, documented in the README.
+const (
+	ExitOK          = 0
+	ExitBoot        = 1 // could not start: listeners, run directory, python missing
+	ExitConfig      = 2 // the configuration is invalid
+	ExitAppImport   = 3 // the WSGI app failed to import; respawning would not help
+	ExitSignalFloor = 128
+)
+
+// workerState is where a worker is in its life. The order matters: states
+// only move forward.
+type workerState int
+
+const (
+	wForking  workerState = iota // asked the zygote to fork; no pid yet
+	wStarting                    // running, importing or binding; not routed
+	wReady                       // routed
+	wDraining                    // replaced; the proxy sends it nothing new
+	wStopping                    // SIGTERM sent; SIGKILL at killAt
+	wDead                        // reaped
+)
+
+func (s workerState) String() string {
+	return [...]string{"forking", "starting", "ready", "draining", "stopping", "dead"}[s]
+}
+
+// worker is one Python worker process.
+type worker struct {
+	id     string // "slot.incarnation", stable for its life
+	slot   *slot
+	gen    *generation
+	pid    int
+	socket string
+	state  workerState
+
+	started time.Time
+	readyAt time.Time
+	budget  int64 // max_requests plus jitter; 0 = unlimited
+
+	// retiring is why the worker is being replaced ("" while it is not):
+	// max_requests, max_rss, timeout, reload, scale-down, shutdown.
+	retiring string
+	// drainedBy records which proxies reported it drained.
+	drainedBy map[int]bool
+	// deadline is when the current state is given up on: starting too long,
+	// draining too long (then SIGTERM anyway), stopping too long (SIGKILL).
+	deadline time.Time
+	killed   bool // SIGKILL sent
+
+	requests int64 // served, summed over proxies' stats
+	rss      int64
+	rssAt    time.Time
+}
+
+// slot is one place in the worker pool. A slot has one current worker and,
+// while it is being replaced, the replacement. Counting slots instead of
+// processes is what makes "replace first, then stop" natural.
+type slot struct {
+	n           int
+	incarnation int
+	cur         *worker // routed (or starting, the first time)
+	next        *worker // replacement on its way
+	retired     bool    // scaled down: no replacement once cur is gone
+
+	failures  int       // consecutive crashes, for backoff
+	restartAt time.Time // zero: no start pending
+}
+
+// generation is one version of the worker settings: a config reload that
+// changes app/worker settings starts a new generation beside the old one.
+type generation struct {
+	n         int
+	cfg       *config.Config
+	module    string   // resolved module:callable
+	pypath    []string // sys.path additions, resolved
+	zygote    *zygote  // nil when preload is off
+	everReady bool     // one of its workers (or its zygote) got ready
+	failed    string   // why this generation could not serve ("" = fine)
+	// prev is the config that was current before this generation was
+	// rolled in; restored if the generation's app fails to import.
+	prev *config.Config
+}
+
+// zygote is the preload process of a generation: it imports the app once
+// and forks workers from it.
+type zygote struct {
+	gen       *generation
+	pid       int
+	conn      *os.File // our end of the command socket
+	ready     bool
+	pending   []*worker // fork requests waiting for READY
+	started   time.Time
+	stopping  bool
+	failures  int
+	restartAt time.Time
+}
+
+// proxyProc is one `berth proxy` process.
+type proxyProc struct {
+	n         int
+	pid       int
+	ctl       *control.Conn
+	conn      net.Conn
+	out       chan control.Message
+	ready     bool
+	stopping  bool
+	deadline  time.Time // SIGKILL when stopping passes it
+	metrics   string    // its /metrics unix socket
+	listeners []*listener
+	started   time.Time
+	stats     control.Stats
+}
+
+// listener is one listening socket the supervisor owns for its whole life.
+type listener struct {
+	addr       string   // as bound ("127.0.0.1:8080", "unix:/run/x.sock", "fd:name=addr")
+	configured string   // the `listen` entry it was opened for; "" when socket-activated
+	file       *os.File // what proxies inherit
+	ln         net.Listener
+}

@@ -1,0 +1,643 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
+	pyworker "github.com/berth-dev/berth/worker"
+)
+
+// newGeneration resolves everything a set of workers needs before any is
+// started, so that a bad module path or a missing interpreter is an error
+// at reload time, with the old workers untouched.
+func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, error) {
+	s.genSeq++
+	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module}
+	if _, err := exec.LookPath(cfg.App.Python); err != nil {
+		return nil, fmt.Errorf("app.python: %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err)
+	}
+	if g.module == "" {
+		m, err := pyworker.Discover(cfg.App.Chdir)
+		if err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+		if m == "" {
+			m = pyworker.DemoModule
+			g.pypath = append(g.pypath, s.runDir)
+			if !code {
+				s.log.Printf("no WSGI app found in %s: serving the built-in demo app (mount your app at %s or set app.module)", cfg.App.Chdir, cfg.App.Chdir)
+			}
+		}
+		g.module = m
+	}
+	g.pypath = append(g.pypath, cfg.App.PythonPath...)
+	if cfg.Workers.Preload {
+		g.zygote = &zygote{gen: g}
+		s.startZygote(g)
+	}
+	return g, nil
+}
+
+func (s *Supervisor) pythonEnv(g *generation, extra map[string]string) []string {
+	env := map[string]string{}
+	for k, v := range g.cfg.App.Env {
+		env[k] = v
+	}
+	env["PYTHONUNBUFFERED"] = "1"
+	env["BERTH_APP"] = g.module
+	chdir := g.cfg.App.Chdir
+	if st, err := os.Stat(chdir); err != nil || !st.IsDir() {
+		chdir = "" // the demo app needs no directory; a missing /app is not an error
+	}
+	env["BERTH_CHDIR"] = chdir
+	env["BERTH_PYTHONPATH"] = strings.Join(g.pypath, string(os.PathListSeparator))
+	env["BERTH_THREADS"] = strconv.Itoa(g.cfg.Workers.Threads)
+	env["NOTIFY_SOCKET"] = filepath.Join(s.runDir, "notify.sock")
+	for k, v := range extra {
+		env[k] = v
+	}
+	return childEnv(env)
+}
+
+func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]string, files []*os.File) (ProcSpec, error) {
+	cred, err := credentialFor(g.cfg.App.User)
+	if err != nil {
+		return ProcSpec{}, err
+	}
+	py, err := exec.LookPath(g.cfg.App.Python)
+	if err != nil {
+		return ProcSpec{}, fmt.Errorf("app.python: %w", err)
+	}
+	dir := g.cfg.App.Chdir
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		dir = s.runDir
+	}
+	return ProcSpec{
+		Path:       py,
+		Args:       []string{py, "-u", filepath.Join(s.runDir, "berth_worker.py"), mode},
+		Env:        s.pythonEnv(g, env),
+		Dir:        dir,
+		Files:      files,
+		Credential: cred,
+		CgroupFD:   -1,
+	}, nil
+}
+
+// startWorker starts a worker for sl from generation g and returns it; nil
+// when it could not be started (then a restart is scheduled).
+func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
+	sl.incarnation++
+	w := &worker{
+		id:      fmt.Sprintf("%d.%d", sl.n, sl.incarnation),
+		slot:    sl,
+		gen:     g,
+		started: s.now(),
+		budget:  0,
+	}
+	if g.cfg.Workers.MaxRequests > 0 {
+		w.budget = g.cfg.Workers.MaxRequests + jitter(g.cfg.Workers.MaxRequestsJitter)
+	}
+	w.socket = filepath.Join(s.runDir, "w-"+w.id+".sock")
+	w.deadline = w.started.Add(startTimeout)
+	if g.zygote != nil {
+		w.state = wForking
+		s.workers[w.id] = w
+		z := g.zygote
+		if z.ready {
+			s.fork(z, w)
+		} else {
+			z.pending = append(z.pending, w)
+		}
+		return w
+	}
+	spec, err := s.pythonSpec(g, "serve", map[string]string{"BERTH_WORKER_ID": w.id, "BERTH_SOCKET": w.socket}, nil)
+	if err == nil {
+		w.pid, err = s.os.Start(spec)
+	}
+	if err != nil {
+		s.log.Printf("worker %s: %v", w.id, err)
+		s.scheduleRestart(sl)
+		return nil
+	}
+	w.state = wStarting
+	s.workers[w.id] = w
+	s.procs[w.pid] = w
+	s.placeWorker(w)
+	return w
+}
+
+// fork asks a ready zygote for a worker.
+func (s *Supervisor) fork(z *zygote, w *worker) {
+	cmd := map[string]string{"id": w.id, "socket": w.socket, "cgroup": s.workerCgroupProcs(w)}
+	if _, err := z.conn.Write([]byte(mustJSON(cmd) + "\n")); err != nil {
+		s.log.Printf("worker %s: ask the zygote (pid %d) to fork: %v", w.id, z.pid, err)
+		s.forgetWorker(w)
+		s.scheduleRestart(w.slot)
+	}
+}
+
+func (s *Supervisor) onZygoteReply(r zygoteReply) {
+	if r.eof {
+		return // the exit arrives from the reaper
+	}
+	w := s.workers[r.ID]
+	if w == nil {
+		if r.Pid > 0 {
+			// Forked for a worker we have given up on meanwhile.
+			_ = s.os.Signal(r.Pid, syscall.SIGKILL)
+		}
+		return
+	}
+	if r.Err != "" || r.Pid <= 0 {
+		s.log.Printf("worker %s: zygote could not fork: %s", w.id, r.Err)
+		s.forgetWorker(w)
+		s.scheduleRestart(w.slot)
+		return
+	}
+	w.pid = r.Pid
+	s.procs[w.pid] = w
+	if w.state == wForking {
+		w.state = wStarting
+	}
+	s.placeWorker(w)
+}
+
+// forgetWorker drops a worker that never had (or no longer has) a process.
+func (s *Supervisor) forgetWorker(w *worker) {
+	w.state = wDead
+	delete(s.workers, w.id)
+	if w.slot.next == w {
+		w.slot.next = nil
+	}
+	if w.slot.cur == w {
+		w.slot.cur = nil
+	}
+}
+
+func (s *Supervisor) scheduleRestart(sl *slot) {
+	if sl.retired || s.phase > phaseDelay {
+		return
+	}
+	sl.failures++
+	d := backoff(sl.failures)
+	sl.restartAt = s.now().Add(d)
+	if sl.failures >= 3 {
+		s.log.Printf("worker slot %d crashed %d times in a row: next start in %s", sl.n, sl.failures, d)
+	}
+}
+
+// ---- notify datagrams ----
+
+func (s *Supervisor) onNotify(n map[string]string) {
+	if n["READY"] != "1" {
+		if st, ok := n["STATUS"]; ok {
+			s.log.Printf("worker %s: %s", n["BERTH_WORKER"], st)
+		}
+		return
+	}
+	if n["BERTH_ZYGOTE"] == "1" {
+		pid, _ := strconv.Atoi(n["MAINPID"])
+		if z, ok := s.procs[pid].(*zygote); ok {
+			s.zygoteReady(z)
+		}
+		return
+	}
+	w := s.workers[n["BERTH_WORKER"]]
+	if w == nil || w.state > wStarting {
+		return
+	}
+	if w.pid == 0 {
+		// READY overtook the zygote's reply: MAINPID says who it is.
+		pid, _ := strconv.Atoi(n["MAINPID"])
+		if pid > 0 {
+			w.pid = pid
+			s.procs[pid] = w
+			s.placeWorker(w)
+		}
+	}
+	s.workerReady(w)
+}
+
+func (s *Supervisor) workerReady(w *worker) {
+	w.state = wReady
+	w.readyAt = s.now()
+	w.gen.everReady = true
+	sl := w.slot
+	took := w.readyAt.Sub(w.started).Round(time.Millisecond)
+	s.metrics.readyDuration.Observe(w.readyAt.Sub(w.started).Seconds())
+	switch {
+	case sl.next == w:
+		old := sl.cur
+		sl.cur, sl.next = w, nil
+		if old != nil && old.state <= wReady {
+			why := old.retiring
+			if why == "" {
+				why = "replaced"
+				old.retiring = why
+			}
+			s.log.Printf("worker %s (pid %d) ready in %s, replacing worker %s (%s, %d requests)", w.id, w.pid, took, old.id, why, old.requests)
+			s.drain(old)
+		} else if s.bootDone {
+			s.log.Printf("worker %s (pid %d) ready in %s", w.id, w.pid, took)
+		}
+	case sl.cur == w:
+		if s.bootDone {
+			s.log.Printf("worker %s (pid %d) ready in %s", w.id, w.pid, took)
+		}
+	}
+	if sl.retired {
+		// Scaled down while it was starting.
+		w.retiring = "scale-down"
+		s.drain(w)
+	}
+	s.sendWorkers()
+	s.checkReload()
+	s.checkReady()
+}
+
+// drain takes w out of routing; it is stopped once every proxy reports it
+// idle (or after graceful_timeout).
+func (s *Supervisor) drain(w *worker) {
+	if w.state >= wDraining {
+		return
+	}
+	if w.state < wReady {
+		s.stopWorker(w) // never routed: nothing to drain
+		return
+	}
+	w.state = wDraining
+	w.deadline = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
+	w.drainedBy = map[int]bool{}
+	s.metrics.restarts.WithLabelValues(w.retiring).Inc()
+	s.restarts[w.retiring]++
+	if len(s.liveProxies()) == 0 {
+		s.stopWorker(w)
+	}
+}
+
+func (s *Supervisor) stopWorker(w *worker) {
+	if w.state >= wStopping {
+		return
+	}
+	if w.state == wForking {
+		// No process yet: the zygote's reply will find it gone and kill it.
+		s.forgetWorker(w)
+		return
+	}
+	w.state = wStopping
+	w.deadline = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
+	_ = s.os.Signal(w.pid, syscall.SIGTERM)
+}
+
+func (s *Supervisor) workerExited(w *worker, e Exit) {
+	sl := w.slot
+	was := w.state
+	w.state = wDead
+	delete(s.workers, w.id)
+	os.Remove(w.socket)
+	s.releaseWorkerCgroup(w)
+	expected := was >= wStopping && w.retiring != ""
+	lived := s.now().Sub(w.started)
+	if sl.next == w {
+		sl.next = nil
+	}
+	if sl.cur == w {
+		sl.cur = nil
+	}
+	switch {
+	case expected || (was == wStopping && s.phase != running):
+		// a stop we asked for
+	case was <= wStarting && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport:
+		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id))
+		s.sendWorkers()
+		return
+	default:
+		cause := s.exitCause(w, e)
+		s.metrics.restarts.WithLabelValues(cause).Inc()
+		s.restarts[cause]++
+		s.log.Printf("worker %s (pid %d) %s after %s and %d requests; replacing it", w.id, w.pid, s.describeExit(w, e, cause), lived.Round(time.Millisecond), w.requests)
+	}
+	if lived >= healthyAfter {
+		sl.failures = 0
+	}
+	if sl.cur == nil && sl.next == nil && !sl.retired && s.phase <= phaseDelay && s.fatal == nil {
+		if expected && w.retiring != "timeout" {
+			// An orderly stop of a worker that had no replacement yet
+			// (count change, or its replacement died): start one now.
+			sl.next = s.startWorker(sl, s.gen)
+		} else {
+			s.scheduleRestart(sl)
+		}
+	} else if sl.cur == nil && sl.next != nil && sl.next.state == wReady {
+		sl.cur, sl.next = sl.next, nil
+	}
+	if sl.retired && sl.cur == nil && sl.next == nil {
+		s.removeSlot(sl)
+	}
+	s.sendWorkers()
+	s.checkReady()
+}
+
+// importFailed handles an app that cannot be imported. At boot there is
+// nothing to serve with, so berth stops with ExitAppImport instead of
+// respawning forever; during a reload the new generation is abandoned and
+// the old one keeps serving.
+func (s *Supervisor) importFailed(g *generation, who string) {
+	if g.failed != "" {
+		return
+	}
+	g.failed = fmt.Sprintf("%s: the app %s failed to import (traceback above)", who, g.module)
+	if g == s.gen && !s.bootDone && len(s.gens) == 1 {
+		s.log.Printf("%s; fix the app or app.module and start again", g.failed)
+		s.fatal = errors.New(g.failed)
+		s.exitCode = ExitAppImport
+		s.sd.status("app failed to import")
+		s.closeListeners()
+		s.killAll(syscall.SIGTERM)
+		s.phase = phaseWorkers
+		s.phaseUntil = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
+		return
+	}
+	s.abandonGeneration(g, g.failed)
+}
+
+func (s *Supervisor) exitCause(w *worker, e Exit) string {
+	if s.oomKilled(w) {
+		return "oom"
+	}
+	if e.Status.Signaled() {
+		return "signal"
+	}
+	return "crash"
+}
+
+func (s *Supervisor) describeExit(w *worker, e Exit, cause string) string {
+	if cause == "oom" {
+		return "was killed by the kernel OOM killer" + s.oomDetail(w)
+	}
+	return "exited unexpectedly (" + e.Describe() + ")"
+}
+
+// ---- zygotes ----
+
+func (s *Supervisor) startZygote(g *generation) {
+	z := g.zygote
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		s.log.Printf("zygote: socketpair: %v", err)
+		z.restartAt = s.now().Add(backoff(z.failures + 1))
+		return
+	}
+	ours := os.NewFile(uintptr(fds[0]), "zygote-ctl")
+	theirs := os.NewFile(uintptr(fds[1]), "zygote-ctl-child")
+	spec, err := s.pythonSpec(g, "zygote", map[string]string{"BERTH_ZYGOTE_FD": "3"}, []*os.File{theirs})
+	if err == nil {
+		z.pid, err = s.os.Start(spec)
+	}
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		s.log.Printf("zygote for generation %d: %v", g.n, err)
+		z.failures++
+		z.restartAt = s.now().Add(backoff(z.failures))
+		return
+	}
+	z.conn, z.ready, z.started = ours, false, s.now()
+	s.procs[z.pid] = z
+	go readZygote(z, ours, s.zygCh)
+}
+
+func (s *Supervisor) zygoteReady(z *zygote) {
+	z.ready = true
+	z.gen.everReady = true
+	s.log.Printf("app %s imported by the zygote (pid %d) in %s; forking workers", z.gen.module, z.pid, s.now().Sub(z.started).Round(time.Millisecond))
+	for _, w := range z.pending {
+		if w.state == wForking {
+			s.fork(z, w)
+		}
+	}
+	z.pending = nil
+}
+
+func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
+	g := z.gen
+	wasReady := z.ready
+	z.pid, z.ready = 0, false
+	if z.conn != nil {
+		z.conn.Close()
+		z.conn = nil
+	}
+	if z.stopping || s.phase != running {
+		return
+	}
+	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport {
+		s.importFailed(g, "zygote")
+		return
+	}
+	// Workers already forked keep serving; only new forks wait for the
+	// zygote's restart.
+	z.failures++
+	if s.now().Sub(z.started) >= healthyAfter {
+		z.failures = 1
+	}
+	d := backoff(z.failures)
+	s.log.Printf("zygote (pid %d) %s; restarting it in %s", e.Pid, e.Describe(), d)
+	z.restartAt = s.now().Add(d)
+}
+
+func (s *Supervisor) stopZygote(g *generation) {
+	z := g.zygote
+	if z == nil || z.stopping {
+		return
+	}
+	z.stopping = true
+	z.restartAt = time.Time{}
+	if z.conn != nil {
+		// EOF on its command socket is the zygote's signal to exit.
+		z.conn.Close()
+		z.conn = nil
+	}
+	if z.pid > 0 {
+		_ = s.os.Signal(z.pid, syscall.SIGTERM)
+	}
+	for _, w := range z.pending {
+		s.forgetWorker(w)
+	}
+	z.pending = nil
+}
+
+// ---- pool size ----
+
+func (s *Supervisor) wantWorkers(cfg *config.Config) int {
+	if cfg.Workers.Count > 0 {
+		return cfg.Workers.Count
+	}
+	n, why := s.autoWorkers()
+	s.log.Printf("%s", why)
+	return n
+}
+
+// resize grows or shrinks the pool to n slots.
+func (s *Supervisor) resize(n int) {
+	if n < 1 {
+		n = 1
+	}
+	active := 0
+	for _, sl := range s.slots {
+		if !sl.retired {
+			active++
+		}
+	}
+	for active < n {
+		// Reuse the lowest free slot number so ids stay small.
+		num := 1
+		for used := true; used; {
+			used = false
+			for _, sl := range s.slots {
+				if sl.n == num {
+					used = true
+					num++
+					break
+				}
+			}
+		}
+		sl := &slot{n: num}
+		s.slots = append(s.slots, sl)
+		sl.cur = s.startWorker(sl, s.gen)
+		active++
+	}
+	for i := len(s.slots) - 1; i >= 0 && active > n; i-- {
+		sl := s.slots[i]
+		if sl.retired {
+			continue
+		}
+		sl.retired = true
+		sl.restartAt = time.Time{}
+		active--
+		if sl.next != nil {
+			sl.next.retiring = "scale-down"
+			s.stopWorker(sl.next)
+		}
+		if sl.cur != nil {
+			sl.cur.retiring = "scale-down"
+			s.drain(sl.cur)
+		}
+		if sl.cur == nil && sl.next == nil {
+			s.removeSlot(sl)
+		}
+	}
+	s.sendWorkers()
+}
+
+func (s *Supervisor) removeSlot(sl *slot) {
+	for i, x := range s.slots {
+		if x == sl {
+			s.slots = append(s.slots[:i], s.slots[i+1:]...)
+			return
+		}
+	}
+}
+
+func (s *Supervisor) scaleBy(d int) {
+	n := s.activeSlots() + d
+	if n < 1 {
+		s.log.Printf("SIGTTOU: already at 1 worker")
+		return
+	}
+	s.log.Printf("%s: %d → %d workers", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d], s.activeSlots(), n)
+	s.resize(n)
+	s.ready = false
+	s.checkReady()
+}
+
+// replace starts a replacement for sl's current worker; the current one keeps
+// serving until the replacement is ready.
+func (s *Supervisor) replace(w *worker, why string) {
+	sl := w.slot
+	if sl.cur != w || w.retiring != "" || sl.retired || s.phase != running {
+		return
+	}
+	w.retiring = why
+	if sl.next == nil {
+		sl.next = s.startWorker(sl, s.gen)
+	}
+}
+
+// checkRSS recycles workers over max_rss (polling /proc; cgroup memory
+// limits, when writable, are the hard stop).
+func (s *Supervisor) checkRSS() {
+	for _, w := range s.workers {
+		if w.pid <= 0 || w.state != wReady {
+			continue
+		}
+		rss, err := readRSS(w.pid)
+		if err != nil {
+			continue
+		}
+		w.rss, w.rssAt = rss, s.now()
+		max := int64(w.gen.cfg.Workers.MaxRSS)
+		if max > 0 && rss > max && w.retiring == "" {
+			s.log.Printf("worker %s (pid %d) uses %s RSS, over max_rss %s: recycling it", w.id, w.pid, humanBytes(rss), humanBytes(max))
+			s.replace(w, "max_rss")
+		}
+	}
+}
+
+func readRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("statm: %q", b)
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize()), err
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGi", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%dMi", n>>20)
+	case n >= 1<<10:
+		return fmt.Sprintf("%dKi", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// ---- what the proxies route to ----
+
+// sendWorkers sends every proxy the whole routable set: ready workers, and
+// draining ones marked as such.
+func (s *Supervisor) sendWorkers() {
+	var set []control.Worker
+	for _, w := range s.sortedWorkers() {
+		if w.state != wReady && w.state != wDraining {
+			continue
+		}
+		set = append(set, control.Worker{
+			ID:          w.id,
+			Socket:      w.socket,
+			Capacity:    w.gen.cfg.Workers.Threads,
+			Draining:    w.state == wDraining,
+			MaxRequests: w.budget,
+		})
+	}
+	for _, p := range s.liveProxies() {
+		s.send(p, control.Message{Type: control.TypeWorkers, Workers: set})
+	}
+}
