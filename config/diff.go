@@ -1,0 +1,93 @@
+package config
+
+import (
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+)
+
+// Changes says what a reload from one configuration to another must do.
+// The zero value means nothing running needs to change (for example only
+// shutdown.delay changed, which is read when SIGTERM arrives).
+type Changes struct {
+	// Proxy: static, proxy.*, workers.timeout, workers.graceful_timeout,
+	// workers.max_requests, workers.max_requests_jitter or workers.max_rss
+	// changed. Running processes take these live (a new proxy config, new
+	// worker budgets); no worker is restarted for them.
+	Proxy bool
+	// Workers: app.module, app.chdir, app.python, app.pythonpath, app.env,
+	// app.user, workers.threads or workers.preload changed. Only a new worker
+	// generation (and zygote) can take these; it is started at the new
+	// workers.count.
+	Workers bool
+	// WorkerCount: workers.count changed. On its own (Workers false) adding
+	// or retiring workers is enough.
+	WorkerCount bool
+	// Resources: a resources group changed; cgroups are updated in place.
+	Resources bool
+	// Listen: the listen list changed; new sockets are opened before the
+	// old ones close, and the proxy is restarted on them.
+	Listen bool
+	// Admin: admin.listen changed.
+	Admin bool
+	// ReloadOn: app.reload_on changed; only the touch-reload watch list is
+	// replaced, the workers keep running.
+	ReloadOn bool
+}
+
+// Diff compares two complete configurations. Nil and empty lists or maps
+// count as equal; Source is ignored.
+func Diff(old, new *Config) Changes {
+	oa, na := &old.App, &new.App
+	ow, nw := &old.Workers, &new.Workers
+	return Changes{
+		Proxy: !slices.Equal(old.Static, new.Static) ||
+			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
+			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
+			old.Proxy.AccessLog != new.Proxy.AccessLog ||
+			old.Proxy.Queue != new.Proxy.Queue ||
+			ow.Timeout != nw.Timeout ||
+			ow.GracefulTimeout != nw.GracefulTimeout ||
+			ow.MaxRequests != nw.MaxRequests ||
+			ow.MaxRequestsJitter != nw.MaxRequestsJitter ||
+			ow.MaxRSS != nw.MaxRSS,
+		Workers: oa.Module != na.Module ||
+			oa.Chdir != na.Chdir ||
+			oa.Python != na.Python ||
+			!slices.Equal(oa.PythonPath, na.PythonPath) ||
+			!maps.Equal(oa.Env, na.Env) ||
+			oa.User != na.User ||
+			ow.Threads != nw.Threads ||
+			ow.Preload != nw.Preload,
+		WorkerCount: ow.Count != nw.Count,
+		Resources:   !reflect.DeepEqual(old.Resources, new.Resources),
+		Listen:      !slices.Equal(old.Listen, new.Listen),
+		Admin:       old.Admin.Listen != new.Admin.Listen,
+		ReloadOn:    !slices.Equal(oa.ReloadOn, na.ReloadOn),
+	}
+}
+
+// Any reports whether anything running must change.
+func (c Changes) Any() bool { return c != Changes{} }
+
+// String lists the changed parts for logs, e.g. "proxy, workers"; "nothing"
+// for the zero value.
+func (c Changes) String() string {
+	var parts []string
+	for _, p := range []struct {
+		set  bool
+		name string
+	}{
+		{c.Proxy, "proxy"}, {c.Workers, "workers"}, {c.WorkerCount, "worker count"},
+		{c.Resources, "resources"}, {c.Listen, "listen"}, {c.Admin, "admin"}, {c.ReloadOn, "reload_on"},
+	} {
+		if p.set {
+			parts = append(parts, p.name)
+		}
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, ", ")
+}

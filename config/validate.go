@@ -1,0 +1,330 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Default returns the built-in configuration, used as is when there is no
+// config file and as the base every file's keys are laid over.
+func Default() *Config {
+	return &Config{
+		Listen: []string{":8080"},
+		Admin:  Admin{Listen: "127.0.0.1:9000"},
+		App: App{
+			Chdir:      "/app",
+			Python:     "python3",
+			PythonPath: []string{},
+			Env:        map[string]string{},
+			ReloadOn:   []string{},
+		},
+		Workers: Workers{
+			Count:           0, // auto
+			Threads:         1,
+			Preload:         true,
+			Timeout:         Duration(30 * time.Second),
+			GracefulTimeout: Duration(30 * time.Second),
+		},
+		Static: []Static{},
+		Proxy: Proxy{
+			MaxBodySize:    1 << 20, // nginx's client_max_body_size 1m
+			TrustedProxies: []string{},
+			AccessLog:      "combined",
+			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
+		},
+	}
+}
+
+// Validate checks a Config built in code (Parse and Load already validate)
+// and normalizes it in place: trusted_proxies become masked CIDRs. Errors
+// carry no line numbers.
+func (c *Config) Validate() error {
+	return c.validate(c.Source, nil, func(string) bool { return false })
+}
+
+// maxUnixPath is the longest path that fits sockaddr_un.sun_path (108 bytes
+// with the terminating NUL).
+const maxUnixPath = 107
+
+// moduleRE is a Python module path with an optional callable, as gunicorn
+// and uWSGI take them: "mysite.wsgi" or "mysite.wsgi:application".
+var moduleRE = regexp.MustCompile(`^[\p{L}_][\p{L}\p{N}_]*(\.[\p{L}_][\p{L}\p{N}_]*)*(:[\p{L}_][\p{L}\p{N}_]*)?$`)
+
+// validate checks the rules the decoder cannot. lines maps the key paths
+// written in the file to their lines (nil for a Config built in code); each
+// problem is reported at its key's line, or its nearest written parent's.
+// Paths for which failed is true were already reported and are skipped.
+func (c *Config) validate(file string, lines map[string]int, failed func(path string) bool) error {
+	var errs ErrorList
+	bad := func(path, format string, args ...any) {
+		if failed(path) {
+			return // already reported by the decoder
+		}
+		errs = append(errs, &Error{File: file, Line: lineOf(lines, path), Path: path, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	if len(c.Listen) == 0 {
+		bad("listen", `at least one listen address is required, e.g. [":8080"]`)
+	}
+	for i, l := range c.Listen {
+		if err := checkListen(l); err != nil {
+			bad(index("listen", i), "%v", err)
+			continue
+		}
+		for j := range i {
+			if listenConflict(c.Listen[j], l) {
+				bad(index("listen", i), "%q binds the same address as listen[%d] (%q); remove one of them", l, j, c.Listen[j])
+				break
+			}
+		}
+	}
+	// A listen list that failed to decode still holds the default, which
+	// must not be blamed for clashing with admin.listen.
+	if c.Admin.Listen != "off" && !failed("listen") && !failed("admin.listen") {
+		if err := checkListen(c.Admin.Listen); err != nil {
+			bad("admin.listen", `%v; or "off" to disable the admin endpoint`, err)
+		} else {
+			for i, l := range c.Listen {
+				if !listenConflict(c.Admin.Listen, l) {
+					continue
+				}
+				_, adminSet := lines["admin.listen"]
+				if _, listenSet := lines[index("listen", i)]; !adminSet && listenSet {
+					// admin.listen is the default: point at the listen entry the user wrote.
+					bad(index("listen", i), "%q is the admin endpoint's address (admin.listen defaults to %q), and the admin endpoint must never be on a public listener; use another port here, or set admin.listen to another address or \"off\"", l, c.Admin.Listen)
+				} else {
+					bad("admin.listen", "%q binds the same address as listen[%d] (%q), but the admin endpoint must never be on a public listener; give it another port, or \"off\"", c.Admin.Listen, i, l)
+				}
+			}
+		}
+	}
+
+	a := &c.App
+	if a.Module != "" && !moduleRE.MatchString(a.Module) {
+		bad("app.module", "%s is not a WSGI module: use \"package.module\" or \"package.module:callable\" (Python identifiers), e.g. mysite.wsgi:application, or \"\" to discover it", quoteShort(a.Module))
+	}
+	if a.Chdir != "" && !filepath.IsAbs(a.Chdir) {
+		bad("app.chdir", "%s must be an absolute path, e.g. /app", quoteShort(a.Chdir))
+	}
+	if a.Python == "" {
+		bad("app.python", "must name the Python interpreter, e.g. python3 or /venv/bin/python")
+	}
+	for i, p := range a.PythonPath {
+		if p == "" {
+			bad(index("app.pythonpath", i), "empty path; remove the entry")
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(a.Env)) {
+		v := a.Env[k]
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			bad(join("app.env", k), "%s is not a valid environment variable name; use letters, digits and _", quoteShort(k))
+		}
+		if strings.ContainsRune(v, 0) {
+			bad(join("app.env", k), "the value must not contain a NUL byte")
+		}
+	}
+	for i, p := range a.ReloadOn {
+		if p == "" {
+			bad(index("app.reload_on", i), "empty path; remove the entry")
+		}
+	}
+
+	w := &c.Workers
+	if w.Count < 0 {
+		bad("workers.count", "must be at least 1, or 0 for auto; got %d", w.Count)
+	}
+	if w.Threads < 1 {
+		bad("workers.threads", "must be at least 1, got %d", w.Threads)
+	}
+	if w.MaxRequests < 0 {
+		bad("workers.max_requests", "must not be negative (0 = never recycle), got %d", w.MaxRequests)
+	}
+	if w.MaxRequestsJitter < 0 {
+		bad("workers.max_requests_jitter", "must not be negative (0 = no jitter), got %d", w.MaxRequestsJitter)
+	}
+	if w.MaxRSS < 0 {
+		bad("workers.max_rss", "must not be negative (0 = no limit), got %d", w.MaxRSS)
+	}
+	if w.Timeout <= 0 {
+		bad("workers.timeout", "must be longer than 0s, e.g. 30s; got %s", w.Timeout)
+	}
+	if w.GracefulTimeout < 0 {
+		bad("workers.graceful_timeout", "must not be negative, got %s", w.GracefulTimeout)
+	}
+
+	urls := map[string]int{}
+	for i, s := range c.Static {
+		p := index("static", i)
+		if !strings.HasPrefix(s.URL, "/") || !strings.HasSuffix(s.URL, "/") {
+			bad(join(p, "url"), "%s must start and end with \"/\", e.g. /static/", quoteShort(s.URL))
+		} else if first, dup := urls[s.URL]; dup {
+			bad(join(p, "url"), "%q is already mapped by static[%d]; remove one of the entries", s.URL, first)
+		} else {
+			urls[s.URL] = i
+		}
+		if !filepath.IsAbs(s.Dir) {
+			bad(join(p, "dir"), "%s must be an absolute path, e.g. /app/static", quoteShort(s.Dir))
+		}
+	}
+
+	pr := &c.Proxy
+	if pr.MaxBodySize < 0 {
+		bad("proxy.max_body_size", "must not be negative (0 = no limit), got %d", pr.MaxBodySize)
+	}
+	for i, s := range pr.TrustedProxies {
+		norm, err := normalizeCIDR(s)
+		if err != nil {
+			bad(index("proxy.trusted_proxies", i), "%v", err)
+			continue
+		}
+		pr.TrustedProxies[i] = norm
+	}
+	switch pr.AccessLog {
+	case "combined", "json", "off":
+	default:
+		bad("proxy.access_log", "must be one of combined, json, off; got %s", quoteShort(pr.AccessLog))
+	}
+	if pr.Queue.Size < 0 {
+		bad("proxy.queue.size", "must not be negative (0 = no queue: 503 when every worker is busy), got %d", pr.Queue.Size)
+	}
+	if pr.Queue.Timeout < 0 {
+		bad("proxy.queue.timeout", "must not be negative, got %s", pr.Queue.Timeout)
+	}
+	if c.Shutdown.Delay < 0 {
+		bad("shutdown.delay", "must not be negative, got %s", c.Shutdown.Delay)
+	}
+	return errs.asError()
+}
+
+const listenForms = `use host:port, :port or unix:/absolute/path`
+
+// checkListen validates one listen address: "host:port", ":port" or
+// "unix:/abs/path". Port 0 is allowed (the kernel picks one; tests use it).
+func checkListen(s string) error {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		switch {
+		case !filepath.IsAbs(path):
+			return fmt.Errorf("unix socket path %s must be absolute, e.g. unix:/run/berth/http.sock", quoteShort(path))
+		case len(path) > maxUnixPath:
+			return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		switch {
+		case s == "":
+			return fmt.Errorf("empty address; %s", listenForms)
+		case isDigits(s):
+			return fmt.Errorf("%q has no host part; did you mean \":%s\"?", s, s)
+		case strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "["):
+			return fmt.Errorf("%s is not host:port; put an IPv6 address in brackets, e.g. [::1]:8080", quoteShort(s))
+		}
+		return fmt.Errorf("%s is not a listen address; %s", quoteShort(s), listenForms)
+	}
+	if n, err := strconv.Atoi(port); err != nil || !isDigits(port) || n > 65535 {
+		return fmt.Errorf("%s: port %s must be a number from 0 to 65535", quoteShort(s), quoteShort(port))
+	}
+	if host != "" && !validHost(host) {
+		return fmt.Errorf("%s: host %s is neither an IP address nor a host name; %s", quoteShort(s), quoteShort(host), listenForms)
+	}
+	return nil
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost accepts an IP address or an RFC 1123 host name.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// listenConflict reports whether two valid listen addresses would bind the
+// same socket: the same unix path, or the same TCP port on the same host or
+// on a wildcard host.
+func listenConflict(a, b string) bool {
+	pa, ua := strings.CutPrefix(a, "unix:")
+	pb, ub := strings.CutPrefix(b, "unix:")
+	if ua || ub {
+		return ua && ub && filepath.Clean(pa) == filepath.Clean(pb)
+	}
+	ha, porta, err1 := net.SplitHostPort(a)
+	hb, portb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || porta != portb {
+		return false
+	}
+	if n, _ := strconv.Atoi(porta); n == 0 {
+		return false // port 0 picks a free port each time
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	if wild(ha) || wild(hb) {
+		return true
+	}
+	if ia, err := netip.ParseAddr(ha); err == nil {
+		if ib, err := netip.ParseAddr(hb); err == nil {
+			return ia == ib
+		}
+	}
+	return strings.EqualFold(ha, hb)
+}
+
+// normalizeCIDR returns s as a masked CIDR; a plain IP becomes /32 or /128.
+func normalizeCIDR(s string) (string, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return "", fmt.Errorf("%s is not a CIDR or IP address; use e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32", quoteShort(s))
+		}
+		return p.Masked().String(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return "", fmt.Errorf("%s is not a CIDR or IP address; use e.g. 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32", quoteShort(s))
+	}
+	return netip.PrefixFrom(a, a.BitLen()).String(), nil
+}
+
+// lineOf returns the line of path in lines, or of its nearest parent that
+// was written in the file; 0 when none was (the value is a default).
+func lineOf(lines map[string]int, path string) int {
+	for path != "" {
+		if l, ok := lines[path]; ok {
+			return l
+		}
+		path = path[:max(strings.LastIndexAny(path, ".["), 0)]
+	}
+	return 0
+}
