@@ -124,6 +124,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 		Config:     cfg,
 		ConfigPath: path,
 		Override:   override,
+		// Only the orphan-reaping test sets this, to show that its check
+		// fails when nothing reaps.
+		NoReap: os.Getenv("BERTH_TEST_NO_REAP") == "1",
 	})
 }
 

@@ -265,9 +265,11 @@ func (s *Supervisor) boot() error {
 	s.gens = []*generation{g}
 	s.generation = 1
 	s.resize(s.wantWorkers(s.cfg))
-	if err := s.startProxy(); err != nil {
-		return err
-	}
+	// The proxy starts when the first worker is ready (workerReady): until
+	// then connections wait in the kernel's accept queue of the sockets we
+	// already hold, instead of being answered 503 during the import. That
+	// is also what makes the first request of a socket-activated start
+	// succeed.
 	if s.opts.ConfigPath != "" || len(s.cfg.App.ReloadOn) > 0 {
 		w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, s.reloadCh, s.log)
 		if err != nil {

@@ -161,8 +161,8 @@ func TestBootStartsWorkersAndProxyThenReady(t *testing.T) {
 	if got := len(h.os.startsOf("serve")); got != 2 {
 		t.Fatalf("started %d workers, want 2", got)
 	}
-	if got := len(h.os.startsOf("proxy")); got != 1 {
-		t.Fatalf("started %d proxies, want 1", got)
+	if got := len(h.os.startsOf("proxy")); got != 0 {
+		t.Fatalf("started %d proxies before any worker was ready, want 0", got)
 	}
 	spec := h.os.started[0]
 	env := strings.Join(spec.Env, "\n")
@@ -172,6 +172,9 @@ func TestBootStartsWorkersAndProxyThenReady(t *testing.T) {
 		}
 	}
 	h.ready("1.1")
+	if got := len(h.os.startsOf("proxy")); got != 1 {
+		t.Fatalf("started %d proxies after the first worker was ready, want 1", got)
+	}
 	h.proxyReady()
 	if h.s.ready {
 		t.Fatal("ready with one of two workers")
@@ -253,9 +256,7 @@ func TestImportFailureAtBootStops(t *testing.T) {
 	if !h.os.signalled(h.worker("2.1").pid, syscall.SIGTERM) {
 		t.Fatal("other worker not stopped")
 	}
-	for _, pid := range []int{h.worker("2.1").pid, h.os.startsOf("proxy")[0]} {
-		h.exit(pid, 0)
-	}
+	h.exit(h.worker("2.1").pid, 0)
 	done, code := h.s.finished()
 	if !done || code != ExitAppImport {
 		t.Fatalf("finished %v code %d, want exit %d", done, code, ExitAppImport)

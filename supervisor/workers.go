@@ -261,6 +261,13 @@ func (s *Supervisor) workerReady(w *worker) {
 		w.retiring = "scale-down"
 		s.drain(w)
 	}
+	if len(s.proxies) == 0 && s.proxyRestartAt.IsZero() && s.phase == running {
+		if err := s.startProxy(); err != nil {
+			s.log.Printf("%v", err)
+			s.proxyFail++
+			s.proxyRestartAt = s.now().Add(backoff(s.proxyFail))
+		}
+	}
 	s.sendWorkers()
 	s.checkReload()
 	s.checkReady()

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.plain),
+    path("hello", views.plain),
+    path("template", views.template),
+    path("echo", views.echo),
+    path("slow", views.slow),
+    path("pid", views.pid),
+    path("admin/", admin.site.urls),
+]

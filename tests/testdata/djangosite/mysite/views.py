@@ -1,0 +1,37 @@
+import os
+import time
+
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+
+
+def plain(request):
+    return HttpResponse("Hello from Django\n", content_type="text/plain")
+
+
+def template(request):
+    items = [{"n": i, "name": "item %d" % i} for i in range(20)]
+    return render(request, "page.html", {"title": "berth template view", "items": items})
+
+
+@csrf_exempt
+def echo(request):
+    return JsonResponse({
+        "method": request.method,
+        "path": request.path,
+        "query": request.GET.dict(),
+        "body_len": len(request.body),
+        "remote": request.META.get("REMOTE_ADDR"),
+        "scheme": request.scheme,
+        "host": request.get_host(),
+    })
+
+
+def slow(request):
+    time.sleep(float(request.GET.get("s", "1")))
+    return HttpResponse("slept\n", content_type="text/plain")
+
+
+def pid(request):
+    return HttpResponse("%d\n" % os.getpid(), content_type="text/plain")
