@@ -130,6 +130,10 @@ func (o *realOS) Start(s ProcSpec) (int, error) {
 			// Own process group: a Ctrl-C in a terminal reaches the
 			// supervisor only, which then stops the children in order.
 			Setpgid: true,
+			// If berth dies without stopping its children (SIGKILL on
+			// a host; in a container the kernel does this for PID 1),
+			// they must not live on unsupervised.
+			Pdeathsig: syscall.SIGKILL,
 		},
 	}
 	if s.CgroupFD >= 0 {

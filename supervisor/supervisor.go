@@ -71,6 +71,9 @@ type Options struct {
 	OS         OS             // nil = the real one
 	Log        *log.Logger    // nil = stderr with "berth: " prefix
 	Now        func() time.Time
+	// CgroupRoot is the cgroup filesystem; "" = $BERTH_CGROUP_ROOT, else
+	// /sys/fs/cgroup; "off" = do not use cgroups.
+	CgroupRoot string
 	// Override re-applies command-line settings (--app) to every config
 	// loaded by a reload; nil = none.
 	Override func(*config.Config) error
@@ -105,6 +108,7 @@ type Supervisor struct {
 	proxyFail      int
 	proxyRestartAt time.Time
 
+	cg     *cgroups // nil: no cgroup filesystem, or BERTH_CGROUP_ROOT=off
 	notify *net.UnixConn
 	admin  *adminServer
 	sd     *sdNotifier
@@ -246,6 +250,8 @@ func (s *Supervisor) boot() error {
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
+	s.setupCgroups()
+	s.setGOMAXPROCS()
 	if err := s.openNotify(); err != nil {
 		return err
 	}
@@ -339,6 +345,7 @@ func (s *Supervisor) closeAll() {
 	if s.watch != nil {
 		s.watch.close()
 	}
+	s.releaseCgroups()
 }
 
 // ---- signals ----
@@ -519,6 +526,7 @@ func (s *Supervisor) onTick() {
 		if now.Sub(s.lastRSS) >= rssEvery {
 			s.lastRSS = now
 			s.checkRSS()
+			s.readCgroupStats()
 		}
 	}
 	if iv := s.sd.watchdogInterval(); iv > 0 && now.Sub(s.lastWatchdog) >= iv/2 {

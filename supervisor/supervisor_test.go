@@ -95,7 +95,7 @@ func newHarness(t *testing.T, edit func(*config.Config)) *harness {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	fo := newFakeOS()
 	clk := &clock{t: time.Unix(1_700_000_000, 0)}
-	s, err := newSupervisor(Options{Config: cfg, RunDir: dir, OS: fo, Now: clk.now, Log: log.New(io.Discard, "", 0)})
+	s, err := newSupervisor(Options{Config: cfg, RunDir: dir, OS: fo, CgroupRoot: "off", Now: clk.now, Log: log.New(io.Discard, "", 0)})
 	if err != nil {
 		t.Fatal(err)
 	}

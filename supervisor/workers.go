@@ -139,7 +139,12 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 
 // fork asks a ready zygote for a worker.
 func (s *Supervisor) fork(z *zygote, w *worker) {
-	cmd := map[string]string{"id": w.id, "socket": w.socket, "cgroup": s.workerCgroupProcs(w)}
+	procs := s.workerCgroupProcs(w)
+	first := ""
+	if len(procs) > 0 {
+		first = procs[0]
+	}
+	cmd := map[string]any{"id": w.id, "socket": w.socket, "cgroup": first, "cgroups": procs}
 	if _, err := z.conn.Write([]byte(mustJSON(cmd) + "\n")); err != nil {
 		s.log.Printf("worker %s: ask the zygote (pid %d) to fork: %v", w.id, z.pid, err)
 		s.forgetWorker(w)
@@ -261,6 +266,7 @@ func (s *Supervisor) workerReady(w *worker) {
 		w.retiring = "scale-down"
 		s.drain(w)
 	}
+	s.refineAuto()
 	if len(s.proxies) == 0 && s.proxyRestartAt.IsZero() && s.phase == running {
 		if err := s.startProxy(); err != nil {
 			s.log.Printf("%v", err)
@@ -313,7 +319,9 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 	w.state = wDead
 	delete(s.workers, w.id)
 	os.Remove(w.socket)
-	s.releaseWorkerCgroup(w)
+	// The group is released after the exit is explained: its OOM counter
+	// is the evidence.
+	defer s.releaseWorkerCgroup(w)
 	expected := was >= wStopping && w.retiring != ""
 	lived := s.now().Sub(w.started)
 	if sl.next == w {
@@ -422,6 +430,7 @@ func (s *Supervisor) startZygote(g *generation) {
 	}
 	z.conn, z.ready, z.started = ours, false, s.now()
 	s.procs[z.pid] = z
+	s.placeZygote(z)
 	go readZygote(z, ours, s.zygCh)
 }
 

@@ -64,18 +64,21 @@ func berthBinary(t testing.TB) string {
 
 // berthOpts configure one berth run.
 type berthOpts struct {
-	config  string            // YAML; listen/admin are filled in if absent
-	app     map[string]string // files written under the app dir
-	env     []string
+	config string            // YAML; listen/admin are filled in if absent
+	app    map[string]string // files written under the app dir
+	env    []string
 	// host runs berth as a plain process (child subreaper) instead of as
 	// PID 1 of a new PID namespace, for tests that need host pids
 	// (socket activation checks LISTEN_PID).
-	host bool
+	host    bool
 	noReady bool // don't wait for /readyz
 	// configMap lays the config out as a Kubernetes ConfigMap volume:
 	// berth.yaml → ..data/berth.yaml, ..data → ..<timestamp>/.
 	configMap bool
 	args      []string
+	// wrap, when set, rewrites the command line (e.g. to start berth in
+	// a cgroup or a mount namespace of the test's making).
+	wrap func(argv []string) []string
 }
 
 // berthProc is a running berth.
@@ -167,13 +170,16 @@ func startBerth(t testing.TB, o berthOpts) *berthProc {
 		t.Fatal(err)
 	}
 	args := append([]string{"run", "--config", b.cfgPath}, o.args...)
+	argv := append([]string{bin}, args...)
 	if !o.host {
 		// --kill-child: if the test dies, the namespace's PID 1 dies and
 		// the kernel kills every process in it; nothing leaks.
-		b.cmd = exec.Command("unshare", append([]string{"--pid", "--fork", "--mount-proc", "--kill-child", bin}, args...)...)
-	} else {
-		b.cmd = exec.Command(bin, args...)
+		argv = append([]string{"unshare", "--pid", "--fork", "--mount-proc", "--kill-child"}, argv...)
 	}
+	if o.wrap != nil {
+		argv = o.wrap(argv)
+	}
+	b.cmd = exec.Command(argv[0], argv[1:]...)
 	b.cmd.Env = append(os.Environ(), "BERTH_RUN_DIR="+b.runDir)
 	b.cmd.Env = append(b.cmd.Env, o.env...)
 	b.cmd.Stdout = b.logs
@@ -197,8 +203,15 @@ func startBerth(t testing.TB, o berthOpts) *berthProc {
 		select {
 		case <-b.exited:
 		default:
-			b.cmd.Process.Signal(syscall.SIGKILL)
-			<-b.exited
+			// Graceful first, so berth stops its workers and removes
+			// its cgroups; SIGKILL if it does not within 10s.
+			syscall.Kill(b.berthPid(), syscall.SIGTERM)
+			select {
+			case <-b.exited:
+			case <-time.After(10 * time.Second):
+				b.cmd.Process.Signal(syscall.SIGKILL)
+				<-b.exited
+			}
 		}
 		if t.Failed() {
 			t.Logf("berth output:\n%s", b.logs.String())
@@ -245,22 +258,24 @@ func (b *berthProc) signal(sig syscall.Signal) {
 
 // berthPid is the host pid of the berth supervisor.
 func (b *berthProc) berthPid() int {
-	if filepath.Base(b.cmd.Path) != "unshare" {
-		return b.cmd.Process.Pid
-	}
-	// unshare --fork: berth is unshare's only child.
+	// Wrappers (unshare --fork, sh) may stand between us and berth: walk
+	// down the only-child chain to the process running the berth binary.
+	pid := b.cmd.Process.Pid
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", b.cmd.Process.Pid, b.cmd.Process.Pid))
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); exe == berthBinary(b.t) {
+			return pid
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 		if err == nil {
 			if f := strings.Fields(string(data)); len(f) > 0 {
-				pid, _ := strconv.Atoi(f[0])
-				return pid
+				pid, _ = strconv.Atoi(f[0])
+				continue
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.t.Fatal("berth pid not found under unshare")
+	b.t.Fatal("berth pid not found below the test's command")
 	return 0
 }
 
