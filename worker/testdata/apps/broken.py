@@ -1,0 +1,3 @@
+import os
+
+raise RuntimeError('broken app: this module fails to import')

@@ -1,0 +1,3 @@
+import flask
+app: flask.Flask = flask.Flask(__name__)
+application = app

@@ -1,0 +1,2 @@
+import falcon
+api = application = falcon.App()
