@@ -159,7 +159,9 @@ func (s *Supervisor) reload(r reloadRequest) {
 		return
 	}
 	if s.opts.ConfigPath == "" {
-		s.log.Printf("%s: no config file to reload (running on the built-in defaults)", r.reason)
+		if r.reason == "SIGHUP" {
+			s.rollCode(reloadRequest{reason: "SIGHUP, no config file: re-importing the app", code: true})
+		}
 		return
 	}
 	data, err := os.ReadFile(s.opts.ConfigPath)
@@ -170,7 +172,9 @@ func (s *Supervisor) reload(r reloadRequest) {
 	hash, _ := hashFile(s.opts.ConfigPath)
 	if hash == s.cfgHash {
 		if r.reason == "SIGHUP" {
-			s.log.Printf("SIGHUP: %s unchanged, nothing to do", s.opts.ConfigPath)
+			// Gunicorn's meaning of HUP after a deploy: the config did
+			// not change, so the code is what should be reloaded.
+			s.rollCode(reloadRequest{reason: "SIGHUP, config unchanged: re-importing the app", code: true})
 		}
 		return
 	}

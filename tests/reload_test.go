@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -187,4 +188,25 @@ func TestReloadListenChange(t *testing.T) {
 		_, err := http.Get("http://" + oldAddr + "/")
 		return err != nil
 	})
+}
+
+func TestSIGHUPWithUnchangedConfigReloadsCode(t *testing.T) {
+	app := func(v string) string {
+		return fmt.Sprintf("def application(e, sr):\n    sr('200 OK', [('Content-Type', 'text/plain')])\n    return [b'%s']\n", v)
+	}
+	b := startBerth(t, berthOpts{config: "workers: {count: 2}\nproxy: {access_log: off}\n", app: map[string]string{"wsgi.py": app("v1")}})
+	stop := runLoad(4, b.url("/"), func(code int, body string) bool { return code == 200 && (body == "v1" || body == "v2") })
+	os.WriteFile(filepath.Join(b.appDir, "wsgi.py"), []byte(app("v2")), 0o644)
+	b.signal(syscall.SIGHUP)
+	waitFor(t, 20*time.Second, "new code after SIGHUP", func() bool {
+		for i := 0; i < 6; i++ {
+			if _, body := b.get("/"); body != "v2" {
+				return false
+			}
+		}
+		return true
+	})
+	if r := stop(); r.failed != 0 {
+		t.Fatalf("failures: %s", r)
+	}
 }
