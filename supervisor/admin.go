@@ -66,7 +66,8 @@ func (s *Supervisor) startAdmin(addr string) error {
 		enc.SetIndent("", "  ")
 		enc.Encode(v)
 	})
-	own := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+	// No compression: the proxy's series are appended as plain text.
+	own := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{DisableCompression: true})
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		own.ServeHTTP(w, r)
 		// The proxy's request metrics, from its own registry.

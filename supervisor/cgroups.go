@@ -57,7 +57,7 @@ func (s *Supervisor) setupCgroups() {
 	}
 	if err := m.Setup(); err != nil {
 		if errors.Is(err, cgroup.ErrOOMScoreAdj) {
-			s.log.Printf("cgroups: %v (needs CAP_SYS_RESOURCE); the OOM killer will still prefer workers, which run at 0", err)
+			s.log.Printf("cgroups: %v; the OOM killer will still prefer workers, which run at 0", err)
 		} else {
 			s.log.Printf("cgroups: setup: %v; running without cgroup limits", err)
 			c.m = nil

@@ -558,4 +558,12 @@ func TestStatusCommand(t *testing.T) {
 	if err := exec.Command(berthBinary(t), "status", "--quiet", "--admin", b.admin).Run(); err != nil {
 		t.Fatalf("berth status --quiet: %v", err)
 	}
+	// /metrics: the supervisor's series and the proxy's, in one scrape.
+	b.get("/")
+	waitFor(t, 5*time.Second, "proxy request metrics", func() bool {
+		m := httpGet(t, "http://"+b.admin+"/metrics")
+		return strings.Contains(m, `berth_workers{state="ready"} 2`) &&
+			strings.Contains(m, "berth_http_requests_total") &&
+			strings.Contains(m, "berth_http_request_duration_seconds_bucket")
+	})
 }
