@@ -380,3 +380,25 @@ func TestChangesString(t *testing.T) {
 		t.Errorf("Any is wrong")
 	}
 }
+
+func TestApplyEnvUserDefault(t *testing.T) {
+	for _, c := range []struct{ cfgUser, env, want string }{
+		{"", "berth", "berth"},  // image default applies to a mounted config without app.user
+		{"www", "berth", "www"}, // the config wins
+		{"", "", ""},            // nothing set: stay as started
+	} {
+		cfg := Default()
+		cfg.App.User = c.cfgUser
+		if err := cfg.ApplyEnv(func(k string) string {
+			if k == "BERTH_USER" {
+				return c.env
+			}
+			return ""
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.App.User != c.want {
+			t.Errorf("app.user %q, BERTH_USER %q: got %q, want %q", c.cfgUser, c.env, cfg.App.User, c.want)
+		}
+	}
+}

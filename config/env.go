@@ -7,9 +7,14 @@ import (
 
 // ApplyEnv overrides settings from the environment, read through getenv
 // (os.Getenv in berth run). BERTH_LISTEN, a comma-separated list of listen
-// addresses, replaces listen. Unset or empty variables change nothing. On
-// error c is unchanged.
+// addresses, replaces listen. BERTH_USER is app.user's default: it applies
+// only when the config leaves app.user empty, so an image can drop its
+// workers to a non-root user even under a config mounted by its user.
+// Unset or empty variables change nothing. On error c is unchanged.
 func (c *Config) ApplyEnv(getenv func(string) string) error {
+	if u := getenv("BERTH_USER"); u != "" && c.App.User == "" {
+		c.App.User = u
+	}
 	v := getenv("BERTH_LISTEN")
 	if v == "" {
 		return nil
