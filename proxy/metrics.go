@@ -1,0 +1,87 @@
+package proxy
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Upstream error kinds (label "kind" of berth_upstream_errors_total).
+const (
+	kindDial         = "dial"          // the worker's socket refused the connection
+	kindWrite        = "write"         // sending the request failed
+	kindReset        = "reset"         // the worker closed or reset before any response byte
+	kindTimeout      = "timeout"       // no answer within timeout: 504
+	kindBadResponse  = "bad_response"  // malformed or truncated response: 502
+	kindStale        = "stale"         // a pooled connection was found closed; redialled, not user-visible
+	kindNoWorker     = "no_worker"     // 503: no worker is ready
+	kindQueueFull    = "queue_full"    // 503: every worker busy and the queue full
+	kindQueueTimeout = "queue_timeout" // 503: waited queue_timeout for a worker
+)
+
+var errorKinds = []string{kindDial, kindWrite, kindReset, kindTimeout, kindBadResponse, kindStale, kindNoWorker, kindQueueFull, kindQueueTimeout}
+
+// metrics are the proxy's Prometheus series, on a registry of their own.
+type metrics struct {
+	reg            *prometheus.Registry
+	requests       *prometheus.CounterVec
+	codes          [600]atomic.Pointer[prometheus.Counter] // cache: WithLabelValues hashes
+	duration       prometheus.Histogram
+	queueDepth     prometheus.Gauge
+	queueWait      prometheus.Histogram
+	workerRequests *prometheus.CounterVec
+	upstreamErrors map[string]prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{reg: reg}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_http_requests_total",
+		Help: "HTTP requests answered by the proxy, by status code.",
+	}, []string{"code"})
+	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "berth_http_request_duration_seconds",
+		Help:    "Time from the request's headers to the end of its response.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	})
+	m.queueDepth = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "berth_queue_depth",
+		Help: "Requests waiting for a free worker now.",
+	})
+	m.queueWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "berth_queue_wait_seconds",
+		Help:    "Time queued requests waited for a worker (requests served at once are not observed).",
+		Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30},
+	})
+	m.workerRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_worker_requests_total",
+		Help: "Requests sent to each worker (a retried request counts on both workers).",
+	}, []string{"worker"})
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_upstream_errors_total",
+		Help: "Failures talking to workers or finding one, by kind.",
+	}, []string{"kind"})
+	m.upstreamErrors = make(map[string]prometheus.Counter, len(errorKinds))
+	for _, k := range errorKinds {
+		m.upstreamErrors[k] = errs.WithLabelValues(k)
+	}
+	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs)
+	return m
+}
+
+func (m *metrics) countCode(code int) {
+	if code < 100 || code >= len(m.codes) {
+		m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+		return
+	}
+	p := m.codes[code].Load()
+	if p == nil {
+		c := m.requests.WithLabelValues(strconv.Itoa(code))
+		p = &c
+		m.codes[code].Store(p)
+	}
+	(*p).Inc()
+}
+
+func (m *metrics) upstreamError(kind string) { m.upstreamErrors[kind].Inc() }

@@ -1,0 +1,538 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/control"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const (
+	// upstreamIdle closes a pooled worker connection unused this long: a
+	// worker thread parked on an idle connection serves no one else, and
+	// during a proxy restart the next proxy generation may need it. A unix
+	// socket redial costs microseconds.
+	upstreamIdle = 2 * time.Second
+	// dialBackoff keeps a worker whose socket refused a connection out of
+	// routing this long; the supervisor sends the truth soon after.
+	dialBackoff = time.Second
+	// staleLimit consecutive pooled connections found closed by a worker
+	// mean it does not keep connections alive (a plain uWSGI): stop pooling.
+	staleLimit      = 2
+	upstreamReadBuf = 16 << 10
+)
+
+var (
+	errNoWorker     = errors.New("no worker is ready")
+	errQueueFull    = errors.New("every worker is busy and the queue is full")
+	errQueueTimeout = errors.New("no worker became free within queue_timeout")
+)
+
+// worker is one worker process as this proxy sees it. id, socket and
+// reqCounter never change; every other field is guarded by router.mu.
+type worker struct {
+	id          string
+	socket      string
+	capacity    int
+	maxRequests int64
+	draining    bool
+	dead        bool  // answered too slowly once: never routed to again
+	removed     bool  // no longer in the supervisor's set
+	downUntil   int64 // unix nanos; dial failed, skip until then
+	inflight    int
+	requests    int64
+	dueSent     bool
+	drainedSent bool
+	timeoutSent bool
+	noKeepalive bool // its connections are close-delimited: do not pool
+	keepaliveOK bool // a reused connection carried a whole response: it keeps connections alive
+	staleStreak int
+	idle        []*upConn // LIFO: the warmest connection first
+	reqCounter  prometheus.Counter
+}
+
+func (w *worker) routable(now int64) bool {
+	return !w.draining && !w.dead && !w.removed && w.downUntil <= now
+}
+
+// upConn is one connection to a worker, owned by one request at a time.
+type upConn struct {
+	c         *net.UnixConn
+	cnt       countingReader
+	br        *bufio.Reader
+	w         *worker
+	idleSince int64
+	reused    bool
+	deadline  bool // a deadline is set and must be cleared before reuse
+}
+
+// countingReader counts the bytes a worker sent, to tell "failed before any
+// response byte" (retryable) from a broken response.
+type countingReader struct {
+	c *net.UnixConn
+	n int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.c.Read(p)
+	r.n += int64(n)
+	return n, err
+}
+
+func dialWorker(w *worker) (*upConn, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: w.socket, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	u := &upConn{c: c, w: w}
+	u.cnt.c = c
+	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
+	return u, nil
+}
+
+func (u *upConn) close() { u.c.Close() }
+
+// waiter is a request queued for a worker.
+type waiter struct {
+	ch    chan grant // capacity 1: granting never blocks
+	avoid *worker
+	job   *sendJob // when set, the releasing request sends it (see handoff)
+	state uint8    // waiting, granted or cancelled; guarded by router.mu
+}
+
+// sendJob is a request packet ready to go, so that the request freeing a
+// worker can hand the next queued request to it at once: the worker then
+// idles for one write, not for a goroutine wake-up.
+type sendJob struct {
+	pkt     []byte // vars and the whole body
+	timeout time.Duration
+}
+
+const (
+	waiting = iota
+	granted
+	cancelled
+)
+
+type grant struct {
+	w     *worker
+	c     *upConn   // a pooled connection to w, or nil: dial
+	sent  bool      // the waiter's job was written on c (deadline set from start)
+	start time.Time // when the job was sent
+}
+
+type pendingGrant struct {
+	wt *waiter
+	g  grant
+}
+
+// router owns the worker set, the in-flight counts, the pooled connections
+// and the queue, under one mutex: every decision is a few slice scans.
+type router struct {
+	s       *Server
+	mu      sync.Mutex
+	list    []*worker
+	byID    map[string]*worker
+	queue   []*waiter
+	qhead   int
+	queued  int // live waiters in queue
+	rr      int
+	closing bool // shutting down: close connections instead of pooling
+
+	lastNoWorkerLog time.Time
+	noWorkerCount   int
+}
+
+func newRouter(s *Server) *router {
+	return &router{s: s, byID: make(map[string]*worker)}
+}
+
+// pickLocked returns the routable worker with a free slot and the fewest
+// requests in flight, preferring any worker but avoid; ties rotate.
+func (rt *router) pickLocked(avoid *worker, now int64) *worker {
+	n := len(rt.list)
+	if n == 0 {
+		return nil
+	}
+	rt.rr++
+	start := rt.rr % n
+	var best, fallback *worker
+	for i := 0; i < n; i++ {
+		w := rt.list[(start+i)%n]
+		if w.inflight >= w.capacity || !w.routable(now) {
+			continue
+		}
+		if w == avoid {
+			fallback = w
+			continue
+		}
+		if best == nil || w.inflight < best.inflight {
+			best = w
+			if w.inflight == 0 {
+				break
+			}
+		}
+	}
+	if best == nil {
+		return fallback
+	}
+	return best
+}
+
+func (rt *router) anyRoutableLocked(now int64) bool {
+	for _, w := range rt.list {
+		if w.routable(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// startLocked counts a request sent to w and hands out a pooled
+// connection if one is idle.
+func (rt *router) startLocked(w *worker) *upConn {
+	w.inflight++
+	w.requests++
+	if w.reqCounter != nil {
+		w.reqCounter.Inc()
+	}
+	if w.maxRequests > 0 && w.requests >= w.maxRequests && !w.dueSent {
+		w.dueSent = true
+		rt.s.emit(control.Message{Type: control.TypeDue, Worker: w.id})
+	}
+	if n := len(w.idle); n > 0 {
+		c := w.idle[n-1]
+		w.idle[n-1] = nil
+		w.idle = w.idle[:n-1]
+		return c
+	}
+	return nil
+}
+
+// acquire returns a worker slot (and maybe a pooled connection), waiting
+// in the FIFO queue when every worker is busy. waited is the time spent
+// queued (0 when a worker was free at once).
+//
+// job, when not nil, lets the request that frees a worker send this one's
+// packet on its behalf; the grant then says sent.
+func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job *sendJob) (g grant, waited time.Duration, err error) {
+	now := time.Now()
+	rt.mu.Lock()
+	if w := rt.pickLocked(avoid, now.UnixNano()); w != nil {
+		c := rt.startLocked(w)
+		rt.mu.Unlock()
+		return grant{w: w, c: c}, 0, nil
+	}
+	if !rt.anyRoutableLocked(now.UnixNano()) {
+		rt.noWorkerLogLocked(now)
+		rt.mu.Unlock()
+		return grant{}, 0, errNoWorker
+	}
+	if rt.queued >= st.queueSize {
+		rt.mu.Unlock()
+		return grant{}, 0, errQueueFull
+	}
+	wt := &waiter{ch: make(chan grant, 1), avoid: avoid, job: job}
+	rt.queue = append(rt.queue, wt)
+	rt.queued++
+	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	rt.mu.Unlock()
+
+	var timeout <-chan time.Time
+	if st.queueTimeout > 0 {
+		t := time.NewTimer(st.queueTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case g = <-wt.ch:
+		return g, time.Since(now), nil
+	case <-timeout:
+		err = errQueueTimeout
+	case <-done:
+		err = errClientGone
+	}
+	rt.mu.Lock()
+	if wt.state == granted {
+		// Granted while we gave up: a grant beats the timeout, but a client
+		// that left frees the slot again.
+		rt.mu.Unlock()
+		g = <-wt.ch
+		if err == errClientGone {
+			// A sent job has its answer coming on c: not reusable.
+			rt.release(g.w, g.c, !g.sent)
+			return grant{}, time.Since(now), err
+		}
+		return g, time.Since(now), nil
+	}
+	wt.state = cancelled
+	rt.queued--
+	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	rt.compactLocked()
+	rt.mu.Unlock()
+	return grant{}, time.Since(now), err
+}
+
+var errClientGone = errors.New("the client went away")
+
+// noWorkerLogLocked says, at most every 5 seconds, that requests find no
+// worker: the one line an operator needs when every request gets 503.
+func (rt *router) noWorkerLogLocked(now time.Time) {
+	rt.noWorkerCount++
+	if now.Sub(rt.lastNoWorkerLog) < 5*time.Second {
+		return
+	}
+	rt.s.logf("no worker is ready: answered 503 to %d request(s); check the supervisor's log for workers failing to start", rt.noWorkerCount)
+	rt.lastNoWorkerLog = now
+	rt.noWorkerCount = 0
+}
+
+// dispatchLocked hands free slots to queued requests, oldest first. With
+// out set, grants of waiters with a job are collected there instead of
+// sent: the caller sends their jobs after unlocking, then grants them.
+func (rt *router) dispatchLocked(out *[]pendingGrant) {
+	if rt.queued == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	for rt.queued > 0 && rt.qhead < len(rt.queue) {
+		wt := rt.queue[rt.qhead]
+		if wt.state == cancelled {
+			rt.popLocked()
+			continue
+		}
+		w := rt.pickLocked(wt.avoid, now)
+		if w == nil {
+			break
+		}
+		rt.popLocked()
+		c := rt.startLocked(w)
+		wt.state = granted
+		if out != nil && wt.job != nil {
+			*out = append(*out, pendingGrant{wt, grant{w: w, c: c}})
+		} else {
+			wt.ch <- grant{w: w, c: c}
+		}
+		rt.queued--
+	}
+	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+}
+
+func (rt *router) popLocked() {
+	rt.queue[rt.qhead] = nil
+	rt.qhead++
+	if rt.qhead == len(rt.queue) {
+		rt.queue = rt.queue[:0]
+		rt.qhead = 0
+	}
+}
+
+// compactLocked drops cancelled waiters when they outnumber live ones, so
+// a queue that times out without ever dispatching stays bounded.
+func (rt *router) compactLocked() {
+	if len(rt.queue)-rt.qhead <= 2*rt.queued+64 {
+		return
+	}
+	live := rt.queue[:0]
+	for _, wt := range rt.queue[rt.qhead:] {
+		if wt != nil && wt.state == waiting {
+			live = append(live, wt)
+		}
+	}
+	for i := len(live); i < len(rt.queue); i++ {
+		rt.queue[i] = nil
+	}
+	rt.queue = live
+	rt.qhead = 0
+}
+
+// release ends a request on w. c, when not nil, goes back to the pool if
+// reuse says it is well framed and w still takes requests; else it closes.
+func (rt *router) release(w *worker, c *upConn, reuse bool) {
+	rt.mu.Lock()
+	w.inflight--
+	if c != nil && reuse && !rt.closing && !w.noKeepalive && !w.dead && !w.removed && len(w.idle) < w.capacity {
+		c.idleSince = time.Now().UnixNano()
+		if c.reused {
+			w.staleStreak = 0
+			w.keepaliveOK = true
+		}
+		c.reused = true
+		w.idle = append(w.idle, c)
+		c = nil
+	}
+	if w.draining && w.inflight == 0 {
+		rt.closeIdleLocked(w)
+		if !w.drainedSent {
+			w.drainedSent = true
+			rt.s.emit(control.Message{Type: control.TypeDrained, Worker: w.id})
+		}
+	}
+	var buf [2]pendingGrant
+	pend := buf[:0]
+	rt.dispatchLocked(&pend)
+	rt.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+	for _, p := range pend {
+		p.wt.ch <- rt.s.handoff(p.wt.job, p.g)
+	}
+}
+
+// noteStale records a pooled connection the worker had closed.
+func (rt *router) noteStale(w *worker) {
+	rt.mu.Lock()
+	w.staleStreak++
+	if w.staleStreak >= staleLimit {
+		w.noKeepalive = true
+		rt.closeIdleLocked(w)
+	}
+	rt.mu.Unlock()
+}
+
+// provenKeepalive says whether w ever answered on a reused connection.
+func (rt *router) provenKeepalive(w *worker) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return w.keepaliveOK
+}
+
+// noteDialFailure keeps w out of routing for dialBackoff.
+func (rt *router) noteDialFailure(w *worker) {
+	rt.mu.Lock()
+	w.downUntil = time.Now().Add(dialBackoff).UnixNano()
+	rt.closeIdleLocked(w)
+	rt.mu.Unlock()
+}
+
+// noteTimeout takes w out of routing for good and reports it once.
+func (rt *router) noteTimeout(w *worker) {
+	rt.mu.Lock()
+	w.dead = true
+	rt.closeIdleLocked(w)
+	if !w.timeoutSent {
+		w.timeoutSent = true
+		rt.s.emit(control.Message{Type: control.TypeTimeout, Worker: w.id})
+	}
+	rt.mu.Unlock()
+}
+
+func (rt *router) closeIdleLocked(w *worker) {
+	for i, c := range w.idle {
+		c.close()
+		w.idle[i] = nil
+	}
+	w.idle = w.idle[:0]
+}
+
+// setWorkers reconciles the whole set: new workers join, known ones take
+// their new state, missing ones leave (their in-flight requests finish).
+func (rt *router) setWorkers(ws []control.Worker) error {
+	var bad error
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	list := make([]*worker, 0, len(ws))
+	seen := make(map[string]bool, len(ws))
+	for _, cw := range ws {
+		if cw.ID == "" || cw.Socket == "" || seen[cw.ID] {
+			bad = errors.Join(bad, fmt.Errorf("worker %q (socket %q): id and socket are required and ids unique; ignored", cw.ID, cw.Socket))
+			continue
+		}
+		seen[cw.ID] = true
+		capacity := cw.Capacity
+		if capacity < 1 {
+			capacity = 1
+		}
+		w := rt.byID[cw.ID]
+		if w != nil && w.socket != cw.Socket {
+			// Another process behind the same id: start afresh (id and
+			// socket are immutable, read without the lock).
+			w.removed = true
+			rt.closeIdleLocked(w)
+			w = nil
+		}
+		if w == nil {
+			w = &worker{id: cw.ID, socket: cw.Socket, reqCounter: rt.s.metrics.workerRequests.WithLabelValues(cw.ID)}
+			rt.byID[cw.ID] = w
+		}
+		w.capacity = capacity
+		for len(w.idle) > capacity {
+			n := len(w.idle) - 1
+			w.idle[n].close()
+			w.idle[n] = nil
+			w.idle = w.idle[:n]
+		}
+		w.maxRequests = cw.MaxRequests
+		if w.maxRequests > 0 && w.requests >= w.maxRequests && !w.dueSent {
+			w.dueSent = true
+			rt.s.emit(control.Message{Type: control.TypeDue, Worker: w.id})
+		}
+		w.draining = cw.Draining
+		if w.draining && w.inflight == 0 {
+			rt.closeIdleLocked(w)
+			if !w.drainedSent {
+				w.drainedSent = true
+				rt.s.emit(control.Message{Type: control.TypeDrained, Worker: w.id})
+			}
+		}
+		list = append(list, w)
+	}
+	for id, w := range rt.byID {
+		if !seen[id] {
+			w.removed = true
+			rt.closeIdleLocked(w)
+			delete(rt.byID, id)
+			rt.s.metrics.workerRequests.DeleteLabelValues(id)
+		}
+	}
+	rt.list = list
+	rt.dispatchLocked(nil)
+	return bad
+}
+
+// reapIdle closes pooled connections idle longer than upstreamIdle.
+func (rt *router) reapIdle(now int64) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, w := range rt.list {
+		keep := w.idle[:0]
+		for _, c := range w.idle {
+			if now-c.idleSince > int64(upstreamIdle) {
+				c.close()
+				continue
+			}
+			keep = append(keep, c)
+		}
+		for i := len(keep); i < len(w.idle); i++ {
+			w.idle[i] = nil
+		}
+		w.idle = keep
+	}
+}
+
+// shutdown stops pooling and closes every idle connection.
+func (rt *router) shutdown() {
+	rt.mu.Lock()
+	rt.closing = true
+	for _, w := range rt.list {
+		rt.closeIdleLocked(w)
+	}
+	rt.mu.Unlock()
+}
+
+// stats snapshots the counters.
+func (rt *router) stats() control.Stats {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	st := control.Stats{Workers: make(map[string]control.WorkerStats, len(rt.list)), Queue: rt.queued}
+	for _, w := range rt.list {
+		st.Workers[w.id] = control.WorkerStats{Requests: w.requests, InFlight: w.inflight}
+	}
+	return st
+}

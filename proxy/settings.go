@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/berth-dev/berth/control"
+)
+
+// logMode is the access log format.
+type logMode uint8
+
+const (
+	logOff logMode = iota
+	logCombined
+	logJSON
+)
+
+// settings is a control.Proxy compiled for the hot path. It is immutable
+// once built; SetConfig swaps the pointer so a request sees one whole
+// version.
+type settings struct {
+	raw          control.Proxy
+	mounts       []*mount // longest URL first, so /static/img/ wins over /static/
+	trusted      []netip.Prefix
+	log          logMode
+	maxBody      int64 // 0: no limit
+	queueSize    int   // 0: no queue, 503 at once when every worker is busy
+	queueTimeout time.Duration
+	timeout      time.Duration // 0: wait for workers without limit
+	graceful     time.Duration
+}
+
+// mount is one static mapping: a URL prefix served from dir (nginx alias).
+type mount struct {
+	url string // starts with "/"
+	dir string // absolute, cleaned
+	h   atomic.Pointer[dirHandle]
+}
+
+// compile validates p and builds its settings. The supervisor validates the
+// config before sending it, so an error here means the two disagree.
+func compile(p control.Proxy) (*settings, error) {
+	st := &settings{
+		raw:          p,
+		maxBody:      p.MaxBodySize,
+		queueSize:    p.QueueSize,
+		queueTimeout: time.Duration(p.QueueTimeout),
+		timeout:      time.Duration(p.Timeout),
+		graceful:     time.Duration(p.GracefulTimeout),
+	}
+	switch p.AccessLog {
+	case "", "off":
+		st.log = logOff
+	case "combined":
+		st.log = logCombined
+	case "json":
+		st.log = logJSON
+	default:
+		return nil, fmt.Errorf("proxy config: access_log %q: use combined, json or off", p.AccessLog)
+	}
+	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 {
+		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")
+	}
+	for _, s := range p.Static {
+		if !strings.HasPrefix(s.URL, "/") {
+			return nil, fmt.Errorf("proxy config: static url %q: it must start with /", s.URL)
+		}
+		if s.Dir == "" {
+			return nil, fmt.Errorf("proxy config: static url %q: dir is empty", s.URL)
+		}
+		dir, err := filepath.Abs(s.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("proxy config: static dir %q: %w", s.Dir, err)
+		}
+		st.mounts = append(st.mounts, &mount{url: s.URL, dir: dir})
+	}
+	sort.SliceStable(st.mounts, func(i, j int) bool { return len(st.mounts[i].url) > len(st.mounts[j].url) })
+	for _, c := range p.TrustedProxies {
+		pfx, err := parsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("proxy config: trusted_proxies %q: %w", c, err)
+		}
+		st.trusted = append(st.trusted, pfx)
+	}
+	return st, nil
+}
+
+// parsePrefix accepts a CIDR or a bare address (meaning that one host).
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+// isTrusted says whether a is one of the trusted proxies.
+func (st *settings) isTrusted(a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range st.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// match returns the mount serving the normalized path p and the path
+// relative to its directory, or nil. A mount whose URL lacks the trailing
+// slash matches only at a segment boundary (/static matches /static/x, not
+// /staticx), which is stricter than nginx on purpose.
+func (st *settings) match(p string) (*mount, string) {
+	for _, m := range st.mounts {
+		if !strings.HasPrefix(p, m.url) {
+			continue
+		}
+		rest := p[len(m.url):]
+		if !strings.HasSuffix(m.url, "/") {
+			if rest != "" && rest[0] != '/' {
+				continue
+			}
+		}
+		return m, rest
+	}
+	return nil, ""
+}

@@ -1,0 +1,189 @@
+package proxy
+
+import (
+	"errors"
+	"io/fs"
+	"mime"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// contentTypes fixes the types that matter for web assets, whatever the
+// host's /etc/mime.types says; other extensions go to package mime, then
+// application/octet-stream (nginx default_type).
+var contentTypes = map[string]string{
+	".html":  "text/html; charset=utf-8",
+	".htm":   "text/html; charset=utf-8",
+	".css":   "text/css; charset=utf-8",
+	".js":    "text/javascript; charset=utf-8",
+	".mjs":   "text/javascript; charset=utf-8",
+	".json":  "application/json",
+	".map":   "application/json",
+	".txt":   "text/plain; charset=utf-8",
+	".xml":   "text/xml; charset=utf-8",
+	".svg":   "image/svg+xml",
+	".wasm":  "application/wasm",
+	".woff":  "font/woff",
+	".woff2": "font/woff2",
+	".ttf":   "font/ttf",
+	".otf":   "font/otf",
+	".png":   "image/png",
+	".jpg":   "image/jpeg",
+	".jpeg":  "image/jpeg",
+	".gif":   "image/gif",
+	".webp":  "image/webp",
+	".avif":  "image/avif",
+	".ico":   "image/vnd.microsoft.icon",
+	".pdf":   "application/pdf",
+	".mp4":   "video/mp4",
+	".webm":  "video/webm",
+	".mp3":   "audio/mpeg",
+	".zip":   "application/zip",
+	".gz":    "application/gzip",
+}
+
+func contentType(name string) string {
+	ext := strings.ToLower(path.Ext(name))
+	if t, ok := contentTypes[ext]; ok {
+		return t
+	}
+	if t := mime.TypeByExtension(ext); t != "" {
+		return t
+	}
+	return "application/octet-stream"
+}
+
+// serveStatic serves rel (the path after the mount's URL, already checked
+// for dot segments and encoded slashes) from m.dir; mount.open confines the
+// lookup to the directory, symlinks included. Directories are never listed
+// and their index.html never served.
+func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, m *mount, rel string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		plainError(w, http.StatusMethodNotAllowed, "berth: static files answer GET and HEAD only\n")
+		return
+	}
+	rel = strings.TrimLeft(rel, "/")
+	if rel == "" || strings.HasSuffix(rel, "/") || strings.IndexByte(rel, 0) >= 0 {
+		http.NotFound(w, r)
+		return
+	}
+	f, err := m.open(rel)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			plainError(w, http.StatusForbidden, "403 forbidden\n")
+			return
+		}
+		http.NotFound(w, r)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		http.NotFound(w, r)
+		return
+	}
+	h := w.Header()
+	h["Content-Type"] = []string{contentType(rel)}
+	// nginx's ETag: hex mtime seconds - hex size.
+	h["Etag"] = []string{`"` + strconv.FormatInt(fi.ModTime().Unix(), 16) + "-" + strconv.FormatInt(fi.Size(), 16) + `"`}
+	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+func plainError(w http.ResponseWriter, code int, body string) {
+	h := w.Header()
+	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
+	h["X-Content-Type-Options"] = []string{"nosniff"}
+	w.WriteHeader(code)
+	w.Write([]byte(body))
+}
+
+// dirRefresh is how long a mount's directory handle is used before it is
+// opened again, so a directory replaced by a deploy is picked up.
+const dirRefresh = time.Second
+
+// dirHandle is an O_PATH descriptor of a mount's directory, closed by a
+// cleanup once no request uses it.
+type dirHandle struct {
+	fd     int // -1: the directory could not be opened
+	opened int64
+}
+
+// openat2Usable turns false when the kernel (before 5.6) or a seccomp
+// filter refuses openat2; os.Root is used from then on.
+var openat2Usable atomic.Bool
+
+func init() { openat2Usable.Store(true) }
+
+// open opens rel below m.dir for reading. With openat2 and
+// RESOLVE_BENEATH the kernel refuses, in one call, any ".." or symlink
+// leading out of the directory; otherwise os.Root does the same component
+// by component. O_NONBLOCK: opening a FIFO left in the tree must not hang.
+func (m *mount) open(rel string) (*os.File, error) {
+	if openat2Usable.Load() {
+		h := m.handle()
+		if h.fd < 0 {
+			return nil, fs.ErrNotExist
+		}
+		fd, err := unix.Openat2(h.fd, rel, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		runtime.KeepAlive(h)
+		switch {
+		case err == nil:
+			return os.NewFile(uintptr(fd), filepath.Join(m.dir, rel)), nil
+		case err == unix.EINTR || err == unix.EAGAIN:
+			return nil, fs.ErrNotExist
+		case err == unix.EACCES:
+			return nil, fs.ErrPermission
+		case err != unix.ENOSYS && err != unix.EPERM:
+			return nil, fs.ErrNotExist // ENOENT, ENOTDIR, ELOOP, EXDEV (escape)...
+		}
+		// ENOSYS, or EPERM that may be a seccomp filter: ask os.Root,
+		// and stop using openat2 if it disagrees.
+		f, rerr := m.openRoot(rel)
+		if err == unix.ENOSYS || rerr == nil {
+			openat2Usable.Store(false)
+		}
+		return f, rerr
+	}
+	return m.openRoot(rel)
+}
+
+func (m *mount) openRoot(rel string) (*os.File, error) {
+	root, err := os.OpenRoot(m.dir)
+	if err != nil {
+		return nil, fs.ErrNotExist
+	}
+	defer root.Close()
+	return root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+}
+
+// handle returns the mount's directory handle, reopened when older than
+// dirRefresh.
+func (m *mount) handle() *dirHandle {
+	now := time.Now().UnixNano()
+	h := m.h.Load()
+	if h != nil && now-h.opened < int64(dirRefresh) {
+		return h
+	}
+	nh := &dirHandle{fd: -1, opened: now}
+	if fd, err := unix.Open(m.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		nh.fd = fd
+		runtime.AddCleanup(nh, func(fd int) { unix.Close(fd) }, fd)
+	}
+	// A racing request may have stored its own: both work, one is dropped.
+	m.h.Store(nh)
+	return nh
+}

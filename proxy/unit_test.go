@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/berth-dev/berth/control"
+)
+
+func TestNormalizePath(t *testing.T) {
+	tests := []struct {
+		in, out string
+		ok      bool
+	}{
+		{"", "/", true},
+		{"/", "/", true},
+		{"/a/b", "/a/b", true},
+		{"/a/b/", "/a/b/", true},
+		{"//a///b", "/a/b", true},
+		{"/a/./b", "/a/b", true},
+		{"/a/.", "/a/", true},
+		{"/a/b/..", "/a/", true},
+		{"/a/b/../c", "/a/c", true},
+		{"/a/../../b", "", false},
+		{"/..", "", false},
+		{"/.hidden/x", "/.hidden/x", true},
+		{"/a/..b", "/a/..b", true},
+		{"/a/b..", "/a/b..", true},
+		{"*", "*", true},
+		{"relative", "", false},
+	}
+	for _, tc := range tests {
+		out, ok := normalizePath(tc.in)
+		if ok != tc.ok || (ok && out != tc.out) {
+			t.Errorf("normalizePath(%q) = %q, %v; want %q, %v", tc.in, out, ok, tc.out, tc.ok)
+		}
+	}
+}
+
+func TestHostOnly(t *testing.T) {
+	for in, want := range map[string]string{
+		"": "", "example.com": "example.com", "example.com:8080": "example.com",
+		"[::1]:80": "[::1]", "[::1]": "[::1]", "1.2.3.4:5": "1.2.3.4",
+	} {
+		if got := hostOnly(in); got != want {
+			t.Errorf("hostOnly(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestStaticMatch(t *testing.T) {
+	st, err := compile(control.Proxy{Static: []control.Static{
+		{URL: "/static/", Dir: "/srv/static"},
+		{URL: "/static/img/", Dir: "/srv/img"},
+		{URL: "/media", Dir: "/srv/media"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ path, dir, rel string }{
+		{"/static/a.css", "/srv/static", "a.css"},
+		{"/static/img/x.png", "/srv/img", "x.png"},
+		{"/media/v.mp4", "/srv/media", "/v.mp4"},
+		{"/media", "/srv/media", ""},
+		{"/mediax", "", ""},
+		{"/static", "", ""},
+		{"/app", "", ""},
+	}
+	for _, tc := range tests {
+		m, rel := st.match(tc.path)
+		dir := ""
+		if m != nil {
+			dir = m.dir
+		}
+		if dir != tc.dir || rel != tc.rel {
+			t.Errorf("match(%q) = %q %q, want %q %q", tc.path, dir, rel, tc.dir, tc.rel)
+		}
+	}
+	for _, bad := range []control.Proxy{
+		{Static: []control.Static{{URL: "static/", Dir: "/x"}}},
+		{Static: []control.Static{{URL: "/s/", Dir: ""}}},
+		{AccessLog: "verbose"},
+		{TrustedProxies: []string{"10.0.0.0/33"}},
+		{QueueSize: -1},
+	} {
+		if _, err := compile(bad); err == nil {
+			t.Errorf("compile(%+v) accepted", bad)
+		}
+	}
+}
+
+// The packet is what readUwsgi (the fake worker's parser) reads back, and
+// the size header is right.
+func TestAppendPacket(t *testing.T) {
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(
+		"GET /x?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\nCookie: a=1\r\nCookie: b=2\r\nUser-Agent: ua\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &reqInfo{remoteAddr: "1.2.3.4", remotePort: "5", scheme: "https", pathInfo: "/x", serverName: "h", serverPort: "443"}
+	pkt, err := appendPacket(nil, r, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := readUwsgi(bufio.NewReader(bytes.NewReader(pkt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{
+		"HTTP_X_A": "1, 2", "HTTP_COOKIE": "a=1; b=2", "HTTPS": "on", "REQUEST_SCHEME": "https",
+		"HTTP_USER_AGENT": "ua", "QUERY_STRING": "q=1", "HTTP_HOST": "h", "SERVER_PORT": "443",
+	} {
+		if req.vars[k] != want {
+			t.Errorf("%s = %q, want %q", k, req.vars[k], want)
+		}
+	}
+	// Vars past 64 KiB are refused, not truncated into a corrupt packet.
+	r.Header.Set("X-Huge", strings.Repeat("a", 40000))
+	r.Header.Set("X-Huge2", strings.Repeat("b", 40000))
+	if _, err := appendPacket(nil, r, in); err != errVarsTooLarge {
+		t.Errorf("oversized vars: %v", err)
+	}
+}
+
+func TestRealIP(t *testing.T) {
+	st, _ := compile(control.Proxy{TrustedProxies: []string{"10.0.0.0/8", "::1"}})
+	tests := []struct {
+		vals []string
+		want string
+		ok   bool
+	}{
+		{[]string{"1.1.1.1"}, "1.1.1.1", true},
+		{[]string{"1.1.1.1, 10.0.0.1"}, "1.1.1.1", true},
+		{[]string{"9.9.9.9", "1.1.1.1, 10.0.0.1"}, "1.1.1.1", true}, // several header lines: the last is nearest
+		{[]string{"10.0.0.2", "10.0.0.1"}, "10.0.0.2", true},
+		{[]string{"1.1.1.1:8080"}, "1.1.1.1", true},
+		{[]string{"x, 10.0.0.1"}, "", false},
+		{[]string{" , "}, "", false},
+	}
+	for _, tc := range tests {
+		got, ok := realIP(st, tc.vals)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("realIP(%q) = %q %v, want %q %v", tc.vals, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestCopyHeaders(t *testing.T) {
+	src := http.Header{
+		"Connection": {"close, X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"x"}, "Transfer-Encoding": {"chunked"},
+		"Te": {"x"}, "Trailer": {"x"}, "Upgrade": {"x"}, "Proxy-Connection": {"x"}, "X-Accel-Buffering": {"no"},
+		"X-Keep": {"yes"}, "Content-Length": {"5"},
+	}
+	dst := http.Header{}
+	copyHeaders(dst, src)
+	if len(dst) != 3 || dst.Get("X-Keep") != "yes" || dst.Get("Content-Length") != "5" {
+		t.Errorf("copied %v", dst)
+	}
+	if v, ok := dst["Content-Type"]; !ok || v != nil {
+		t.Errorf("Content-Type must be set to nil to stop sniffing: %v %v", v, ok)
+	}
+}
+
+func TestIdempotent(t *testing.T) {
+	for m, want := range map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "PUT": true, "DELETE": true,
+		"TRACE": true, "POST": false, "PATCH": false} {
+		if idempotent(m) != want {
+			t.Errorf("idempotent(%s) != %v", m, want)
+		}
+	}
+}
