@@ -293,11 +293,11 @@ func (rt *router) noWorkerLogLocked(now time.Time) {
 }
 
 // dispatchLocked hands free slots to queued requests, oldest first. With
-// out set, grants of waiters with a job are collected there instead of
+// collect, grants of waiters with a job are appended to out instead of
 // sent: the caller sends their jobs after unlocking, then grants them.
-func (rt *router) dispatchLocked(out *[]pendingGrant) {
+func (rt *router) dispatchLocked(out []pendingGrant, collect bool) []pendingGrant {
 	if rt.queued == 0 {
-		return
+		return out
 	}
 	now := time.Now().UnixNano()
 	for rt.queued > 0 && rt.qhead < len(rt.queue) {
@@ -313,14 +313,15 @@ func (rt *router) dispatchLocked(out *[]pendingGrant) {
 		rt.popLocked()
 		c := rt.startLocked(w)
 		wt.state = granted
-		if out != nil && wt.job != nil {
-			*out = append(*out, pendingGrant{wt, grant{w: w, c: c}})
+		if collect && wt.job != nil {
+			out = append(out, pendingGrant{wt, grant{w: w, c: c}})
 		} else {
 			wt.ch <- grant{w: w, c: c}
 		}
 		rt.queued--
 	}
 	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	return out
 }
 
 func (rt *router) popLocked() {
@@ -374,8 +375,7 @@ func (rt *router) release(w *worker, c *upConn, reuse bool) {
 		}
 	}
 	var buf [2]pendingGrant
-	pend := buf[:0]
-	rt.dispatchLocked(&pend)
+	pend := rt.dispatchLocked(buf[:0], true)
 	rt.mu.Unlock()
 	if c != nil {
 		c.close()
@@ -492,7 +492,7 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 		}
 	}
 	rt.list = list
-	rt.dispatchLocked(nil)
+	rt.dispatchLocked(nil, false)
 	return bad
 }
 
