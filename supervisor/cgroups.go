@@ -10,6 +10,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/cgroup"
 	"github.com/berth-dev/berth/config"
@@ -96,6 +97,24 @@ func (s *Supervisor) workerGroup(w *worker) (cgroup.Group, bool) {
 	// now are this worker's.
 	c.oomBase[w.id], _ = g.OOMKills()
 	return g, true
+}
+
+// workerCgroupFD opens w's group directory for CLONE_INTO_CGROUP; -1 when
+// cgroups are not usable or not v2 (v1 has no such clone flag).
+func (s *Supervisor) workerCgroupFD(w *worker) int {
+	c := s.cg
+	if !c.usable() || c.m.Mode() != cgroup.ModeV2 {
+		return -1
+	}
+	g, ok := s.workerGroup(w)
+	if !ok {
+		return -1
+	}
+	fd, err := unix.Open(g.String(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
 }
 
 // workerCgroupProcs are the cgroup.procs files a forked worker writes its own

@@ -123,7 +123,21 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 	}
 	spec, err := s.pythonSpec(g, "serve", map[string]string{"BERTH_WORKER_ID": w.id, "BERTH_SOCKET": w.socket}, nil)
 	if err == nil {
+		// cgroup v2: the worker is born in its group (clone3
+		// CLONE_INTO_CGROUP), so not one page of the app's import is
+		// charged elsewhere. v1, or a kernel that refuses: moved right
+		// after start by placeWorker.
+		fd := s.workerCgroupFD(w)
+		spec.CgroupFD = fd
 		w.pid, err = s.os.Start(spec)
+		if err != nil && fd >= 0 {
+			s.log.Printf("worker %s: starting it inside its cgroup failed (%v); starting it outside and moving it in", w.id, err)
+			spec.CgroupFD = -1
+			w.pid, err = s.os.Start(spec)
+		}
+		if fd >= 0 {
+			unix.Close(fd)
+		}
 	}
 	if err != nil {
 		s.log.Printf("worker %s: %v", w.id, err)

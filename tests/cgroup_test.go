@@ -212,3 +212,46 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestCgroupV2WorkersStartInTheirGroup runs berth on the real (empty)
+// cgroup v2 hierarchy this machine mounts at /sys/fs/cgroup/unified, from a
+// group of the test's making: berth moves itself into a leaf, and workers
+// are cloned straight into their own groups (CLONE_INTO_CGROUP).
+func TestCgroupV2WorkersStartInTheirGroup(t *testing.T) {
+	const unified = "/sys/fs/cgroup/unified"
+	if _, err := os.Stat(unified + "/cgroup.procs"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("cgroup v2 hierarchy at %s required: %v", unified, err)
+		}
+		t.Skipf("no cgroup v2 hierarchy at %s", unified)
+	}
+	own := fmt.Sprintf("%s/berth-v2-test-%d", unified, os.Getpid())
+	if err := os.Mkdir(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroupTree(own) })
+	b := startBerth(t, berthOpts{host: true, config: "workers: {count: 2, preload: false}\n",
+		app: map[string]string{"wsgi.py": memoryApp},
+		env: []string{"BERTH_CGROUP_ROOT=" + unified},
+		wrap: func(argv []string) []string {
+			return append([]string{"sh", "-c", `echo $$ > ` + own + `/cgroup.procs && exec "$@"`, "sh"}, argv...)
+		}})
+	b.waitLog("cgroups v2", 5*time.Second)
+	if strings.Contains(b.logs.String(), "starting it inside its cgroup failed") {
+		t.Fatalf("CLONE_INTO_CGROUP was refused:\n%s", b.logs.String())
+	}
+	for _, w := range b.statusDoc().Workers {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", w.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("0::/berth-v2-test-%d/workers/w-%s\n", os.Getpid(), w.ID)
+		if !strings.Contains(string(data), want) {
+			t.Fatalf("worker %s: /proc/%d/cgroup has no %q:\n%s", w.ID, w.PID, want, data)
+		}
+	}
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", b.berthPid()))
+	if !strings.Contains(string(data), fmt.Sprintf("0::/berth-v2-test-%d/supervisor\n", os.Getpid())) {
+		t.Fatalf("supervisor did not move into its leaf:\n%s", data)
+	}
+}
