@@ -245,6 +245,15 @@ func (s *Supervisor) reload(r reloadRequest) {
 		}
 		did = append(did, "proxy settings swapped")
 	}
+	if prev.Workers.MaxRequests != cfg.Workers.MaxRequests || prev.Workers.MaxRequestsJitter != cfg.Workers.MaxRequestsJitter {
+		// Running workers take the new budget at once; one already past
+		// it is reported due by the proxy and replaced.
+		for _, w := range s.workers {
+			w.budget = budget(cfg)
+		}
+		s.sendWorkers()
+		did = append(did, fmt.Sprintf("max_requests %d (+%d jitter) for every worker", cfg.Workers.MaxRequests, cfg.Workers.MaxRequestsJitter))
+	}
 	if ch.Listen && newListeners != nil {
 		old := s.listeners
 		s.listeners = newListeners

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -364,5 +365,34 @@ func TestBackoff(t *testing.T) {
 		if got := backoff(c.n); got != c.want {
 			t.Errorf("backoff(%d) = %s, want %s", c.n, got, c.want)
 		}
+	}
+}
+
+func TestReloadOfMaxRequestsReachesRunningWorkers(t *testing.T) {
+	h := newHarness(t, nil)
+	h.bootReady()
+	path := filepath.Join(t.TempDir(), "berth.yaml")
+	os.WriteFile(path, []byte("workers: {max_requests: 0}\n"), 0o644)
+	h.s.opts.ConfigPath = path
+	cfg := *h.s.cfg
+	h.s.cfg = &cfg
+	os.WriteFile(path, []byte(fmt.Sprintf("listen: [%q]\nadmin: {listen: \"off\"}\napp: {python: /bin/sh, chdir: %s}\nworkers: {count: 2, preload: false, max_requests: 50, graceful_timeout: 5s}\n",
+		h.s.cfg.Listen[0], h.s.cfg.App.Chdir)), 0o644)
+	h.s.reload(reloadRequest{reason: "test"})
+	if !h.s.reloadState.OK {
+		t.Fatalf("reload: %+v", h.s.reloadState)
+	}
+	for _, w := range h.s.workers {
+		if w.budget != 50 {
+			t.Fatalf("worker %s budget %d after reload, want 50", w.id, w.budget)
+		}
+	}
+	if n := len(h.os.startsOf("serve")); n != 2 {
+		t.Fatalf("a max_requests change started %d workers, want none beyond the first 2", n)
+	}
+	// A replacement started later also gets the new budget.
+	h.s.onControl(ctlEvent{p: h.s.activeProxy(), msg: control.Message{Type: control.TypeDue, Worker: "1.1"}})
+	if w := h.worker("1.2"); w.budget != 50 {
+		t.Fatalf("replacement budget %d, want 50", w.budget)
 	}
 }

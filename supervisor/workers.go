@@ -105,9 +105,9 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 		started: s.now(),
 		budget:  0,
 	}
-	if g.cfg.Workers.MaxRequests > 0 {
-		w.budget = g.cfg.Workers.MaxRequests + jitter(g.cfg.Workers.MaxRequestsJitter)
-	}
+	// Recycling limits come from the current config, not the generation's:
+	// a reload that changes only them starts no new generation.
+	w.budget = budget(s.cfg)
 	w.socket = filepath.Join(s.runDir, "w-"+w.id+".sock")
 	w.deadline = w.started.Add(startTimeout)
 	if g.zygote != nil {
@@ -616,7 +616,7 @@ func (s *Supervisor) checkRSS() {
 			continue
 		}
 		w.rss, w.rssAt = rss, s.now()
-		max := int64(w.gen.cfg.Workers.MaxRSS)
+		max := int64(s.cfg.Workers.MaxRSS)
 		if max > 0 && rss > max && w.retiring == "" {
 			s.log.Printf("worker %s (pid %d) uses %s RSS, over max_rss %s: recycling it", w.id, w.pid, humanBytes(rss), humanBytes(max))
 			s.replace(w, "max_rss")
@@ -670,4 +670,13 @@ func (s *Supervisor) sendWorkers() {
 	for _, p := range s.liveProxies() {
 		s.send(p, control.Message{Type: control.TypeWorkers, Workers: set})
 	}
+}
+
+// budget is a new worker's request budget: max_requests plus its own
+// jitter, so workers started together do not recycle together; 0 = never.
+func budget(cfg *config.Config) int64 {
+	if cfg.Workers.MaxRequests <= 0 {
+		return 0
+	}
+	return cfg.Workers.MaxRequests + jitter(cfg.Workers.MaxRequestsJitter)
 }
