@@ -154,6 +154,18 @@ func (s *Supervisor) reload(r reloadRequest) {
 	if s.phase != running || s.fatal != nil {
 		return
 	}
+	if s.pendingReload != nil && (r.code || s.workersWouldChange()) {
+		// A roll is still importing or starting workers. Superseding it
+		// would throw its import away, and under reloads faster than an
+		// import no generation would ever finish: the change waits for
+		// the roll, and any number of changes meanwhile become one.
+		if !s.deferred {
+			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves", r.reason, s.pendingReload.n)
+		}
+		s.deferred = true
+		s.deferredCode = s.deferredCode || r.code
+		return
+	}
 	if r.code {
 		s.rollCode(r)
 		return
@@ -305,6 +317,10 @@ func (s *Supervisor) reload(r reloadRequest) {
 }
 
 func (s *Supervisor) rollCode(r reloadRequest) {
+	if s.pendingReload != nil {
+		s.deferred, s.deferredCode = true, true
+		return
+	}
 	s.sd.reloading()
 	g, err := s.newGeneration(s.cfg, true)
 	if err != nil {
@@ -355,6 +371,7 @@ func (s *Supervisor) checkReload() {
 			s.pendingReload = nil
 			s.log.Printf("generation %d serving on all %d workers", g.n, s.activeSlots())
 			s.sd.ready(fmt.Sprintf("serving %s with %d workers (generation %d)", g.module, s.activeSlots(), g.n))
+			defer s.runDeferred()
 		}
 	}
 	keep := s.gens[:0]
@@ -413,6 +430,7 @@ func (s *Supervisor) abandonGeneration(g *generation, why string) {
 	}
 	if s.pendingReload == g {
 		s.pendingReload = nil
+		defer s.runDeferred()
 	}
 	for _, sl := range s.slots {
 		if sl.next != nil && sl.next.gen == g {
@@ -484,4 +502,37 @@ func containsListener(ls []*listener, l *listener) bool {
 		}
 	}
 	return false
+}
+
+// workersWouldChange tells whether the config file on disk now differs
+// from the running config in settings that start a worker generation.
+func (s *Supervisor) workersWouldChange() bool {
+	if s.opts.ConfigPath == "" {
+		return false
+	}
+	data, err := os.ReadFile(s.opts.ConfigPath)
+	if err != nil {
+		return false
+	}
+	cfg, err := config.Parse(s.opts.ConfigPath, data)
+	if err != nil {
+		return false // refused at once by reload, deferring nothing
+	}
+	if s.opts.Override != nil && s.opts.Override(cfg) != nil {
+		return false
+	}
+	return config.Diff(s.cfg, cfg).Workers
+}
+
+// runDeferred applies what arrived while a roll was in progress.
+func (s *Supervisor) runDeferred() {
+	if !s.deferred || s.pendingReload != nil {
+		return
+	}
+	code := s.deferredCode
+	s.deferred, s.deferredCode = false, false
+	s.reload(reloadRequest{reason: "change deferred during the previous roll"})
+	if code && s.pendingReload == nil {
+		s.rollCode(reloadRequest{reason: "code change deferred during the previous roll", code: true})
+	}
 }

@@ -131,6 +131,8 @@ type Supervisor struct {
 
 	reloadState   reloadStatus
 	pendingReload *generation // generation being rolled in, until all slots run it
+	deferred      bool        // a reload arrived during the roll: apply the file when it ends
+	deferredCode  bool        // ... and it was (also) a code reload
 	lastRSS       time.Time
 	lastWatchdog  time.Time
 

@@ -28,6 +28,7 @@ type statusDoc struct {
 		Requests int
 		InFlight int
 		Retiring string
+		Gen      int `json:"generation"`
 	}
 	Proxies []struct {
 		PID int
