@@ -48,24 +48,6 @@ def application(environ, start_response):
     return [b'hello from uwsgi']
 `
 
-// uwsgiPeerOutput collects uWSGI's log for failure messages.
-type uwsgiPeerOutput struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (o *uwsgiPeerOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *uwsgiPeerOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // TestUwsgiPeer puts berth's proxy (in-process) in front of a real uWSGI,
 // which ignores BERTH_KEEPALIVE: the proxy must take close-delimited
 // responses and not reuse those connections.
@@ -92,7 +74,7 @@ func TestUwsgiPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "u.sock")
-	out := &uwsgiPeerOutput{}
+	out := &syncBuffer{}
 	cmd := exec.Command("uwsgi", "--plugin", "python3", "--socket", sock, "--wsgi-file", app,
 		"--master", "--processes", "2", "--need-app", "--die-on-term", "--disable-logging")
 	cmd.Stdout, cmd.Stderr = out, out
@@ -129,7 +111,7 @@ func TestUwsgiPeer(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	elog := &uwsgiPeerOutput{}
+	elog := &syncBuffer{}
 	srv := proxy.New(proxy.Options{AccessLog: io.Discard, ErrorLog: elog})
 	if err := srv.SetConfig(control.Proxy{
 		AccessLog: "off", QueueSize: 64, QueueTimeout: control.Duration(10 * time.Second),
