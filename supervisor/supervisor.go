@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"syscall"
@@ -297,29 +298,42 @@ func (s *Supervisor) loop() int {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
-		select {
-		case sig := <-s.signals:
-			s.onSignal(sig.(syscall.Signal))
-		case e := <-s.os.Exits():
-			s.onExit(e)
-		case n := <-s.notifyCh:
-			s.onNotify(n)
-		case ev := <-s.ctlCh:
-			s.onControl(ev)
-		case r := <-s.zygCh:
-			s.onZygoteReply(r)
-		case r := <-s.reloadCh:
-			s.reload(r)
-		case r := <-s.adminCh:
-			r.reply <- s.answerAdmin(r.what)
-		case <-t.C:
-			s.onTick()
-		}
-		if done, code := s.finished(); done {
+		if done, code := s.step(t.C); done {
 			s.closeAll()
 			return code
 		}
 	}
+}
+
+// step handles one event. A panic in a handler is a bug, but PID 1 exiting
+// would take every request in flight and the container with it: the event
+// is dropped, the stack logged, and supervision goes on.
+func (s *Supervisor) step(tc <-chan time.Time) (done bool, code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Printf("internal error (please report it): %v\n%s", r, debug.Stack())
+			done = false
+		}
+	}()
+	select {
+	case sig := <-s.signals:
+		s.onSignal(sig.(syscall.Signal))
+	case e := <-s.os.Exits():
+		s.onExit(e)
+	case n := <-s.notifyCh:
+		s.onNotify(n)
+	case ev := <-s.ctlCh:
+		s.onControl(ev)
+	case r := <-s.zygCh:
+		s.onZygoteReply(r)
+	case r := <-s.reloadCh:
+		s.reload(r)
+	case r := <-s.adminCh:
+		r.reply <- s.answerAdmin(r.what)
+	case <-tc:
+		s.onTick()
+	}
+	return s.finished()
 }
 
 // finished says whether the supervisor has nothing left to wait for.

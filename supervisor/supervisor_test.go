@@ -396,3 +396,23 @@ func TestReloadOfMaxRequestsReachesRunningWorkers(t *testing.T) {
 		t.Fatalf("replacement budget %d, want 50", w.budget)
 	}
 }
+
+func TestPanicInAHandlerDoesNotStopPID1(t *testing.T) {
+	h := newHarness(t, nil)
+	h.bootReady()
+	var logs strings.Builder
+	h.s.log = log.New(&logs, "", 0)
+	// A control event from no proxy: onControl dereferences it.
+	h.s.ctlCh <- ctlEvent{err: fmt.Errorf("boom")}
+	if done, _ := h.s.step(nil); done {
+		t.Fatal("the supervisor stopped after a panic in a handler")
+	}
+	if !strings.Contains(logs.String(), "internal error") {
+		t.Fatalf("panic not logged: %q", logs.String())
+	}
+	// And it still handles events.
+	h.s.notifyCh <- map[string]string{"READY": "1", "BERTH_WORKER": "nope"}
+	if done, _ := h.s.step(nil); done || !h.s.ready {
+		t.Fatal("supervisor not working after the panic")
+	}
+}
