@@ -946,6 +946,7 @@ def main_zygote():
     app = load_app(need_env('BERTH_APP'))
     global _prctl
     _prctl = _load_prctl()
+    _warm_django()
     # Objects imported so far are never touched again by the collector: forked workers keep
     # sharing those pages copy-on-write.
     gc.freeze()
@@ -975,6 +976,22 @@ def main_zygote():
             break
     _flush()
     os._exit(0)
+
+
+def _warm_django():
+    """Import a Django project's URLconf (and so its views) in the zygote.
+
+    Django resolves its URLconf lazily, on a process's first request: every
+    forked worker would pay for it (2-3 ms, and the copy-on-write faults of
+    the modules it imports) on each recycle or roll. Importing is what that
+    first request would do anyway; a failure is left for it to report."""
+    if 'django' not in sys.modules:
+        return
+    try:
+        from django.urls import get_resolver
+        get_resolver().url_patterns
+    except Exception:
+        pass
 
 
 def _load_prctl():
