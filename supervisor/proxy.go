@@ -200,7 +200,7 @@ func (s *Supervisor) onControl(ev ctlEvent) {
 }
 
 func (s *Supervisor) maybeStopDrained(w *worker) {
-	for _, p := range s.liveProxies() {
+	for _, p := range s.proxies {
 		if !w.drainedBy[p.n] {
 			return
 		}
@@ -289,10 +289,6 @@ func (s *Supervisor) activeProxy() *proxyProc {
 		}
 	}
 	return nil
-}
-
-func (s *Supervisor) liveProxies() []*proxyProc {
-	return s.proxies
 }
 
 // ---- listeners ----

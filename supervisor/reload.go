@@ -154,18 +154,6 @@ func (s *Supervisor) reload(r reloadRequest) {
 	if s.phase != running || s.fatal != nil {
 		return
 	}
-	if s.pendingReload != nil && (r.code || s.workersWouldChange()) {
-		// A roll is still importing or starting workers. Superseding it
-		// would throw its import away, and under reloads faster than an
-		// import no generation would ever finish: the change waits for
-		// the roll, and any number of changes meanwhile become one.
-		if !s.deferred {
-			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves", r.reason, s.pendingReload.n)
-		}
-		s.deferred = true
-		s.deferredCode = s.deferredCode || r.code
-		return
-	}
 	if r.code {
 		s.rollCode(r)
 		return
@@ -200,6 +188,18 @@ func (s *Supervisor) reload(r reloadRequest) {
 		return
 	}
 	ch := config.Diff(s.cfg, cfg)
+	if ch.Workers && s.pendingReload != nil {
+		// A roll is still importing or starting workers. Superseding it
+		// would throw its import away, and under reloads faster than an
+		// import no generation would ever finish: the change waits for
+		// the roll (cfgHash is left as it is, so the file is read again
+		// then), and any number of changes meanwhile become one.
+		if !s.deferred {
+			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves", r.reason, s.pendingReload.n)
+		}
+		s.deferred = true
+		return
+	}
 	s.sd.reloading()
 
 	// Build and start what is new, old things untouched.
@@ -502,26 +502,6 @@ func containsListener(ls []*listener, l *listener) bool {
 		}
 	}
 	return false
-}
-
-// workersWouldChange tells whether the config file on disk now differs
-// from the running config in settings that start a worker generation.
-func (s *Supervisor) workersWouldChange() bool {
-	if s.opts.ConfigPath == "" {
-		return false
-	}
-	data, err := os.ReadFile(s.opts.ConfigPath)
-	if err != nil {
-		return false
-	}
-	cfg, err := config.Parse(s.opts.ConfigPath, data)
-	if err != nil {
-		return false // refused at once by reload, deferring nothing
-	}
-	if s.opts.Override != nil && s.opts.Override(cfg) != nil {
-		return false
-	}
-	return config.Diff(s.cfg, cfg).Workers
 }
 
 // runDeferred applies what arrived while a roll was in progress.

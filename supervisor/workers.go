@@ -49,17 +49,16 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 	return g, nil
 }
 
-func (s *Supervisor) pythonEnv(g *generation, extra map[string]string) []string {
+// pythonEnv is a Python child's environment; chdir is app.chdir when it
+// exists, else "" (the demo app needs no directory; a missing /app is
+// not an error).
+func (s *Supervisor) pythonEnv(g *generation, chdir string, extra map[string]string) []string {
 	env := map[string]string{}
 	for k, v := range g.cfg.App.Env {
 		env[k] = v
 	}
 	env["PYTHONUNBUFFERED"] = "1"
 	env["BERTH_APP"] = g.module
-	chdir := g.cfg.App.Chdir
-	if st, err := os.Stat(chdir); err != nil || !st.IsDir() {
-		chdir = "" // the demo app needs no directory; a missing /app is not an error
-	}
 	env["BERTH_CHDIR"] = chdir
 	env["BERTH_PYTHONPATH"] = strings.Join(g.pypath, string(os.PathListSeparator))
 	env["BERTH_THREADS"] = strconv.Itoa(g.cfg.Workers.Threads)
@@ -79,14 +78,14 @@ func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]strin
 	if err != nil {
 		return ProcSpec{}, fmt.Errorf("app.python: %w", err)
 	}
-	dir := g.cfg.App.Chdir
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		dir = s.runDir
+	chdir, dir := g.cfg.App.Chdir, g.cfg.App.Chdir
+	if st, err := os.Stat(chdir); err != nil || !st.IsDir() {
+		chdir, dir = "", s.runDir
 	}
 	return ProcSpec{
 		Path:       py,
 		Args:       []string{py, "-u", filepath.Join(s.runDir, "berth_worker.py"), mode},
-		Env:        s.pythonEnv(g, env),
+		Env:        s.pythonEnv(g, chdir, env),
 		Dir:        dir,
 		Files:      files,
 		Credential: cred,
@@ -308,7 +307,7 @@ func (s *Supervisor) drain(w *worker) {
 	w.drainedBy = map[int]bool{}
 	s.metrics.restarts.WithLabelValues(w.retiring).Inc()
 	s.restarts[w.retiring]++
-	if len(s.liveProxies()) == 0 {
+	if len(s.proxies) == 0 {
 		s.stopWorker(w)
 	}
 }
@@ -667,7 +666,7 @@ func (s *Supervisor) sendWorkers() {
 			MaxRequests: w.budget,
 		})
 	}
-	for _, p := range s.liveProxies() {
+	for _, p := range s.proxies {
 		s.send(p, control.Message{Type: control.TypeWorkers, Workers: set})
 	}
 }

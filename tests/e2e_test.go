@@ -330,7 +330,7 @@ func TestPEP3333ThroughBerth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := bufio.NewReader(resp.Body).ReadString('\n')
+	first, _ := bufio.NewReader(resp.Body).ReadString('\n')
 	firstAt := time.Since(start)
 	rest, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
