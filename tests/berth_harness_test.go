@@ -452,3 +452,26 @@ func configMapSwap(t testing.TB, vol string, n int, content string) {
 		os.RemoveAll(filepath.Join(vol, old))
 	}
 }
+
+// waitUnixSocket polls until a peer (nginx, uWSGI) accepts on its unix
+// socket, failing at once if the peer exits first; logs explains failures.
+func waitUnixSocket(t testing.TB, name, path string, d time.Duration, exited <-chan error, logs func() string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("%s exited (%v):\n%s", name, err, logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening on %s after %s: %v\n%s", name, path, d, err, logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -216,24 +216,10 @@ func TestNginxWorker(t *testing.T) {
 		}
 	})
 	httpSock := filepath.Join(dir, "http.sock")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.Dial("unix", httpSock)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Fatalf("nginx exited: %v\n%s", err, b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx not listening on %s: %v", httpSock, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUnixSocket(t, "nginx", httpSock, 20*time.Second, exited, func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return string(b)
+	})
 
 	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

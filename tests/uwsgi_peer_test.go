@@ -93,23 +93,7 @@ func TestUwsgiPeer(t *testing.T) {
 			<-exited
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("uwsgi exited (%v):\n%s", err, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("uwsgi socket not ready after 15s: %v\n%s", err, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUnixSocket(t, "uwsgi", sock, 15*time.Second, exited, out.String)
 
 	elog := &syncBuffer{}
 	srv := proxy.New(proxy.Options{AccessLog: io.Discard, ErrorLog: elog})
