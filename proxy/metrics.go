@@ -32,6 +32,7 @@ type metrics struct {
 	queueWait      prometheus.Histogram
 	workerRequests *prometheus.CounterVec
 	upstreamErrors map[string]prometheus.Counter
+	refused        *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -66,7 +67,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	for _, k := range errorKinds {
 		m.upstreamErrors[k] = errs.WithLabelValues(k)
 	}
-	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_refused_requests_total",
+		Help: "Requests refused for their framing or request target before reaching a worker, by status.",
+	}, []string{"status"})
+	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs, m.refused)
 	return m
 }
 

@@ -149,7 +149,7 @@ func (s *Server) SetWorkers(ws []control.Worker) error {
 // Serve accepts HTTP/1.1 connections on l until Shutdown; it then returns
 // http.ErrServerClosed. It may be called for several listeners at once.
 func (s *Server) Serve(l net.Listener) error {
-	return s.http.Serve(l)
+	return s.http.Serve(framedListener{l})
 }
 
 // Shutdown stops accepting, closes idle client and worker connections,
@@ -301,12 +301,15 @@ type connInfo struct {
 	remoteIP   netip.Addr // invalid for unix sockets
 	localHost  string
 	localPort  string // "" for unix sockets: the scheme's default is used
+	framed     *framedConn // nil for requests that did not come through Serve
 }
 
 type connKey struct{}
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, connKey{}, newConnInfo(c.RemoteAddr(), c.LocalAddr()))
+	ci := newConnInfo(c.RemoteAddr(), c.LocalAddr())
+	ci.framed, _ = c.(*framedConn)
+	return context.WithValue(ctx, connKey{}, ci)
 }
 
 func newConnInfo(remote, local net.Addr) *connInfo {
@@ -410,9 +413,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs.rw = respWriter{w: w}
 	rs.abort = false
 	rs.worker = ""
-	s.clientInfo(rs, r, st)
-
-	s.handle(rs, r, st)
+	ci := s.clientInfo(rs, r, st)
+	method, uri, proto := r.Method, r.RequestURI, r.Proto
+	if rej := refusal(ci, r); rej != nil {
+		method, uri, proto = rej.line, "", ""
+		s.metrics.refused.WithLabelValues(strconv.Itoa(rej.status)).Inc()
+		rs.rw.Header().Set("Connection", "close")
+		plainError(&rs.rw, rej.status, "berth: bad request: "+rej.reason+"\n")
+	} else if status, why := checkTarget(r); status != 0 {
+		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
+		plainError(&rs.rw, status, "berth: "+why+"\n")
+	} else {
+		s.handle(rs, r, st)
+	}
 
 	status := rs.rw.status
 	if status == 0 {
@@ -424,7 +437,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.metrics.duration.Observe(dur.Seconds())
 	if st.log != logOff {
 		e := logEntry{
-			when: end, remote: rs.info.remoteAddr, method: r.Method, uri: r.RequestURI, proto: r.Proto,
+			when: end, remote: rs.info.remoteAddr, method: method, uri: uri, proto: proto,
 			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
 			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
 		}
@@ -451,7 +464,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // clientInfo fills the client's address and scheme, believing
 // X-Forwarded-For / -Proto only from a trusted peer.
-func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) {
+func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) *connInfo {
 	ci := connInfoOf(r)
 	in := &rs.info
 	*in = reqInfo{remoteAddr: ci.remoteHost, remotePort: ci.remotePort, scheme: "http"}
@@ -489,6 +502,7 @@ func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) {
 			in.serverPort = "443"
 		}
 	}
+	return ci
 }
 
 // realIP walks X-Forwarded-For right to left and returns the first address
