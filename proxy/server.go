@@ -300,7 +300,7 @@ type connInfo struct {
 	remotePort string
 	remoteIP   netip.Addr // invalid for unix sockets
 	localHost  string
-	localPort  string // "" for unix sockets: the scheme's default is used
+	localPort  string      // "" for unix sockets: the scheme's default is used
 	framed     *framedConn // nil for requests that did not come through Serve
 }
 
