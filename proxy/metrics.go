@@ -33,6 +33,8 @@ type metrics struct {
 	workerRequests *prometheus.CounterVec
 	upstreamErrors map[string]prometheus.Counter
 	refused        *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	notRetried     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -71,7 +73,18 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "berth_refused_requests_total",
 		Help: "Requests refused for their framing or request target before reaching a worker, by status.",
 	}, []string{"status"})
-	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs, m.refused)
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_retries_total",
+		Help: "Requests sent to a second worker because the first never had them: dial (socket refused), write (the packet did not go out), unread (the worker closed with the request unread).",
+	}, []string{"reason"})
+	for _, r := range []string{"dial", "write", "unread"} {
+		m.retries.WithLabelValues(r)
+	}
+	m.notRetried = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "berth_retries_refused_total",
+		Help: "Requests answered 502 rather than replayed because the worker that died had read them (it may be what killed it).",
+	})
+	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs, m.refused, m.retries, m.notRetried)
 	return m
 }
 

@@ -228,7 +228,10 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 		rt.mu.Unlock()
 		return grant{w: w, c: c}, 0, nil
 	}
-	if !rt.anyRoutableLocked(now.UnixNano()) {
+	// With no worker ready (at boot, or while crashed ones are replaced)
+	// requests wait in the queue like any other, so none waits longer
+	// than queue_timeout; without a queue they get 503 at once.
+	if !rt.anyRoutableLocked(now.UnixNano()) && (st.queueSize == 0 || st.queueTimeout <= 0) {
 		rt.noWorkerLogLocked(now)
 		rt.mu.Unlock()
 		return grant{}, 0, errNoWorker
@@ -274,8 +277,23 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 	rt.queued--
 	rt.s.metrics.queueDepth.Set(float64(rt.queued))
 	rt.compactLocked()
+	if err == errQueueTimeout && !rt.anyRoutableLocked(time.Now().UnixNano()) {
+		err = errNoWorker
+		rt.noWorkerLogLocked(time.Now())
+	}
 	rt.mu.Unlock()
 	return grant{}, time.Since(now), err
+}
+
+// kick hands free slots to queued requests; housekeeping calls it so a
+// worker whose dial backoff ended takes waiting requests.
+func (rt *router) kick() {
+	rt.mu.Lock()
+	pend := rt.dispatchLocked(nil, true)
+	rt.mu.Unlock()
+	for _, p := range pend {
+		p.wt.ch <- rt.s.handoff(p.wt.job, p.g)
+	}
 }
 
 var errClientGone = errors.New("the client went away")

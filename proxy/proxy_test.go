@@ -480,8 +480,14 @@ func TestQueueTimeout(t *testing.T) {
 }
 
 func TestNoWorker(t *testing.T) {
-	h := startProxy(t, defaultConfig())
+	cfg := defaultConfig()
+	cfg.QueueTimeout = control.Duration(200 * time.Millisecond)
+	h := startProxy(t, cfg)
+	start := time.Now()
 	resp, body := h.get("/")
+	if waited := time.Since(start); waited < 200*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("answered after %s; want the queue timeout (200ms)", waited)
+	}
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" || !strings.Contains(body, "no worker is ready") {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
@@ -501,6 +507,37 @@ func TestNoWorker(t *testing.T) {
 	h.setWorkers(fw)
 	if resp, _ := h.get("/"); resp.StatusCode != 200 {
 		t.Errorf("after a worker came: %d", resp.StatusCode)
+	}
+}
+
+// Requests that arrive before any worker is ready (boot, or every worker
+// crashed) wait for one, up to the queue timeout.
+func TestRequestsWaitForTheFirstWorker(t *testing.T) {
+	h := startProxy(t, defaultConfig()) // queue timeout 5s
+	fw := startFake(t, "w1", 1, hello)
+	type result struct {
+		code int
+		body string
+	}
+	res := make(chan result, 3)
+	for i := 0; i < 3; i++ {
+		go func() {
+			resp, err := h.client.Get(h.url + "/")
+			if err != nil {
+				res <- result{0, err.Error()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			res <- result{resp.StatusCode, string(b)}
+		}()
+	}
+	waitFor(t, "3 queued requests", 2*time.Second, func() bool { return h.srv.Stats().Queue == 3 })
+	h.setWorkers(fw)
+	for i := 0; i < 3; i++ {
+		if r := <-res; r.code != 200 || r.body != "hello from w1" {
+			t.Fatalf("%d %q", r.code, r.body)
+		}
 	}
 }
 
@@ -608,18 +645,71 @@ func TestTimeout(t *testing.T) {
 func dies(fw *fakeWorker, c net.Conn, req *fakeReq) bool { return false }
 
 func TestRetry(t *testing.T) {
-	t.Run("GET retried on another worker", func(t *testing.T) {
+	t.Run("GET not replayed after the worker read it", func(t *testing.T) {
+		// A query of death: the worker read the request and died. Sending
+		// it to the next worker would kill that one too.
 		bad := startFake(t, "bad", 1, dies)
 		good := startFake(t, "good", 1, hello)
 		h := startProxy(t, defaultConfig(), bad, good)
+		saw502 := false
+		for i := 0; i < 4; i++ {
+			before, beforeGood := bad.requests.Load(), good.requests.Load()
+			resp, body := h.get("/")
+			hitBad := bad.requests.Load() > before
+			switch {
+			case hitBad && resp.StatusCode == 502 && good.requests.Load() == beforeGood:
+				saw502 = true
+			case !hitBad && resp.StatusCode == 200 && body == "hello from good":
+			default:
+				t.Fatalf("request %d: hit bad worker %v, got %d %q", i, hitBad, resp.StatusCode, body)
+			}
+		}
+		if !saw502 {
+			t.Fatal("no request went to the dying worker; the test proves nothing")
+		}
+		if m := h.metricsText(); !strings.Contains(m, "berth_retries_refused_total 1") && !strings.Contains(m, "berth_retries_refused_total 2") {
+			t.Errorf("berth_retries_refused_total not counted:\n%s", grepLine(m, "berth_retries"))
+		}
+		if !strings.Contains(h.elog.String(), "not replayed") {
+			t.Errorf("not logged: %q", h.elog.String())
+		}
+	})
+	t.Run("GET the worker never read is retried", func(t *testing.T) {
+		// A worker that accepts and closes at once, reading nothing (it is
+		// exiting): the request never reached the app.
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(tempDir(t), "closer.sock"), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		var accepted atomic.Int64
+		go func() {
+			for {
+				c, err := l.AcceptUnix()
+				if err != nil {
+					return
+				}
+				accepted.Add(1)
+				time.Sleep(20 * time.Millisecond) // let the request land unread
+				c.Close()
+			}
+		}()
+		good := startFake(t, "good", 1, hello)
+		h := startProxy(t, defaultConfig())
+		if err := h.srv.SetWorkers([]control.Worker{{ID: "closer", Socket: l.Addr().String(), Capacity: 1}, good.worker()}); err != nil {
+			t.Fatal(err)
+		}
 		for i := 0; i < 4; i++ {
 			resp, body := h.get("/")
 			if resp.StatusCode != 200 || body != "hello from good" {
 				t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 			}
 		}
-		if bad.requests.Load() == 0 {
-			t.Fatal("no request went to the dying worker; the test proves nothing")
+		if accepted.Load() == 0 {
+			t.Fatal("no request went to the closing worker; the test proves nothing")
+		}
+		if m := h.metricsText(); !strings.Contains(m, `berth_retries_total{reason="unread"}`) || strings.Contains(m, `berth_retries_total{reason="unread"} 0`) {
+			t.Errorf("retry not counted:\n%s", grepLine(m, "berth_retries"))
 		}
 	})
 	t.Run("POST not retried after the worker read it", func(t *testing.T) {
@@ -660,18 +750,32 @@ func TestRetry(t *testing.T) {
 		}
 	})
 	t.Run("retried once only", func(t *testing.T) {
-		b1 := startFake(t, "b1", 1, dies)
-		b2 := startFake(t, "b2", 1, dies)
-		b3 := startFake(t, "b3", 1, dies)
+		b1 := startFake(t, "b1", 1, echo)
+		b2 := startFake(t, "b2", 1, echo)
+		b3 := startFake(t, "b3", 1, echo)
+		for _, b := range []*fakeWorker{b1, b2, b3} {
+			b.stop()
+			os.Remove(b.path)
+		}
 		h := startProxy(t, defaultConfig(), b1, b2, b3)
 		resp, _ := h.get("/")
 		if resp.StatusCode != 502 {
 			t.Fatalf("%d, want 502", resp.StatusCode)
 		}
-		if n := b1.requests.Load() + b2.requests.Load() + b3.requests.Load(); n != 2 {
-			t.Fatalf("%d attempts, want 2", n)
+		if n := strings.Count(h.elog.String(), "connect "); n != 2 {
+			t.Fatalf("%d attempts, want 2:\n%s", n, h.elog.String())
 		}
 	})
+}
+
+func grepLine(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // A pooled connection the worker closed (it restarted, or its idle timer
@@ -899,8 +1003,10 @@ func TestLogFormatsExact(t *testing.T) {
 
 func TestMetricsAndStats(t *testing.T) {
 	fw := startFake(t, "w1", 1, hello)
-	h := startProxy(t, defaultConfig())
-	h.get("/") // 503: no worker
+	cfg := defaultConfig()
+	cfg.QueueTimeout = control.Duration(50 * time.Millisecond)
+	h := startProxy(t, cfg)
+	h.get("/") // 503 after the queue timeout: no worker
 	h.setWorkers(fw)
 	for i := 0; i < 3; i++ {
 		h.get("/")
@@ -913,7 +1019,7 @@ func TestMetricsAndStats(t *testing.T) {
 		`berth_upstream_errors_total{kind="no_worker"} 1`,
 		`berth_queue_depth 0`,
 		`berth_http_request_duration_seconds_count 4`,
-		`berth_queue_wait_seconds_count 0`,
+		`berth_queue_wait_seconds_count 1`, // the request that waited for a worker in vain
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q", want)

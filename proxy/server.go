@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/control"
@@ -271,6 +272,7 @@ func (s *Server) housekeeping() {
 		case <-t.C:
 		}
 		s.alog.flush()
+		s.rt.kick()
 		if tick%10 != 0 {
 			continue
 		}
@@ -401,6 +403,9 @@ type reqState struct {
 	resp   spool
 	line   []byte
 	abort  bool // the response is broken mid-way: cut the connection
+	// bodiless: the request has no body, so a worker that did not read
+	// all of its packet never called the app.
+	bodiless bool
 	worker string
 	job    sendJob
 }
@@ -590,11 +595,25 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 type outcome uint8
 
 const (
-	done      outcome = iota // a response (maybe an error page) was sent
-	retryAny                 // dial or write failure: the worker never saw the whole request
-	retrySafe                // closed before any response byte: retry idempotent methods only
-	failed502                // nothing sent yet; answer 502
+	done        outcome = iota // a response (maybe an error page) was sent
+	failed502                  // nothing sent yet; answer 502
+	retryDial                  // the worker's socket refused the connection
+	retryWrite                 // sending the request packet failed: the worker has none of it
+	retryUnread                // the worker closed with the (bodiless) request unread
 )
+
+// retryReason labels berth_retries_total.
+func (o outcome) retryReason() string {
+	switch o {
+	case retryDial:
+		return "dial"
+	case retryWrite:
+		return "write"
+	case retryUnread:
+		return "unread"
+	}
+	return ""
+}
 
 func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 	w := &rs.rw
@@ -634,6 +653,7 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		rs.info.contentLength = "0"
 	}
 
+	rs.bodiless = !hasBody || rs.body.size() == 0
 	pkt, err := appendPacket(rs.pkt, r, &rs.info)
 	rs.pkt = pkt
 	if err != nil {
@@ -663,24 +683,20 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		}
 		rs.worker = g.w.id
 		out := s.exchange(rs, r, st, g, pkt, bodyInPkt)
-		switch {
-		case out == done:
+		if out == done {
 			return
-		case attempt == 0 && (out == retryAny || (out == retrySafe && idempotent(r.Method))):
+		}
+		// Only a request the worker never had is sent to another one. One
+		// it had read may be what killed it (a query of death): replaying
+		// it would kill the next worker too, so it gets 502.
+		if reason := out.retryReason(); reason != "" && attempt == 0 {
+			s.metrics.retries.WithLabelValues(reason).Inc()
 			avoid = g.w
 			continue
 		}
 		plainError(w, http.StatusBadGateway, "berth: the worker failed to answer\n")
 		return
 	}
-}
-
-func idempotent(method string) bool {
-	switch method {
-	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE":
-		return true
-	}
-	return false
 }
 
 func (s *Server) tooLarge(w http.ResponseWriter, st *settings) {
@@ -721,7 +737,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	for ; ; sent = false {
 		if !sent {
 			var out outcome
-			if c, out = s.send(rs, st, wk, c, pkt, bodyInPkt, start); c == nil {
+			if c, out = s.send(rs, r, st, wk, c, pkt, bodyInPkt, start); c == nil {
 				return out
 			}
 		}
@@ -749,9 +765,17 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 			continue
 		}
 		s.metrics.upstreamError(kindReset)
-		s.logf("worker %s: closed the connection without answering (%v)", wk.id, err)
 		s.rt.release(wk, c, false)
-		return retrySafe
+		// A unix socket closed with data still unread reports ECONNRESET,
+		// one whose reader took everything reports EOF. A bodiless
+		// request that is partly unread never reached the app.
+		if errors.Is(err, syscall.ECONNRESET) && rs.bodiless {
+			s.logf("worker %s: closed the connection before reading %s %s; retrying it on another worker", wk.id, r.Method, r.URL.Path)
+			return retryUnread
+		}
+		s.metrics.notRetried.Inc()
+		s.logf("worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
+		return failed502
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		s.metrics.upstreamError(kindBadResponse)
@@ -959,7 +983,7 @@ func listedIn(conn []string, k string) bool {
 // send writes the request on c (nil: a new connection), replacing pooled
 // connections the worker had closed. On failure it has released the worker
 // and returns a nil connection and the outcome.
-func (s *Server) send(rs *reqState, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome) {
+func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome) {
 	for {
 		if c == nil {
 			var err error
@@ -968,7 +992,7 @@ func (s *Server) send(rs *reqState, st *settings, wk *worker, c *upConn, pkt []b
 				s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
 				s.rt.noteDialFailure(wk)
 				s.rt.release(wk, nil, false)
-				return nil, retryAny
+				return nil, retryDial
 			}
 		}
 		if st.timeout > 0 {
@@ -987,7 +1011,9 @@ func (s *Server) send(rs *reqState, st *settings, wk *worker, c *upConn, pkt []b
 			c = s.staleConn(wk, c)
 			continue
 		}
+		out := retryWrite // the packet did not go out: the worker has nothing
 		if err == nil && !bodyInPkt {
+			out = failed502 // the worker may have begun on the packet
 			if rs.body.inMemory() {
 				_, err = c.c.Write(rs.body.bytes())
 			} else {
@@ -1003,7 +1029,11 @@ func (s *Server) send(rs *reqState, st *settings, wk *worker, c *upConn, pkt []b
 			}
 			s.metrics.upstreamError(kindWrite)
 			s.rt.release(wk, c, false)
-			return nil, retryAny
+			if out == failed502 {
+				s.metrics.notRetried.Inc()
+				s.logf("worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
+			}
+			return nil, out
 		}
 		return c, done
 	}

@@ -163,12 +163,3 @@ func TestCopyHeaders(t *testing.T) {
 		t.Errorf("Content-Type must be set to nil to stop sniffing: %v %v", v, ok)
 	}
 }
-
-func TestIdempotent(t *testing.T) {
-	for m, want := range map[string]bool{"GET": true, "HEAD": true, "OPTIONS": true, "PUT": true, "DELETE": true,
-		"TRACE": true, "POST": false, "PATCH": false} {
-		if idempotent(m) != want {
-			t.Errorf("idempotent(%s) != %v", m, want)
-		}
-	}
-}
