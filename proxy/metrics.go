@@ -18,9 +18,10 @@ const (
 	kindNoWorker     = "no_worker"     // 503: no worker is ready
 	kindQueueFull    = "queue_full"    // 503: every worker busy and the queue full
 	kindQueueTimeout = "queue_timeout" // 503: waited queue_timeout for a worker
+	kindNoFiles      = "no_files"      // 503: the proxy hit its file descriptor limit
 )
 
-var errorKinds = []string{kindDial, kindWrite, kindReset, kindTimeout, kindBadResponse, kindStale, kindNoWorker, kindQueueFull, kindQueueTimeout}
+var errorKinds = []string{kindDial, kindWrite, kindReset, kindTimeout, kindBadResponse, kindStale, kindNoWorker, kindQueueFull, kindQueueTimeout, kindNoFiles}
 
 // metrics are the proxy's Prometheus series, on a registry of their own.
 type metrics struct {

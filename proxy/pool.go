@@ -31,6 +31,7 @@ var (
 	errNoWorker     = errors.New("no worker is ready")
 	errQueueFull    = errors.New("every worker is busy and the queue is full")
 	errQueueTimeout = errors.New("no worker became free within queue_timeout")
+	errOutOfFiles   = errors.New("the proxy has no file descriptor left")
 )
 
 // worker is one worker process as this proxy sees it. id, socket and

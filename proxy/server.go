@@ -86,6 +86,8 @@ type Server struct {
 	bg       sync.WaitGroup
 
 	reqPool sync.Pool // of *reqState
+
+	lastNoFiles atomic.Int64 // unix nanos of the last out-of-files log line
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -597,6 +599,7 @@ type outcome uint8
 const (
 	done        outcome = iota // a response (maybe an error page) was sent
 	failed502                  // nothing sent yet; answer 502
+	outOfFiles                 // the proxy has no file descriptor left: 503
 	retryDial                  // the worker's socket refused the connection
 	retryWrite                 // sending the request packet failed: the worker has none of it
 	retryUnread                // the worker closed with the (bodiless) request unread
@@ -686,6 +689,10 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		if out == done {
 			return
 		}
+		if out == outOfFiles {
+			s.unavailable(w, st, errOutOfFiles)
+			return
+		}
 		// Only a request the worker never had is sent to another one. One
 		// it had read may be what killed it (a query of death): replaying
 		// it would kill the next worker too, so it gets 502.
@@ -712,6 +719,9 @@ func (s *Server) unavailable(w http.ResponseWriter, st *settings, err error) {
 		kind, msg = kindNoWorker, "berth: no worker is ready to serve this request; retry later\n"
 	case errQueueFull:
 		kind, msg = kindQueueFull, "berth: every worker is busy and the queue is full; retry later\n"
+	case errOutOfFiles:
+		kind, msg = kindNoFiles, "berth: the proxy has no file descriptor left (raise ulimit -n); retry later\n"
+		s.noFilesLog()
 	case errQueueTimeout:
 		kind, msg = kindQueueTimeout, fmt.Sprintf("berth: no worker became free within %s; retry later\n", st.queueTimeout)
 	default: // the client left while queued: nothing to answer
@@ -720,6 +730,17 @@ func (s *Server) unavailable(w http.ResponseWriter, st *settings, err error) {
 	s.metrics.upstreamError(kind)
 	w.Header().Set("Retry-After", "1")
 	plainError(w, http.StatusServiceUnavailable, msg)
+}
+
+// noFilesLog says, at most every 5 seconds, that the proxy ran out of
+// file descriptors: the cause of a burst of 503s an operator must see.
+func (s *Server) noFilesLog() {
+	now := time.Now().UnixNano()
+	last := s.lastNoFiles.Load()
+	if now-last < int64(5*time.Second) || !s.lastNoFiles.CompareAndSwap(last, now) {
+		return
+	}
+	s.logf("out of file descriptors: answering 503 to requests that need a worker connection; raise the proxy's ulimit -n (RLIMIT_NOFILE)")
 }
 
 // exchange sends the request on g's worker and relays its answer. It
@@ -988,6 +1009,12 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 		if c == nil {
 			var err error
 			if c, err = dialWorker(wk); err != nil {
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					// The proxy's limit, not the worker's fault: the worker
+					// stays in routing.
+					s.rt.release(wk, nil, false)
+					return nil, outOfFiles
+				}
 				s.metrics.upstreamError(kindDial)
 				s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
 				s.rt.noteDialFailure(wk)
