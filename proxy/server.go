@@ -398,18 +398,18 @@ func (rw *respWriter) Unwrap() http.ResponseWriter { return rw.w }
 
 // reqState is the per-request scratch, pooled.
 type reqState struct {
-	rw     respWriter
-	info   reqInfo
-	pkt    []byte
-	body   spool
-	resp   spool
-	line   []byte
-	abort  bool // the response is broken mid-way: cut the connection
+	rw    respWriter
+	info  reqInfo
+	pkt   []byte
+	body  spool
+	resp  spool
+	line  []byte
+	abort bool // the response is broken mid-way: cut the connection
 	// bodiless: the request has no body, so a worker that did not read
 	// all of its packet never called the app.
 	bodiless bool
-	worker string
-	job    sendJob
+	worker   string
+	job      sendJob
 }
 
 // ServeHTTP answers one request: static file, or a worker's answer.
