@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
@@ -60,43 +58,6 @@ type worker struct {
 func (w *worker) routable(now int64) bool {
 	return !w.draining && !w.dead && !w.removed && w.downUntil <= now
 }
-
-// upConn is one connection to a worker, owned by one request at a time.
-type upConn struct {
-	c         *net.UnixConn
-	cnt       countingReader
-	br        *bufio.Reader
-	w         *worker
-	idleSince int64
-	reused    bool
-	deadline  bool // a deadline is set and must be cleared before reuse
-}
-
-// countingReader counts the bytes a worker sent, to tell "failed before any
-// response byte" (retryable) from a broken response.
-type countingReader struct {
-	c *net.UnixConn
-	n int64
-}
-
-func (r *countingReader) Read(p []byte) (int, error) {
-	n, err := r.c.Read(p)
-	r.n += int64(n)
-	return n, err
-}
-
-func dialWorker(w *worker) (*upConn, error) {
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: w.socket, Net: "unix"})
-	if err != nil {
-		return nil, err
-	}
-	u := &upConn{c: c, w: w}
-	u.cnt.c = c
-	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
-	return u, nil
-}
-
-func (u *upConn) close() { u.c.Close() }
 
 // waiter is a request queued for a worker.
 type waiter struct {
@@ -554,4 +515,17 @@ func (rt *router) stats() control.Stats {
 		st.Workers[w.id] = control.WorkerStats{Requests: w.requests, InFlight: w.inflight}
 	}
 	return st
+}
+
+// takeIdle returns another pooled connection of w, or nil.
+func (rt *router) takeIdle(w *worker) *upConn {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if n := len(w.idle); n > 0 {
+		c := w.idle[n-1]
+		w.idle[n-1] = nil
+		w.idle = w.idle[:n-1]
+		return c
+	}
+	return nil
 }

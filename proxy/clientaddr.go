@@ -1,0 +1,157 @@
+package proxy
+
+// clientaddr.go: who the client is (address, port, scheme, server name),
+// believing X-Forwarded-For and -Proto only from trusted proxies.
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// connInfo is computed once per client connection.
+type connInfo struct {
+	remoteHost string
+	remotePort string
+	remoteIP   netip.Addr // invalid for unix sockets
+	localHost  string
+	localPort  string      // "" for unix sockets: the scheme's default is used
+	framed     *framedConn // nil for requests that did not come through Serve
+}
+
+type connKey struct{}
+
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	ci := newConnInfo(c.RemoteAddr(), c.LocalAddr())
+	ci.framed, _ = c.(*framedConn)
+	return context.WithValue(ctx, connKey{}, ci)
+}
+
+func newConnInfo(remote, local net.Addr) *connInfo {
+	ci := &connInfo{remoteHost: "unix:", localHost: "localhost"}
+	if a, ok := remote.(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		ci.remoteIP = ap.Addr().Unmap()
+		ci.remoteHost = ci.remoteIP.String()
+		ci.remotePort = strconv.Itoa(int(ap.Port()))
+	}
+	if a, ok := local.(*net.TCPAddr); ok {
+		ap := a.AddrPort()
+		ci.localHost = ap.Addr().Unmap().String()
+		ci.localPort = strconv.Itoa(int(ap.Port()))
+	}
+	return ci
+}
+
+// connInfoOf finds the connection's info; requests handed to ServeHTTP by
+// another http.Server (tests) get it computed from the request.
+func connInfoOf(r *http.Request) *connInfo {
+	if ci, ok := r.Context().Value(connKey{}).(*connInfo); ok {
+		return ci
+	}
+	var remote net.Addr
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		remote = net.TCPAddrFromAddrPort(ap)
+	}
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return newConnInfo(remote, local)
+}
+
+// clientInfo fills the client's address and scheme, believing
+// X-Forwarded-For / -Proto only from a trusted peer.
+func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) *connInfo {
+	ci := connInfoOf(r)
+	in := &rs.info
+	*in = reqInfo{remoteAddr: ci.remoteHost, remotePort: ci.remotePort, scheme: "http"}
+	if r.TLS != nil {
+		in.scheme = "https"
+	}
+	if len(st.trusted) > 0 && st.isTrusted(ci.remoteIP) {
+		if xff := r.Header["X-Forwarded-For"]; len(xff) > 0 {
+			if a, ok := realIP(st, xff); ok {
+				in.remoteAddr, in.remotePort = a, ""
+			}
+		}
+		if xfp := r.Header["X-Forwarded-Proto"]; len(xfp) > 0 {
+			v := xfp[0]
+			if i := strings.IndexByte(v, ','); i >= 0 {
+				v = v[:i]
+			}
+			v = strings.TrimSpace(v)
+			switch {
+			case strings.EqualFold(v, "https"):
+				in.scheme = "https"
+			case strings.EqualFold(v, "http"):
+				in.scheme = "http"
+			}
+		}
+	}
+	in.serverName = hostOnly(r.Host)
+	if in.serverName == "" {
+		in.serverName = ci.localHost
+	}
+	in.serverPort = ci.localPort
+	if in.serverPort == "" {
+		in.serverPort = "80"
+		if in.scheme == "https" {
+			in.serverPort = "443"
+		}
+	}
+	return ci
+}
+
+// realIP walks X-Forwarded-For right to left and returns the first address
+// that is not a trusted proxy (the leftmost when all are). An entry that is
+// not an address makes it decline, as nginx's realip does.
+func realIP(st *settings, vals []string) (string, bool) {
+	last := ""
+	for i := len(vals) - 1; i >= 0; i-- {
+		v := vals[i]
+		for v != "" {
+			j := strings.LastIndexByte(v, ',')
+			tok := strings.TrimSpace(v[j+1:])
+			if j < 0 {
+				v = ""
+			} else {
+				v = v[:j]
+			}
+			if tok == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(tok)
+			if err != nil {
+				ap, err2 := netip.ParseAddrPort(tok)
+				if err2 != nil {
+					return "", false
+				}
+				a = ap.Addr()
+				tok = a.String()
+			}
+			last = tok
+			if !st.isTrusted(a) {
+				return tok, true
+			}
+		}
+	}
+	return last, last != ""
+}
+
+// hostOnly strips the port from a Host header.
+func hostOnly(h string) string {
+	if h == "" {
+		return ""
+	}
+	if h[0] == '[' {
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			return h[:i+1]
+		}
+		return h
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		return h[:i]
+	}
+	return h
+}

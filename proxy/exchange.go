@@ -1,0 +1,572 @@
+package proxy
+
+// exchange.go: the upstream exchange. A request that is not a static file
+// is buffered, given a worker by the router, written to it over the uwsgi
+// protocol, and its answer relayed; failures decide between a retry on
+// another worker and an error page.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// outcome of one exchange with a worker.
+type outcome uint8
+
+const (
+	done        outcome = iota // a response (maybe an error page) was sent
+	failed502                  // nothing sent yet; answer 502
+	outOfFiles                 // the proxy has no file descriptor left: 503
+	retryDial                  // the worker's socket refused the connection
+	retryWrite                 // sending the request packet failed: the worker has none of it
+	retryUnread                // the worker closed with the (bodiless) request unread
+)
+
+// retryReason labels berth_retries_total.
+func (o outcome) retryReason() string {
+	switch o {
+	case retryDial:
+		return "dial"
+	case retryWrite:
+		return "write"
+	case retryUnread:
+		return "unread"
+	}
+	return ""
+}
+
+func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
+	w := &rs.rw
+	// Read the whole body before taking a worker, so a slow upload holds
+	// only this goroutine.
+	hasBody := r.Body != nil && r.Body != http.NoBody
+	if hasBody && st.maxBody > 0 && r.ContentLength > st.maxBody {
+		s.tooLarge(w, st)
+		return
+	}
+	if hasBody {
+		rc := http.NewResponseController(w.w)
+		rs.body.reset(reqMemLimit, s.opts.TempDir)
+		err := rs.body.readFrom(r.Body, st.maxBody, func() { rc.SetReadDeadline(time.Now().Add(clientBodyTimeout)) })
+		// net/http watches the connection once the body is read; a stale
+		// deadline would cancel the request's context.
+		rc.SetReadDeadline(time.Time{})
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			s.tooLarge(w, st)
+			return
+		case err != nil:
+			var ne net.Error
+			w.Header().Set("Connection", "close")
+			if errors.As(err, &ne) && ne.Timeout() {
+				plainError(w, http.StatusRequestTimeout, "berth: the request body did not arrive in time\n")
+				return
+			}
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+				return // client gone: 499
+			}
+			plainError(w, http.StatusBadRequest, "berth: cannot read the request body: "+err.Error()+"\n")
+			return
+		}
+		rs.info.contentLength = strconv.FormatInt(rs.body.size(), 10)
+	} else if _, ok := r.Header["Content-Length"]; ok {
+		rs.info.contentLength = "0"
+	}
+
+	rs.bodiless = !hasBody || rs.body.size() == 0
+	pkt, err := appendPacket(rs.pkt, r, &rs.info)
+	rs.pkt = pkt
+	if err != nil {
+		plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
+		return
+	}
+	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
+	if hasBody && bodyInPkt {
+		pkt = append(pkt, rs.body.bytes()...)
+		rs.pkt = pkt
+	}
+
+	var avoid *worker
+	for attempt := 0; ; attempt++ {
+		var job *sendJob
+		if bodyInPkt {
+			rs.job = sendJob{pkt: pkt, timeout: st.timeout}
+			job = &rs.job
+		}
+		g, waited, err := s.rt.acquire(r.Context().Done(), st, avoid, job)
+		if waited > 0 {
+			s.metrics.queueWait.Observe(waited.Seconds())
+		}
+		if err != nil {
+			s.unavailable(w, st, err)
+			return
+		}
+		rs.worker = g.w.id
+		out := s.exchange(rs, r, st, g, pkt, bodyInPkt)
+		if out == done {
+			return
+		}
+		if out == outOfFiles {
+			s.unavailable(w, st, errOutOfFiles)
+			return
+		}
+		// Only a request the worker never had is sent to another one. One
+		// it had read may be what killed it (a query of death): replaying
+		// it would kill the next worker too, so it gets 502.
+		if reason := out.retryReason(); reason != "" && attempt == 0 {
+			s.metrics.retries.WithLabelValues(reason).Inc()
+			avoid = g.w
+			continue
+		}
+		plainError(w, http.StatusBadGateway, "berth: the worker failed to answer\n")
+		return
+	}
+}
+
+func (s *Server) tooLarge(w http.ResponseWriter, st *settings) {
+	w.Header().Set("Connection", "close")
+	plainError(w, http.StatusRequestEntityTooLarge,
+		fmt.Sprintf("berth: the request body is larger than max_body_size (%d bytes)\n", st.maxBody))
+}
+
+func (s *Server) unavailable(w http.ResponseWriter, st *settings, err error) {
+	var kind, msg string
+	switch err {
+	case errNoWorker:
+		kind, msg = kindNoWorker, "berth: no worker is ready to serve this request; retry later\n"
+	case errQueueFull:
+		kind, msg = kindQueueFull, "berth: every worker is busy and the queue is full; retry later\n"
+	case errOutOfFiles:
+		kind, msg = kindNoFiles, "berth: the proxy has no file descriptor left (raise ulimit -n); retry later\n"
+		s.noFilesLog()
+	case errQueueTimeout:
+		kind, msg = kindQueueTimeout, fmt.Sprintf("berth: no worker became free within %s; retry later\n", st.queueTimeout)
+	default: // the client left while queued: nothing to answer
+		return
+	}
+	s.metrics.upstreamError(kind)
+	w.Header().Set("Retry-After", "1")
+	plainError(w, http.StatusServiceUnavailable, msg)
+}
+
+// noFilesLog says, at most every 5 seconds, that the proxy ran out of
+// file descriptors: the cause of a burst of 503s an operator must see.
+func (s *Server) noFilesLog() {
+	now := time.Now().UnixNano()
+	last := s.lastNoFiles.Load()
+	if now-last < int64(5*time.Second) || !s.lastNoFiles.CompareAndSwap(last, now) {
+		return
+	}
+	s.logf("out of file descriptors: answering 503 to requests that need a worker connection; raise the proxy's ulimit -n (RLIMIT_NOFILE)")
+}
+
+// exchange sends the request on g's worker and relays its answer. It
+// always releases the worker slot.
+func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, pkt []byte, bodyInPkt bool) outcome {
+	wk := g.w
+	c := g.c
+	start := time.Now()
+	sent := g.sent
+	if sent {
+		start = g.start
+	}
+	var resp *http.Response
+	var err error
+	for ; ; sent = false {
+		if !sent {
+			var out outcome
+			if c, out = s.send(rs, r, st, wk, c, pkt, bodyInPkt, start); c == nil {
+				return out
+			}
+		}
+		resp, err = http.ReadResponse(c.br, r)
+		for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp, err = http.ReadResponse(c.br, r) // 1xx interim answers are not relayed
+		}
+		if err == nil {
+			break
+		}
+		if isTimeout(err) {
+			return s.timedOut(rs, wk, c, st)
+		}
+		if c.cnt.n > 0 {
+			s.metrics.upstreamError(kindBadResponse)
+			s.logf("worker %s: bad response: %v", wk.id, err)
+			s.rt.release(wk, c, false)
+			return failed502
+		}
+		if c.reused && !s.rt.provenKeepalive(wk) {
+			// A worker that never answered on a reused connection (plain
+			// uWSGI closes after each response, even a framed one) closed
+			// this one as we wrote: stale, whatever the method.
+			c = s.staleConn(wk, c)
+			continue
+		}
+		s.metrics.upstreamError(kindReset)
+		s.rt.release(wk, c, false)
+		// A unix socket closed with data still unread reports ECONNRESET,
+		// one whose reader took everything reports EOF. A bodiless
+		// request that is partly unread never reached the app.
+		if errors.Is(err, syscall.ECONNRESET) && rs.bodiless {
+			s.logf("worker %s: closed the connection before reading %s %s; retrying it on another worker", wk.id, r.Method, r.URL.Path)
+			return retryUnread
+		}
+		s.metrics.notRetried.Inc()
+		s.logf("worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
+		return failed502
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		s.metrics.upstreamError(kindBadResponse)
+		s.logf("worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
+		s.rt.release(wk, c, false)
+		return failed502
+	}
+
+	if streams(resp.Header) {
+		return s.stream(rs, r, st, wk, c, resp)
+	}
+
+	// Buffer the whole body, give the worker back, then feed the client.
+	rs.resp.reset(respMemLimit, s.opts.TempDir)
+	if err := rs.resp.readFrom(resp.Body, 0, nil); err != nil {
+		if isTimeout(err) {
+			return s.timedOut(rs, wk, c, st)
+		}
+		s.metrics.upstreamError(kindBadResponse)
+		s.logf("worker %s: reading the response body: %v", wk.id, err)
+		s.rt.release(wk, c, false)
+		return failed502
+	}
+	reuse := !resp.Close && c.br.Buffered() == 0
+	s.rt.release(wk, c, reuse)
+
+	w := &rs.rw
+	h := w.Header()
+	copyHeaders(h, resp.Header)
+	if bodyAllowed(resp.StatusCode) && r.Method != http.MethodHead {
+		n := strconv.FormatInt(rs.resp.size(), 10)
+		if v := h["Content-Length"]; len(v) == 1 {
+			v[0] = n // the worker's own slice: no allocation
+		} else {
+			h["Content-Length"] = []string{n}
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	if rs.resp.size() == 0 {
+		return done
+	}
+	if rs.resp.inMemory() && rs.resp.size() <= largeWrite {
+		w.Write(rs.resp.bytes())
+		return done
+	}
+	s.writeLarge(rs)
+	return done
+}
+
+// writeLarge sends a large buffered body with a send deadline pushed
+// forward per chunk (nginx send_timeout), so a client that stops reading
+// is dropped instead of holding memory or a temp file forever.
+func (s *Server) writeLarge(rs *reqState) {
+	w := &rs.rw
+	rc := http.NewResponseController(w.w)
+	defer rc.SetWriteDeadline(time.Time{})
+	const chunk = 256 << 10
+	if rs.resp.inMemory() {
+		b := rs.resp.bytes()
+		for len(b) > 0 {
+			n := min(len(b), chunk)
+			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
+			if _, err := w.Write(b[:n]); err != nil {
+				return
+			}
+			b = b[n:]
+		}
+		return
+	}
+	f, err := rs.resp.file()
+	if err != nil {
+		s.logf("%v", err)
+		rs.abort = true
+		return
+	}
+	for left := rs.resp.size(); left > 0; {
+		rc.SetWriteDeadline(time.Now().Add(sendTimeout))
+		n, err := io.CopyN(w, f, min(left, chunk))
+		left -= n
+		if err != nil {
+			return
+		}
+	}
+}
+
+// stream relays a response as it comes (X-Accel-Buffering: no or
+// text/event-stream), flushing each chunk; the worker is held until the end.
+// st.timeout then bounds the silence between two chunks.
+func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, resp *http.Response) outcome {
+	w := &rs.rw
+	copyHeaders(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	w.Flush()
+	rc := http.NewResponseController(w.w)
+	defer rc.SetWriteDeadline(time.Time{})
+	bp := getBuf()
+	defer putBuf(bp)
+	buf := (*bp)[:cap(*bp)]
+	clean := false
+	for {
+		if st.timeout > 0 {
+			c.c.SetReadDeadline(time.Now().Add(st.timeout))
+		}
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				break // the client left; closing the connection tells the worker
+			}
+			w.Flush()
+		}
+		if err == io.EOF {
+			clean = true
+			break
+		}
+		if err != nil {
+			if isTimeout(err) {
+				s.metrics.upstreamError(kindTimeout)
+				s.logf("worker %s: streamed response silent for %s; cut", wk.id, st.timeout)
+			} else {
+				s.metrics.upstreamError(kindBadResponse)
+				s.logf("worker %s: streamed response broke: %v", wk.id, err)
+			}
+			rs.abort = true
+			break
+		}
+	}
+	s.rt.release(wk, c, clean && !resp.Close && c.br.Buffered() == 0)
+	return done
+}
+
+// timedOut answers 504, drops the connection, and takes the worker out of
+// routing: the supervisor dumps and replaces it.
+func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) outcome {
+	s.metrics.upstreamError(kindTimeout)
+	s.logf("worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
+	s.rt.noteTimeout(wk)
+	s.rt.release(wk, c, false)
+	plainError(&rs.rw, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
+	return done
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// streams says whether a response is relayed unbuffered.
+func streams(h http.Header) bool {
+	if v := h["X-Accel-Buffering"]; len(v) > 0 && strings.EqualFold(strings.TrimSpace(v[0]), "no") {
+		return true
+	}
+	if v := h["Content-Type"]; len(v) > 0 && len(v[0]) >= len("text/event-stream") && strings.EqualFold(v[0][:len("text/event-stream")], "text/event-stream") {
+		return true
+	}
+	return false
+}
+
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// copyHeaders copies a worker's response headers minus the hop-by-hop ones
+// (RFC 9110 7.6.1, with those named in Connection) and X-Accel-Buffering.
+func copyHeaders(dst, src http.Header) {
+	conn := src["Connection"]
+	for k, vv := range src {
+		switch k {
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade",
+			"X-Accel-Buffering", "Content-Length":
+			continue
+		}
+		if len(conn) > 0 && listedIn(conn, k) {
+			continue
+		}
+		dst[k] = vv
+	}
+	if cl, ok := src["Content-Length"]; ok {
+		dst["Content-Length"] = cl // replaced by the buffered size when there is a body
+	}
+	if _, ok := src["Content-Type"]; !ok {
+		dst["Content-Type"] = nil // net/http must not sniff one: relay as is
+	}
+}
+
+// listedIn says whether header name k is a token of a Connection header.
+func listedIn(conn []string, k string) bool {
+	for _, v := range conn {
+		for v != "" {
+			i := strings.IndexByte(v, ',')
+			tok := v
+			if i >= 0 {
+				tok, v = v[:i], v[i+1:]
+			} else {
+				v = ""
+			}
+			if strings.EqualFold(strings.TrimSpace(tok), k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// send writes the request on c (nil: a new connection), replacing pooled
+// connections the worker had closed. On failure it has released the worker
+// and returns a nil connection and the outcome.
+func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome) {
+	for {
+		if c == nil {
+			var err error
+			if c, err = dialWorker(wk); err != nil {
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					// The proxy's limit, not the worker's fault: the worker
+					// stays in routing.
+					s.rt.release(wk, nil, false)
+					return nil, outOfFiles
+				}
+				s.metrics.upstreamError(kindDial)
+				s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
+				s.rt.noteDialFailure(wk)
+				s.rt.release(wk, nil, false)
+				return nil, retryDial
+			}
+		}
+		if st.timeout > 0 {
+			c.c.SetDeadline(start.Add(st.timeout))
+			c.deadline = true
+		} else if c.deadline {
+			c.c.SetDeadline(time.Time{})
+			c.deadline = false
+		}
+		c.cnt.n = 0
+		_, err := c.c.Write(pkt)
+		if err != nil && c.reused && !isTimeout(err) {
+			// A pooled connection the worker closed while it sat idle (on
+			// a unix socket that is EPIPE at once): not the request's
+			// fault and not its one retry; use another connection.
+			c = s.staleConn(wk, c)
+			continue
+		}
+		out := retryWrite // the packet did not go out: the worker has nothing
+		if err == nil && !bodyInPkt {
+			out = failed502 // the worker may have begun on the packet
+			if rs.body.inMemory() {
+				_, err = c.c.Write(rs.body.bytes())
+			} else {
+				var f *os.File
+				if f, err = rs.body.file(); err == nil {
+					_, err = io.Copy(c.c, f)
+				}
+			}
+		}
+		if err != nil {
+			if isTimeout(err) {
+				return nil, s.timedOut(rs, wk, c, st)
+			}
+			s.metrics.upstreamError(kindWrite)
+			s.rt.release(wk, c, false)
+			if out == failed502 {
+				s.metrics.notRetried.Inc()
+				s.logf("worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
+			}
+			return nil, out
+		}
+		return c, done
+	}
+}
+
+// handoff sends a queued request's packet on the worker just granted to
+// it, from the goroutine that freed the worker. Any failure leaves the
+// work to the waiter (sent false, c nil when c was broken).
+func (s *Server) handoff(job *sendJob, g grant) grant {
+	c := g.c
+	if c == nil {
+		var err error
+		if c, err = dialWorker(g.w); err != nil {
+			return g
+		}
+	}
+	g.start = time.Now()
+	if job.timeout > 0 {
+		c.c.SetDeadline(g.start.Add(job.timeout))
+		c.deadline = true
+	} else if c.deadline {
+		c.c.SetDeadline(time.Time{})
+		c.deadline = false
+	}
+	c.cnt.n = 0
+	if _, err := c.c.Write(job.pkt); err != nil {
+		if c.reused {
+			s.metrics.upstreamError(kindStale)
+			s.rt.noteStale(g.w)
+		}
+		c.close()
+		g.c = nil
+		return g
+	}
+	g.c, g.sent = c, true
+	return g
+}
+
+// staleConn drops a pooled connection the worker had closed and returns
+// another pooled one, or nil to dial.
+func (s *Server) staleConn(wk *worker, c *upConn) *upConn {
+	s.metrics.upstreamError(kindStale)
+	c.close()
+	s.rt.noteStale(wk)
+	return s.rt.takeIdle(wk)
+}
+
+// upConn is one connection to a worker, owned by one request at a time.
+type upConn struct {
+	c         *net.UnixConn
+	cnt       countingReader
+	br        *bufio.Reader
+	w         *worker
+	idleSince int64
+	reused    bool
+	deadline  bool // a deadline is set and must be cleared before reuse
+}
+
+// countingReader counts the bytes a worker sent, to tell "failed before any
+// response byte" (retryable) from a broken response.
+type countingReader struct {
+	c *net.UnixConn
+	n int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	n, err := r.c.Read(p)
+	r.n += int64(n)
+	return n, err
+}
+
+func dialWorker(w *worker) (*upConn, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: w.socket, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	u := &upConn{c: c, w: w}
+	u.cnt.c = c
+	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
+	return u, nil
+}
+
+func (u *upConn) close() { u.c.Close() }
