@@ -427,36 +427,50 @@ func listedIn(conn []string, k string) bool {
 	return false
 }
 
+// writeRequest writes a request packet to w on c, or on a new connection
+// when c is nil, with the exchange's deadline counted from start. It is
+// the one place a request goes out, for the first send and for the
+// handoff of a queued request. A dial error comes back with a nil
+// connection; any other error with c, for the caller to judge and close.
+func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start time.Time) (*upConn, error) {
+	if c == nil {
+		var err error
+		if c, err = dialWorker(w); err != nil {
+			return nil, err
+		}
+	}
+	if timeout > 0 {
+		c.c.SetDeadline(start.Add(timeout))
+		c.deadline = true
+	} else if c.deadline {
+		c.c.SetDeadline(time.Time{})
+		c.deadline = false
+	}
+	c.cnt.n = 0
+	_, err := c.c.Write(pkt)
+	return c, err
+}
+
 // send writes the request on c (nil: a new connection), replacing pooled
 // connections the worker had closed. On failure it has released the worker
 // and returns a nil connection and the outcome.
 func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome) {
 	for {
+		var err error
+		c, err = writeRequest(wk, c, pkt, st.timeout, start)
 		if c == nil {
-			var err error
-			if c, err = dialWorker(wk); err != nil {
-				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-					// The proxy's limit, not the worker's fault: the worker
-					// stays in routing.
-					s.rt.release(wk, nil, false)
-					return nil, outOfFiles
-				}
-				s.metrics.upstreamError(kindDial)
-				s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
-				s.rt.noteDialFailure(wk)
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// The proxy's limit, not the worker's fault: the worker
+				// stays in routing.
 				s.rt.release(wk, nil, false)
-				return nil, retryDial
+				return nil, outOfFiles
 			}
+			s.metrics.upstreamError(kindDial)
+			s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
+			s.rt.noteDialFailure(wk)
+			s.rt.release(wk, nil, false)
+			return nil, retryDial
 		}
-		if st.timeout > 0 {
-			c.c.SetDeadline(start.Add(st.timeout))
-			c.deadline = true
-		} else if c.deadline {
-			c.c.SetDeadline(time.Time{})
-			c.deadline = false
-		}
-		c.cnt.n = 0
-		_, err := c.c.Write(pkt)
 		if err != nil && c.reused && !isTimeout(err) {
 			// A pooled connection the worker closed while it sat idle (on
 			// a unix socket that is EPIPE at once): not the request's
@@ -496,32 +510,20 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 // it, from the goroutine that freed the worker. Any failure leaves the
 // work to the waiter (sent false, c nil when c was broken).
 func (s *Server) handoff(job *sendJob, g grant) grant {
-	c := g.c
-	if c == nil {
-		var err error
-		if c, err = dialWorker(g.w); err != nil {
-			return g
+	start := time.Now()
+	c, err := writeRequest(g.w, g.c, job.pkt, job.timeout, start)
+	if err != nil {
+		if c != nil {
+			if c.reused {
+				s.metrics.upstreamError(kindStale)
+				s.rt.noteStale(g.w)
+			}
+			c.close()
 		}
-	}
-	g.start = time.Now()
-	if job.timeout > 0 {
-		c.c.SetDeadline(g.start.Add(job.timeout))
-		c.deadline = true
-	} else if c.deadline {
-		c.c.SetDeadline(time.Time{})
-		c.deadline = false
-	}
-	c.cnt.n = 0
-	if _, err := c.c.Write(job.pkt); err != nil {
-		if c.reused {
-			s.metrics.upstreamError(kindStale)
-			s.rt.noteStale(g.w)
-		}
-		c.close()
 		g.c = nil
 		return g
 	}
-	g.c, g.sent = c, true
+	g.c, g.sent, g.start = c, true, start
 	return g
 }
 

@@ -96,7 +96,10 @@ type pendingGrant struct {
 // router owns the worker set, the in-flight counts, the pooled connections
 // and the queue, under one mutex: every decision is a few slice scans.
 type router struct {
-	s       *Server
+	m       *metrics
+	emit    func(control.Message) // to the supervisor; never blocks
+	logf    func(format string, args ...any)
+	handoff func(*sendJob, grant) grant // writes a queued request on its grant, outside the lock
 	mu      sync.Mutex
 	list    []*worker
 	byID    map[string]*worker
@@ -110,8 +113,8 @@ type router struct {
 	noWorkerCount   int
 }
 
-func newRouter(s *Server) *router {
-	return &router{s: s, byID: make(map[string]*worker)}
+func newRouter(m *metrics, emit func(control.Message), logf func(string, ...any), handoff func(*sendJob, grant) grant) *router {
+	return &router{m: m, emit: emit, logf: logf, handoff: handoff, byID: make(map[string]*worker)}
 }
 
 // pickLocked returns the routable worker with a free slot and the fewest
@@ -163,10 +166,7 @@ func (rt *router) startLocked(w *worker) *upConn {
 	if w.reqCounter != nil {
 		w.reqCounter.Inc()
 	}
-	if w.maxRequests > 0 && w.requests >= w.maxRequests && !w.dueSent {
-		w.dueSent = true
-		rt.s.emit(control.Message{Type: control.TypeDue, Worker: w.id})
-	}
+	rt.noteDueLocked(w)
 	if n := len(w.idle); n > 0 {
 		c := w.idle[n-1]
 		w.idle[n-1] = nil
@@ -205,7 +205,7 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 	wt := &waiter{ch: make(chan grant, 1), avoid: avoid, job: job}
 	rt.queue = append(rt.queue, wt)
 	rt.queued++
-	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	rt.m.queueDepth.Set(float64(rt.queued))
 	rt.mu.Unlock()
 
 	var timeout <-chan time.Time
@@ -237,7 +237,7 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 	}
 	wt.state = cancelled
 	rt.queued--
-	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	rt.m.queueDepth.Set(float64(rt.queued))
 	rt.compactLocked()
 	if err == errQueueTimeout && !rt.anyRoutableLocked(time.Now().UnixNano()) {
 		err = errNoWorker
@@ -254,7 +254,7 @@ func (rt *router) kick() {
 	pend := rt.dispatchLocked(nil, true)
 	rt.mu.Unlock()
 	for _, p := range pend {
-		p.wt.ch <- rt.s.handoff(p.wt.job, p.g)
+		p.wt.ch <- rt.handoff(p.wt.job, p.g)
 	}
 }
 
@@ -267,7 +267,7 @@ func (rt *router) noWorkerLogLocked(now time.Time) {
 	if now.Sub(rt.lastNoWorkerLog) < 5*time.Second {
 		return
 	}
-	rt.s.logf("no worker is ready: answered 503 to %d request(s); check the supervisor's log for workers failing to start", rt.noWorkerCount)
+	rt.logf("no worker is ready: answered 503 to %d request(s); check the supervisor's log for workers failing to start", rt.noWorkerCount)
 	rt.lastNoWorkerLog = now
 	rt.noWorkerCount = 0
 }
@@ -300,7 +300,7 @@ func (rt *router) dispatchLocked(out []pendingGrant, collect bool) []pendingGran
 		}
 		rt.queued--
 	}
-	rt.s.metrics.queueDepth.Set(float64(rt.queued))
+	rt.m.queueDepth.Set(float64(rt.queued))
 	return out
 }
 
@@ -347,13 +347,7 @@ func (rt *router) release(w *worker, c *upConn, reuse bool) {
 		w.idle = append(w.idle, c)
 		c = nil
 	}
-	if w.draining && w.inflight == 0 {
-		rt.closeIdleLocked(w)
-		if !w.drainedSent {
-			w.drainedSent = true
-			rt.s.emit(control.Message{Type: control.TypeDrained, Worker: w.id})
-		}
-	}
+	rt.noteDrainedLocked(w)
 	var buf [2]pendingGrant
 	pend := rt.dispatchLocked(buf[:0], true)
 	rt.mu.Unlock()
@@ -361,7 +355,27 @@ func (rt *router) release(w *worker, c *upConn, reuse bool) {
 		c.close()
 	}
 	for _, p := range pend {
-		p.wt.ch <- rt.s.handoff(p.wt.job, p.g)
+		p.wt.ch <- rt.handoff(p.wt.job, p.g)
+	}
+}
+
+// noteDueLocked tells the supervisor, once, that w used up max_requests.
+func (rt *router) noteDueLocked(w *worker) {
+	if w.maxRequests > 0 && w.requests >= w.maxRequests && !w.dueSent {
+		w.dueSent = true
+		rt.emit(control.Message{Type: control.TypeDue, Worker: w.id})
+	}
+}
+
+// noteDrainedLocked tells the supervisor, once, that a draining w has
+// finished its last request.
+func (rt *router) noteDrainedLocked(w *worker) {
+	if w.draining && w.inflight == 0 {
+		rt.closeIdleLocked(w)
+		if !w.drainedSent {
+			w.drainedSent = true
+			rt.emit(control.Message{Type: control.TypeDrained, Worker: w.id})
+		}
 	}
 }
 
@@ -398,7 +412,7 @@ func (rt *router) noteTimeout(w *worker) {
 	rt.closeIdleLocked(w)
 	if !w.timeoutSent {
 		w.timeoutSent = true
-		rt.s.emit(control.Message{Type: control.TypeTimeout, Worker: w.id})
+		rt.emit(control.Message{Type: control.TypeTimeout, Worker: w.id})
 	}
 	rt.mu.Unlock()
 }
@@ -438,7 +452,7 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			w = nil
 		}
 		if w == nil {
-			w = &worker{id: cw.ID, socket: cw.Socket, reqCounter: rt.s.metrics.workerRequests.WithLabelValues(cw.ID)}
+			w = &worker{id: cw.ID, socket: cw.Socket, reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
 			rt.byID[cw.ID] = w
 		}
 		w.capacity = capacity
@@ -449,18 +463,9 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			w.idle = w.idle[:n]
 		}
 		w.maxRequests = cw.MaxRequests
-		if w.maxRequests > 0 && w.requests >= w.maxRequests && !w.dueSent {
-			w.dueSent = true
-			rt.s.emit(control.Message{Type: control.TypeDue, Worker: w.id})
-		}
+		rt.noteDueLocked(w)
 		w.draining = cw.Draining
-		if w.draining && w.inflight == 0 {
-			rt.closeIdleLocked(w)
-			if !w.drainedSent {
-				w.drainedSent = true
-				rt.s.emit(control.Message{Type: control.TypeDrained, Worker: w.id})
-			}
-		}
+		rt.noteDrainedLocked(w)
 		list = append(list, w)
 	}
 	for id, w := range rt.byID {
@@ -468,7 +473,7 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			w.removed = true
 			rt.closeIdleLocked(w)
 			delete(rt.byID, id)
-			rt.s.metrics.workerRequests.DeleteLabelValues(id)
+			rt.m.workerRequests.DeleteLabelValues(id)
 		}
 	}
 	rt.list = list

@@ -107,7 +107,7 @@ func New(opts Options) *Server {
 	}
 	s.metrics = newMetrics(opts.Registry)
 	s.alog = newAccessLog(opts.AccessLog, func(err error) { s.logf("access log: %v (further errors not shown)", err) })
-	s.rt = newRouter(s)
+	s.rt = newRouter(s.metrics, s.emit, s.logf, s.handoff)
 	st, _ := compile(control.Proxy{})
 	s.cfg.Store(st)
 	s.reqPool.New = func() any { return new(reqState) }
