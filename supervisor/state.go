@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"net"
-	"os"
 	"time"
 
 	"github.com/berth-dev/berth/config"
@@ -92,20 +91,6 @@ type generation struct {
 	prev *config.Config
 }
 
-// zygote is the preload process of a generation: it imports the app once
-// and forks workers from it.
-type zygote struct {
-	gen       *generation
-	pid       int
-	conn      *os.File // our end of the command socket
-	ready     bool
-	pending   []*worker // fork requests waiting for READY
-	started   time.Time
-	stopping  bool
-	failures  int
-	restartAt time.Time
-}
-
 // proxyProc is one `berth proxy` process.
 type proxyProc struct {
 	n         int
@@ -120,12 +105,4 @@ type proxyProc struct {
 	listeners []*listener
 	started   time.Time
 	stats     control.Stats
-}
-
-// listener is one listening socket the supervisor owns for its whole life.
-type listener struct {
-	addr       string   // as bound ("127.0.0.1:8080", "unix:/run/x.sock", "fd:name=addr")
-	configured string   // the `listen` entry it was opened for; "" when socket-activated
-	file       *os.File // what proxies inherit
-	ln         net.Listener
 }

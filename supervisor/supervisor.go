@@ -148,14 +148,6 @@ type ctlEvent struct {
 	err error
 }
 
-type zygoteReply struct {
-	z   *zygote
-	ID  string `json:"id"`
-	Pid int    `json:"pid"`
-	Err string `json:"error"`
-	eof bool
-}
-
 type reloadRequest struct {
 	reason string // "SIGHUP", "file changed", "code changed"
 	code   bool   // reload_on: same config, fresh import
@@ -663,14 +655,6 @@ func jitter(n int64) int64 {
 		return 0
 	}
 	return rand.Int64N(n + 1)
-}
-
-func listenerNames(ls []*listener) string {
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.addr)
-	}
-	return strings.Join(names, ", ")
 }
 
 func prepareRunDir(dir, user string) (string, error) {
