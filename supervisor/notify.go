@@ -3,17 +3,52 @@
 package supervisor
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 )
+
+// strayReady handles READY from a worker berth has given up on: forked by
+// a zygote that died before replying, after forkGrace had passed. It is
+// stopped if it is really our child (reparented to us when the zygote
+// died); the notify socket is open to the app's user, so a datagram alone
+// must never make PID 1 signal an arbitrary pid.
+func (s *Supervisor) strayReady(n map[string]string) {
+	pid, _ := strconv.Atoi(n["MAINPID"])
+	if pid <= 0 || s.procs[pid] != nil || parentOf(pid) != os.Getpid() {
+		return
+	}
+	s.log.Printf("worker %s (pid %d) said READY after it was given up on: stopping it", n["BERTH_WORKER"], pid)
+	_ = s.os.Signal(pid, syscall.SIGTERM)
+}
+
+// parentOf is pid's parent pid from /proc, 0 when unknown.
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may itself hold spaces and ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
 
 func (s *Supervisor) openNotify() error {
 	path := filepath.Join(s.runDir, "notify.sock")
@@ -61,7 +96,11 @@ func (s *Supervisor) onNotify(n map[string]string) {
 		return
 	}
 	w := s.workers[n["BERTH_WORKER"]]
-	if w == nil || w.state > wStarting {
+	if w == nil {
+		s.strayReady(n)
+		return
+	}
+	if w.state > wStarting {
 		return
 	}
 	if w.pid == 0 {

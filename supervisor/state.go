@@ -50,6 +50,10 @@ type worker struct {
 	// retiring is why the worker is being replaced ("" while it is not):
 	// max_requests, max_rss, timeout, reload, scale-down, shutdown.
 	retiring string
+	// dueWhy is a recycling (max_requests, max_rss) that came due while the
+	// worker was retiring for a roll: if the roll is abandoned, the worker
+	// is still recycled, from the generation that serves. "" = none.
+	dueWhy string
 	// drainedBy records which proxies reported it drained.
 	drainedBy map[int]bool
 	// deadline is when the current state is given up on: starting too long,
@@ -76,6 +80,15 @@ type slot struct {
 	restartAt time.Time // zero: no start pending
 }
 
+// wantsWorker says whether sl needs a worker started: it has none, or its
+// current one is being replaced and still serves but its replacement died.
+func (sl *slot) wantsWorker() bool {
+	if sl.retired || sl.next != nil {
+		return false
+	}
+	return sl.cur == nil || (sl.cur.retiring != "" && sl.cur.state <= wReady)
+}
+
 // generation is one version of the worker settings: a config reload that
 // changes app/worker settings starts a new generation beside the old one.
 type generation struct {
@@ -86,6 +99,7 @@ type generation struct {
 	zygote    *zygote  // nil when preload is off
 	everReady bool     // one of its workers (or its zygote) got ready
 	failed    string   // why this generation could not serve ("" = fine)
+	tail      *logTail // its processes' last stderr lines; never nil
 	// prev is the config that was current before this generation was
 	// rolled in; restored if the generation's app fails to import.
 	prev *config.Config

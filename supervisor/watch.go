@@ -56,6 +56,34 @@ func newWatcher(cfgPath string, reloadOn []string, chdir string, out chan<- relo
 	return w, nil
 }
 
+// restartWatch (re)creates the watcher for the current config. A failure
+// (inotify instances or watches exhausted, a directory gone) is logged and
+// retried with backoff from the tick: the config must not go unwatched for
+// good because of one failure.
+func (s *Supervisor) restartWatch() {
+	if s.watch != nil {
+		s.watch.close()
+		s.watch = nil
+	}
+	if s.opts.ConfigPath == "" && len(s.cfg.App.ReloadOn) == 0 {
+		s.watchFails, s.watchRetryAt = 0, time.Time{}
+		return
+	}
+	w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, s.reloadCh, s.log)
+	if err != nil {
+		s.watchFails++
+		d := backoff(s.watchFails)
+		s.log.Printf("config watch: %v; retrying in %s (SIGHUP still reloads)", err, d)
+		s.watchRetryAt = s.now().Add(d)
+		return
+	}
+	if s.watchFails > 0 {
+		s.log.Printf("config watch: watching again after %d failures", s.watchFails)
+	}
+	s.watchFails, s.watchRetryAt = 0, time.Time{}
+	s.watch = w
+}
+
 // addCode watches p: a directory recursively, a file through its directory.
 func (w *watcher) addCode(p string) {
 	st, err := os.Stat(p)

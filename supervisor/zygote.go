@@ -5,7 +5,9 @@ package supervisor
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -49,6 +51,7 @@ func (s *Supervisor) startZygote(g *generation) {
 	spec, err := s.pythonSpec(g, "zygote", map[string]string{"BERTH_ZYGOTE_FD": "3"}, []*os.File{theirs})
 	if err == nil {
 		z.pid, err = s.os.Start(spec)
+		spec.Stderr.Close()
 	}
 	theirs.Close()
 	if err != nil {
@@ -141,9 +144,21 @@ func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
 	if z.stopping || s.phase != running {
 		return
 	}
-	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport {
-		s.importFailed(g, "zygote")
+	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport && s.importFailed(g, "zygote") {
 		return
+	}
+	// Forks it was asked for and did not answer: a worker it forked
+	// before dying still says READY (and is adopted by its MAINPID); one
+	// it never forked is started again after forkGrace.
+	for _, w := range s.workers {
+		if w.gen == g && w.state == wForking && w.pid == 0 && !slices.Contains(z.pending, w) {
+			if d := s.now().Add(forkGrace); d.Before(w.deadline) {
+				w.deadline = d
+			}
+		}
+	}
+	if !wasReady {
+		s.rollFailure(g, fmt.Sprintf("zygote (pid %d) %s while importing the app", e.Pid, e.Describe()))
 	}
 	// Workers already forked keep serving; only new forks wait for the
 	// zygote's restart.
@@ -154,6 +169,7 @@ func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
 	d := backoff(z.failures)
 	s.log.Printf("zygote (pid %d) %s; restarting it in %s", e.Pid, e.Describe(), d)
 	z.restartAt = s.now().Add(d)
+	s.checkReload()
 }
 
 func (s *Supervisor) stopZygote(g *generation) {
