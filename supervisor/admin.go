@@ -21,9 +21,23 @@ type adminServer struct {
 	ln  net.Listener
 }
 
+// startAdmin binds and serves the admin endpoint at addr; "" and "off" start
+// nothing.
 func (s *Supervisor) startAdmin(addr string) error {
+	a, err := s.newAdmin(addr)
+	if err != nil || a == nil {
+		return err
+	}
+	a.serve()
+	s.admin = a
+	return nil
+}
+
+// newAdmin binds addr and builds the admin endpoint without serving it, so
+// that a reload can hold it until it commits; nil for "" and "off".
+func (s *Supervisor) newAdmin(addr string) (*adminServer, error) {
 	if addr == "" || addr == "off" {
-		return nil
+		return nil, nil
 	}
 	network, address := "tcp", addr
 	if strings.HasPrefix(addr, "unix:") {
@@ -31,7 +45,7 @@ func (s *Supervisor) startAdmin(addr string) error {
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
-		return fmt.Errorf("admin.listen %s: %w; free the port or change admin.listen", addr, err)
+		return nil, fmt.Errorf("admin.listen %s: %w; free the port or change admin.listen", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, r *http.Request) {
@@ -77,16 +91,18 @@ func (s *Supervisor) startAdmin(addr string) error {
 			}
 		}
 	})
-	a := &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
-	go a.srv.Serve(ln)
-	s.admin = a
-	return nil
+	return &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
 }
 
+func (a *adminServer) serve() { go a.srv.Serve(a.ln) }
+
+// close stops serving and releases the port, also when serve never ran
+// (Shutdown closes only the listeners Serve was given).
 func (a *adminServer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	a.srv.Shutdown(ctx)
+	a.ln.Close()
 }
 
 // ask sends a request to the loop and waits for the answer.
@@ -130,6 +146,7 @@ type Status struct {
 	Generation  int              `json:"config_generation"`
 	ConfigFile  string           `json:"config_file"`
 	LastReload  *reloadStatus    `json:"last_reload,omitempty"`
+	Roll        *RollStatus      `json:"roll,omitempty"` // a reload rolling in
 	Workers     []WorkerStatus   `json:"workers"`
 	WantWorkers int              `json:"workers_wanted"`
 	Threads     int              `json:"threads"`
@@ -212,6 +229,10 @@ func (s *Supervisor) status() Status {
 		r := s.reloadState
 		st.LastReload = &r
 	}
+	if p := s.pending; p != nil {
+		st.Roll = &RollStatus{Generation: p.gen.n, Reason: p.reason, Since: p.started,
+			Failures: p.failures, MaxFail: rollMaxFailures, LastFail: p.lastFail}
+	}
 	for _, l := range s.listeners {
 		st.Listen = append(st.Listen, l.addr)
 	}
@@ -245,6 +266,11 @@ func (s *Supervisor) updateGauges() {
 		s.metrics.workers.WithLabelValues(k).Set(v)
 	}
 	s.metrics.generation.Set(float64(s.generation))
+	if s.pending != nil {
+		s.metrics.rolling.Set(1)
+	} else {
+		s.metrics.rolling.Set(0)
+	}
 	if s.ready {
 		s.metrics.ready.Set(1)
 	} else {

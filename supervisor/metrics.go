@@ -14,6 +14,7 @@ type metrics struct {
 	reloads       *prometheus.CounterVec
 	orphans       prometheus.Counter
 	generation    prometheus.Gauge
+	rolling       prometheus.Gauge
 	ready         prometheus.Gauge
 	readyDuration prometheus.Histogram
 	memory        *prometheus.GaugeVec
@@ -34,6 +35,8 @@ func newMetrics() *metrics {
 			Name: "berth_orphans_reaped_total", Help: "Processes reparented to berth and reaped."}),
 		generation: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_config_generation", Help: "Applied configuration generation; 1 at start."}),
+		rolling: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_reload_rolling", Help: "1 while a reload's new worker generation is rolling in (berth_config_generation counts it once it serves)."}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_ready", Help: "1 when the proxy serves and all workers are ready."}),
 		readyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -46,7 +49,7 @@ func newMetrics() *metrics {
 		throttled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "berth_cpu_throttled_seconds", Help: "Time throttled by the CPU quota, by cgroup group."}, []string{"group"}),
 	}
-	m.reg.MustRegister(m.workers, m.restarts, m.reloads, m.orphans, m.generation, m.ready,
+	m.reg.MustRegister(m.workers, m.restarts, m.reloads, m.orphans, m.generation, m.rolling, m.ready,
 		m.readyDuration, m.memory, m.cpu, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -32,6 +32,8 @@ type ProcSpec struct {
 	Env   []string
 	Dir   string
 	Files []*os.File // fd 3, 4, ... in the child
+	// Stderr is the child's fd 2; nil = berth's own stderr.
+	Stderr *os.File
 	// Credential drops the child to another user; nil keeps berth's.
 	Credential *syscall.Credential
 	// CgroupFD, when ≥ 0, starts the child directly inside that cgroup
@@ -120,7 +122,11 @@ func (o *realOS) Start(s ProcSpec) (int, error) {
 		return 0, fmt.Errorf("start %s: open %s: %w", s.Args[0], os.DevNull, err)
 	}
 	defer devnull.Close()
-	files := append([]*os.File{devnull, os.Stdout, os.Stderr}, s.Files...)
+	stderr := os.Stderr
+	if s.Stderr != nil {
+		stderr = s.Stderr
+	}
+	files := append([]*os.File{devnull, os.Stdout, stderr}, s.Files...)
 	attr := &os.ProcAttr{
 		Dir:   s.Dir,
 		Env:   s.Env,

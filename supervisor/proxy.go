@@ -1,8 +1,6 @@
 package supervisor
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -166,9 +164,7 @@ func (s *Supervisor) onControl(ev ctlEvent) {
 		s.checkReady()
 		s.checkReload()
 	case control.TypeDue:
-		if w := s.workers[m.Worker]; w != nil {
-			s.replace(w, "max_requests")
-		}
+		s.workerDue(m.Worker)
 	case control.TypeTimeout:
 		if w := s.workers[m.Worker]; w != nil && w.state <= wDraining && w.pid > 0 {
 			s.log.Printf("worker %s (pid %d) ran a request past timeout %s: dumping its stack and replacing it", w.id, w.pid, w.gen.cfg.Workers.Timeout.D())
@@ -187,10 +183,7 @@ func (s *Supervisor) onControl(ev ctlEvent) {
 			s.sendWorkers()
 		}
 	case control.TypeDrained:
-		if w := s.workers[m.Worker]; w != nil && w.state == wDraining {
-			w.drainedBy[p.n] = true
-			s.maybeStopDrained(w)
-		}
+		s.workerDrained(m.Worker, p)
 	case control.TypeStats:
 		if m.Stats != nil {
 			p.stats = *m.Stats
@@ -199,6 +192,25 @@ func (s *Supervisor) onControl(ev ctlEvent) {
 	}
 }
 
+// workerDue handles a proxy's report that worker id has used up its
+// max_requests budget: it is replaced, and serves until the replacement is
+// ready.
+func (s *Supervisor) workerDue(id string) {
+	if w := s.workers[id]; w != nil {
+		s.replace(w, "max_requests")
+	}
+}
+
+// workerDrained handles proxy p's report that draining worker id has no
+// request left there; the worker stops once every proxy has said so.
+func (s *Supervisor) workerDrained(id string, p *proxyProc) {
+	if w := s.workers[id]; w != nil && w.state == wDraining {
+		w.drainedBy[p.n] = true
+		s.maybeStopDrained(w)
+	}
+}
+
+// maybeStopDrained stops w once every running proxy reported it drained.
 func (s *Supervisor) maybeStopDrained(w *worker) {
 	for _, p := range s.proxies {
 		if !w.drainedBy[p.n] {
@@ -289,123 +301,6 @@ func (s *Supervisor) activeProxy() *proxyProc {
 		}
 	}
 	return nil
-}
-
-// ---- listeners ----
-
-func openListeners(addrs []string) ([]*listener, error) {
-	if fds := activationFiles(); len(fds) > 0 {
-		return fds, nil
-	}
-	var out []*listener
-	for _, a := range addrs {
-		l, err := openListener(a)
-		if err != nil {
-			for _, o := range out {
-				o.close()
-			}
-			return nil, err
-		}
-		out = append(out, l)
-	}
-	return out, nil
-}
-
-func openListener(addr string) (*listener, error) {
-	network, address := "tcp", addr
-	if strings.HasPrefix(addr, "unix:") {
-		network, address = "unix", strings.TrimPrefix(addr, "unix:")
-		// A socket file left by an earlier run would make bind fail;
-		// nobody else can be listening on it if we are starting.
-		if st, err := os.Lstat(address); err == nil && st.Mode()&os.ModeSocket != 0 {
-			os.Remove(address)
-		}
-	}
-	ln, err := net.Listen(network, address)
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w; free the port or change listen in the config", addr, err)
-	}
-	var f *os.File
-	switch l := ln.(type) {
-	case *net.TCPListener:
-		f, err = l.File()
-	case *net.UnixListener:
-		l.SetUnlinkOnClose(true)
-		f, err = l.File()
-		os.Chmod(address, 0o666)
-	}
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	name := addr
-	if network == "tcp" {
-		name = ln.Addr().String()
-	}
-	return &listener{addr: name, configured: addr, file: f, ln: ln}, nil
-}
-
-func (l *listener) close() {
-	if l.file != nil {
-		l.file.Close()
-		l.file = nil
-	}
-	if l.ln != nil {
-		l.ln.Close()
-		l.ln = nil
-	}
-}
-
-func (s *Supervisor) closeListeners() {
-	for _, l := range s.listeners {
-		l.close()
-	}
-}
-
-// ---- notify socket ----
-
-func (s *Supervisor) openNotify() error {
-	path := filepath.Join(s.runDir, "notify.sock")
-	os.Remove(path)
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return fmt.Errorf("boot: notify socket %s: %w", path, err)
-	}
-	// Workers may run as app.user; they must be able to say READY.
-	os.Chmod(path, 0o666)
-	s.notify = c
-	go readNotify(c, s.notifyCh)
-	return nil
-}
-
-func readNotify(c *net.UnixConn, ch chan<- map[string]string) {
-	buf := make([]byte, 4096)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		m := map[string]string{}
-		for _, line := range strings.Split(string(buf[:n]), "\n") {
-			if k, v, ok := strings.Cut(line, "="); ok {
-				m[k] = v
-			}
-		}
-		ch <- m
-	}
-}
-
-func readZygote(z *zygote, f *os.File, ch chan<- zygoteReply) {
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var r zygoteReply
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			continue
-		}
-		r.z = z
-		ch <- r
-	}
-	ch <- zygoteReply{z: z, eof: true}
 }
 
 // proxyGOMAXPROCS is the proxy's GOMAXPROCS: a quarter of the CPUs berth

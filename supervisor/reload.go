@@ -1,180 +1,114 @@
 package supervisor
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
-	"log"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 
 	"github.com/berth-dev/berth/config"
 	"github.com/berth-dev/berth/control"
 )
 
-// debounce collapses the burst of events one save makes (an editor's write,
-// rename and chmod; Kubernetes' symlink dance) into one reload.
-const debounce = 300 * time.Millisecond
+// rollMaxFailures is how many times the workers (or the zygote) of a new
+// generation may die before serving, within one roll, before the roll is
+// abandoned. One death is bad luck (an OOM kill, a node hiccup) and is
+// retried with backoff while the old worker keeps serving; three in a row is
+// the new code or config.
+const rollMaxFailures = 3
 
-// watcher turns file system events into reload requests. It watches the
-// config file's directory, not the file: editors replace the file by rename
-// and Kubernetes swaps a `..data` symlink, and a watch on the file itself
-// would die with the first such save.
-type watcher struct {
-	fs       *fsnotify.Watcher
-	cfgDir   string
-	cfgName  string
-	codeDirs map[string]bool
-	out      chan<- reloadRequest
-	log      *log.Logger
-	done     chan struct{}
-	once     sync.Once
+// Why an old worker is being replaced by a roll (worker.retiring).
+const (
+	retireReload = "reload"
+	retireCode   = "code reload"
+)
+
+// staged is one reload on its way in: the config it applies and everything
+// built for it. Nothing running changes until commit; abort undoes all of
+// it, whether the reload is refused while it is built or its new generation
+// is abandoned later. A reload that needs a new worker generation commits
+// when that generation serves on every slot, so the parts a client notices
+// (proxy settings, listeners, admin, worker count, config generation) flip
+// together and never need to be taken back.
+type staged struct {
+	reason string
+	code   bool // re-import the app with the running config
+	cfg    *config.Config
+	hash   string // sha256 of the very bytes cfg was decoded from
+	prev   *config.Config
+	ch     config.Changes
+
+	// Built, not yet in use; nil when unchanged.
+	listeners []*listener
+	admin     *adminServer // bound, not serving until commit
+	adminSet  bool         // admin.listen changed (admin nil: moved to "off")
+	cgroupsUp bool         // cgroup limits were written for cfg: abort writes prev's back
+	gen       *generation  // rolling in; nil when the workers stay
+
+	prevGen  *generation
+	started  time.Time
+	failures int    // deaths of gen's processes before they served
+	lastFail string // the latest of them, for /status
 }
 
-func newWatcher(cfgPath string, reloadOn []string, chdir string, out chan<- reloadRequest, lg *log.Logger) (*watcher, error) {
-	fw, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, fmt.Errorf("watch: %w", err)
-	}
-	w := &watcher{fs: fw, out: out, log: lg, done: make(chan struct{}), codeDirs: map[string]bool{}}
-	if cfgPath != "" {
-		abs, _ := filepath.Abs(cfgPath)
-		w.cfgDir, w.cfgName = filepath.Dir(abs), filepath.Base(abs)
-		if err := fw.Add(w.cfgDir); err != nil {
-			fw.Close()
-			return nil, fmt.Errorf("watch %s: %w", w.cfgDir, err)
-		}
-	}
-	for _, p := range reloadOn {
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(chdir, p)
-		}
-		w.addCode(p)
-	}
-	go w.run()
-	return w, nil
+// RollStatus is a roll in progress, in /status.
+type RollStatus struct {
+	Generation int       `json:"worker_generation"`
+	Reason     string    `json:"reason"`
+	Since      time.Time `json:"since"`
+	Failures   int       `json:"failures"`
+	MaxFail    int       `json:"max_failures"`
+	LastFail   string    `json:"last_failure,omitempty"`
 }
 
-// addCode watches p: a directory recursively, a file through its directory.
-func (w *watcher) addCode(p string) {
-	st, err := os.Stat(p)
-	if err != nil {
-		w.log.Printf("app.reload_on: %s: %v (not watched)", p, err)
-		return
-	}
-	if !st.IsDir() {
-		w.codeDirs[p] = true // a file: matched by exact path
-		_ = w.fs.Add(filepath.Dir(p))
-		return
-	}
-	filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		if ignoredName(d.Name()) && path != p {
-			return filepath.SkipDir
-		}
-		w.codeDirs[path] = true
-		_ = w.fs.Add(path)
-		return nil
-	})
-}
-
-// ignoredName is what Python and editors write on their own: reacting to
-// __pycache__ would make every import trigger the next reload.
-func ignoredName(name string) bool {
-	return name == "__pycache__" || strings.HasSuffix(name, ".pyc") || strings.HasPrefix(name, ".#") ||
-		strings.HasSuffix(name, "~") || strings.HasSuffix(name, ".swp") || strings.HasSuffix(name, ".swx") ||
-		name == ".git"
-}
-
-func (w *watcher) run() {
-	var cfgTimer, codeTimer <-chan time.Time
-	for {
-		select {
-		case <-w.done:
-			return
-		case err, ok := <-w.fs.Errors:
-			if !ok {
-				return
-			}
-			w.log.Printf("watch: %v", err)
-		case ev, ok := <-w.fs.Events:
-			if !ok {
-				return
-			}
-			dir, name := filepath.Dir(ev.Name), filepath.Base(ev.Name)
-			if dir == w.cfgDir && (name == w.cfgName || name == "..data") {
-				cfgTimer = time.After(debounce)
-				continue
-			}
-			if ignoredName(name) {
-				continue
-			}
-			if w.codeDirs[dir] || w.codeDirs[ev.Name] {
-				if ev.Has(fsnotify.Create) {
-					if st, err := os.Stat(ev.Name); err == nil && st.IsDir() && w.codeDirs[dir] {
-						w.addCode(ev.Name)
-					}
-				}
-				codeTimer = time.After(debounce)
-			}
-		case <-cfgTimer:
-			cfgTimer = nil
-			w.send(reloadRequest{reason: "config file changed"})
-		case <-codeTimer:
-			codeTimer = nil
-			w.send(reloadRequest{reason: "code changed (app.reload_on)", code: true})
-		}
-	}
-}
-
-func (w *watcher) send(r reloadRequest) {
-	select {
-	case w.out <- r:
-	case <-w.done:
-	}
-}
-
-func (w *watcher) close() {
-	w.once.Do(func() {
-		close(w.done)
-		w.fs.Close()
-	})
-}
-
-// reload applies a new config (or, for code reloads, re-imports the app).
-// Caddy's order: decode strictly → validate → build what is new → start it
-// → swap → stop the old. Until the swap nothing running is touched, so any
-// error leaves the old config serving.
+// reload applies the config file (or, for code reloads, re-imports the app)
+// as one transaction, Caddy's order: read once, decode strictly, validate,
+// build what is new beside the old, then swap; any error before the swap
+// aborts with nothing running touched.
 func (s *Supervisor) reload(r reloadRequest) {
 	if s.phase != running || s.fatal != nil {
 		return
 	}
+	if s.pending != nil {
+		// A roll is still importing or starting workers. Superseding it
+		// would throw its import away, and under reloads faster than an
+		// import no generation would ever finish: the change waits for
+		// the roll, which ends served or abandoned (never wedged), and
+		// any number of changes meanwhile become one. The file is read
+		// again then, so the last edit wins.
+		if !s.deferred && !s.deferredCode {
+			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves or is abandoned", r.reason, s.pending.gen.n)
+		}
+		if r.code {
+			s.deferredCode = true
+		} else {
+			s.deferred = true
+		}
+		return
+	}
 	if r.code {
-		s.rollCode(r)
+		s.stage(&staged{reason: r.reason, code: true, cfg: s.cfg, hash: s.cfgHash})
 		return
 	}
 	if s.opts.ConfigPath == "" {
 		if r.reason == "SIGHUP" {
-			s.rollCode(reloadRequest{reason: "SIGHUP, no config file: re-importing the app", code: true})
+			s.stage(&staged{reason: "SIGHUP, no config file: re-importing the app", code: true, cfg: s.cfg, hash: s.cfgHash})
 		}
 		return
 	}
 	data, err := os.ReadFile(s.opts.ConfigPath)
 	if err != nil {
-		s.reloadFailed(r, fmt.Errorf("read %s: %w", s.opts.ConfigPath, err))
+		s.refuse(r.reason, fmt.Errorf("read %s: %w; the running config stays (restore the file to reload)", s.opts.ConfigPath, err))
 		return
 	}
-	hash, _ := hashFile(s.opts.ConfigPath)
+	hash := hashBytes(data)
 	if hash == s.cfgHash {
 		if r.reason == "SIGHUP" {
 			// Gunicorn's meaning of HUP after a deploy: the config did
 			// not change, so the code is what should be reloaded.
-			s.rollCode(reloadRequest{reason: "SIGHUP, config unchanged: re-importing the app", code: true})
+			s.stage(&staged{reason: "SIGHUP, config unchanged: re-importing the app", code: true, cfg: s.cfg, hash: s.cfgHash})
 		}
 		return
 	}
@@ -183,74 +117,102 @@ func (s *Supervisor) reload(r reloadRequest) {
 		err = s.opts.Override(cfg)
 	}
 	if err != nil {
-		s.cfgHash = hash // the same broken content is not reported again
-		s.reloadFailed(r, err)
+		// The hash is not stored: what runs is still the old file, and
+		// a SIGHUP must say so again rather than call it unchanged.
+		s.refuse(r.reason, err)
 		return
 	}
-	ch := config.Diff(s.cfg, cfg)
-	if ch.Workers && s.pendingReload != nil {
-		// A roll is still importing or starting workers. Superseding it
-		// would throw its import away, and under reloads faster than an
-		// import no generation would ever finish: the change waits for
-		// the roll (cfgHash is left as it is, so the file is read again
-		// then), and any number of changes meanwhile become one.
-		if !s.deferred {
-			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves", r.reason, s.pendingReload.n)
-		}
-		s.deferred = true
-		return
+	s.stage(&staged{reason: r.reason, cfg: cfg, hash: hash})
+}
+
+// stage prepares st and either commits it at once or, when it brings a new
+// worker generation, starts the roll that commits it.
+func (s *Supervisor) stage(st *staged) {
+	st.prev, st.prevGen, st.started = s.cfg, s.gen, s.now()
+	if !st.code {
+		st.ch = config.Diff(s.cfg, st.cfg)
 	}
 	s.sd.reloading()
+	if err := s.prepare(st); err != nil {
+		s.abort(st, err.Error(), nil)
+		return
+	}
+	if st.gen == nil {
+		s.commit(st)
+		return
+	}
+	s.pending = st
+	s.roll(st)
+	s.log.Printf("reload (%s): generation %d rolling in (%s)", st.reason, st.gen.n, st.summary())
+	s.sd.status(fmt.Sprintf("reloading: generation %d rolling in", st.gen.n))
+	s.checkReload()
+}
 
-	// Build and start what is new, old things untouched.
-	var newListeners []*listener
+// prepare checks everything that can be checked and builds what is new,
+// old things untouched. Each step records what it built in st at once, so
+// that abort releases it whichever step fails.
+func (s *Supervisor) prepare(st *staged) error {
+	cfg, ch := st.cfg, st.ch
+	if err := s.preflight(cfg); err != nil {
+		return err
+	}
+	var err error
 	if ch.Listen && !s.socketActivated() {
-		newListeners, err = s.reuseOrOpen(cfg.Listen)
-		if err != nil {
-			s.reloadFailed(r, err)
-			return
+		if st.listeners, err = s.reuseOrOpen(cfg.Listen); err != nil {
+			return err
 		}
 	}
-	var oldAdmin *adminServer
 	if ch.Admin {
-		oldAdmin = s.admin
-		s.admin = nil
-		if err := s.startAdmin(cfg.Admin.Listen); err != nil {
-			s.admin = oldAdmin
-			s.closeUnused(newListeners)
-			s.reloadFailed(r, err)
-			return
+		st.adminSet = true
+		if st.admin, err = s.newAdmin(cfg.Admin.Listen); err != nil {
+			return err
 		}
 	}
 	if ch.Resources {
+		// Limits cannot be tried without writing them; a write that
+		// fails half way is put back by abort.
+		st.cgroupsUp = true
 		if err := s.updateCgroups(cfg); err != nil {
-			if oldAdmin != nil {
-				s.admin.close()
-				s.admin = oldAdmin
-			}
-			s.closeUnused(newListeners)
-			s.reloadFailed(r, err)
-			return
+			return err
 		}
 	}
-	var g *generation
-	if ch.Workers {
-		g, err = s.newGeneration(cfg, false)
-		if err != nil {
-			s.closeUnused(newListeners)
-			s.reloadFailed(r, err)
-			return
+	if ch.Workers || st.code {
+		if st.gen, err = s.newGeneration(cfg, st.code); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	// Swap.
-	prev := s.cfg
-	s.cfg, s.cfgHash = cfg, hash
-	s.generation++
-	if oldAdmin != nil {
-		oldAdmin.close()
+// preflight checks what a reload's processes will need before anything is
+// started: a user that does not exist would otherwise be found only when a
+// worker starts, with the roll already under way.
+func (s *Supervisor) preflight(cfg *config.Config) error {
+	if _, err := credentialFor(cfg.App.User); err != nil {
+		return fmt.Errorf("app.user %q: %w", cfg.App.User, err)
 	}
+	if st, err := os.Stat(cfg.App.Chdir); err == nil && !st.IsDir() {
+		return fmt.Errorf("app.chdir %s is not a directory; point it at the app's directory", cfg.App.Chdir)
+	}
+	for i, sf := range cfg.Static {
+		if st, err := os.Stat(sf.Dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("static[%d].dir %s is not a directory (%v); create it or remove the entry", i, sf.Dir, err)
+		}
+	}
+	return nil
+}
+
+// commit swaps st in: from here on it is what runs.
+func (s *Supervisor) commit(st *staged) {
+	if s.pending == st {
+		s.pending = nil
+	}
+	cfg, ch, prev := st.cfg, st.ch, st.prev
 	var did []string
+	if !st.code {
+		s.cfg, s.cfgHash = cfg, st.hash
+		s.generation++
+	}
 	if ch.Proxy {
 		for _, p := range s.proxies {
 			s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(cfg)})
@@ -266,80 +228,164 @@ func (s *Supervisor) reload(r reloadRequest) {
 		s.sendWorkers()
 		did = append(did, fmt.Sprintf("max_requests %d (+%d jitter) for every worker", cfg.Workers.MaxRequests, cfg.Workers.MaxRequestsJitter))
 	}
-	if ch.Listen && newListeners != nil {
+	if st.listeners != nil {
 		old := s.listeners
-		s.listeners = newListeners
+		s.listeners = st.listeners
 		// The new proxy serves the new set; when it says ready the old
 		// proxy stops, finishing its connections on the old sockets.
 		if err := s.startProxy(); err != nil {
 			s.log.Printf("%v", err)
 		}
 		for _, l := range old {
-			if !containsListener(newListeners, l) {
+			if !containsListener(st.listeners, l) {
 				l.close()
 			}
 		}
-		did = append(did, "listeners reopened: "+listenerNames(newListeners))
+		did = append(did, "listeners reopened: "+listenerNames(st.listeners))
 	}
-	if ch.Admin {
+	if st.adminSet {
+		if s.admin != nil {
+			s.admin.close()
+		}
+		s.admin = st.admin
+		if s.admin != nil {
+			s.admin.serve()
+		}
 		did = append(did, "admin moved to "+cfg.Admin.Listen)
 	}
-	if ch.Resources {
+	if st.cgroupsUp {
 		did = append(did, "cgroup limits updated in place")
 	}
-	if ch.Workers {
-		g.prev = prev
-		s.roll(g, "reload")
-		did = append(did, fmt.Sprintf("workers rolling to generation %d", g.n))
+	if st.gen != nil {
+		did = append(did, fmt.Sprintf("workers now generation %d", st.gen.n))
 	}
 	if ch.WorkerCount || ch.Workers {
-		want := s.wantWorkers(cfg)
-		if want != s.activeSlots() {
+		if want := s.wantWorkers(cfg); want != s.activeSlots() {
 			did = append(did, fmt.Sprintf("workers %d → %d", s.activeSlots(), want))
 			s.resize(want)
 		}
 	}
-	if ch.ReloadOn && s.watch != nil {
-		s.watch.close()
-		s.watch, _ = newWatcher(s.opts.ConfigPath, cfg.App.ReloadOn, cfg.App.Chdir, s.reloadCh, s.log)
+	if ch.ReloadOn {
+		s.restartWatch()
 		did = append(did, "reload_on watch updated")
 	}
 	if len(did) == 0 {
 		did = append(did, "no effective change")
 	}
 	msg := strings.Join(did, "; ")
-	s.log.Printf("reload (%s): generation %d: %s", r.reason, s.generation, msg)
-	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: msg, Reason: r.reason}
-	s.metrics.reloads.WithLabelValues("ok").Inc()
-	if s.pendingReload == nil {
-		s.sd.ready("reloaded: " + msg)
+	if st.code {
+		msg = fmt.Sprintf("fresh import of %s in generation %d", st.gen.module, st.gen.n)
 	}
+	s.log.Printf("reload (%s): config generation %d: %s", st.reason, s.generation, msg)
+	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: msg, Reason: st.reason}
+	s.metrics.reloads.WithLabelValues("ok").Inc()
+	s.sd.ready("reloaded: " + msg)
+	s.runDeferred()
 }
 
-func (s *Supervisor) rollCode(r reloadRequest) {
-	if s.pendingReload != nil {
-		s.deferred, s.deferredCode = true, true
-		return
+// abort undoes everything st built or changed and reports why. It serves
+// a reload refused while it was prepared and a generation abandoned during
+// its roll alike; tail is the generation's last log lines, if any.
+func (s *Supervisor) abort(st *staged, why string, tail []string) {
+	s.closeUnused(st.listeners)
+	st.listeners = nil
+	if st.admin != nil {
+		st.admin.close()
+		st.admin = nil
 	}
-	s.sd.reloading()
-	g, err := s.newGeneration(s.cfg, true)
-	if err != nil {
-		s.reloadFailed(r, err)
-		return
+	if st.cgroupsUp {
+		st.cgroupsUp = false
+		if err := s.updateCgroups(st.prev); err != nil {
+			s.log.Printf("reload: putting the previous cgroup limits back: %v", err)
+		}
 	}
-	g.prev = s.cfg
-	s.roll(g, "code reload")
-	s.log.Printf("reload (%s): re-importing %s in generation %d", r.reason, g.module, g.n)
-	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: "workers rolling to fresh code", Reason: r.reason}
-	s.metrics.reloads.WithLabelValues("ok").Inc()
+	if g := st.gen; g != nil {
+		if g.failed == "" {
+			g.failed = why
+		}
+		if s.gen == g {
+			s.gen = st.prevGen
+		}
+		s.stopZygote(g)
+		for _, w := range s.sortedWorkers() {
+			if w.gen != g {
+				continue
+			}
+			if sl := w.slot; sl.cur == w && w.state == wReady && !sl.retired {
+				// It already serves in place of an old worker that is
+				// gone: it keeps serving until a worker of the previous
+				// generation replaces it, so the slot never goes empty.
+				w.retiring = "abandoned"
+				if sl.next == nil || sl.next.gen == g {
+					sl.next = s.startWorker(sl, s.gen)
+				}
+				continue
+			}
+			w.retiring = "abandoned"
+			s.stopWorker(w)
+		}
+		for _, sl := range s.slots {
+			if sl.next != nil && sl.next.gen == g && sl.next.state >= wStopping {
+				sl.next = nil
+			}
+			if w := sl.cur; w != nil && w.gen != g && (w.retiring == retireReload || w.retiring == retireCode) {
+				// Back in service; a recycling that came due during
+				// the roll happens now, from the generation that serves.
+				w.retiring = ""
+				if due := w.dueWhy; due != "" {
+					w.dueWhy = ""
+					s.replace(w, due)
+				}
+			}
+			if sl.cur == nil && sl.next == nil && !sl.retired {
+				sl.restartAt = time.Time{}
+				sl.next = s.startWorker(sl, s.gen)
+			}
+		}
+		s.sendWorkers()
+	}
+	verb := "refused"
+	if s.pending == st {
+		s.pending = nil
+		verb = "abandoned"
+	}
+	s.log.Printf("reload (%s) %s, the running config is unchanged: %s", st.reason, verb, why)
+	for _, l := range tail {
+		s.log.Printf("  | %s", l)
+	}
+	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: why, Reason: st.reason, LogTail: tail}
+	s.metrics.reloads.WithLabelValues("failed").Inc()
+	s.sd.ready("reload " + verb + ": " + why)
+	s.checkReload()
+	s.runDeferred()
 }
 
-// roll makes g the current generation and starts a replacement for every
+// refuse reports a reload that failed before anything was built.
+func (s *Supervisor) refuse(reason string, err error) {
+	s.log.Printf("reload (%s) refused, the running config is unchanged: %v", reason, err)
+	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: err.Error(), Reason: reason}
+	s.metrics.reloads.WithLabelValues("failed").Inc()
+	s.sd.ready("reload refused: " + err.Error())
+}
+
+func (st *staged) summary() string {
+	if st.code {
+		return "fresh import"
+	}
+	return "changed: " + st.ch.String()
+}
+
+// roll makes st's generation current and starts a replacement for every
 // slot; each old worker drains once its replacement is ready.
-func (s *Supervisor) roll(g *generation, why string) {
+func (s *Supervisor) roll(st *staged) {
+	g := st.gen
+	why := retireReload
+	if st.code {
+		why = retireCode
+	}
+	g.prev = st.prev
 	s.gens = append(s.gens, g)
 	s.gen = g
-	s.pendingReload = g
 	for _, sl := range s.slots {
 		if sl.retired {
 			continue
@@ -349,34 +395,59 @@ func (s *Supervisor) roll(g *generation, why string) {
 			s.stopWorker(sl.next)
 			sl.next = nil
 		}
-		if sl.cur != nil {
-			sl.cur.retiring = why
+		if w := sl.cur; w != nil {
+			if w.retiring != "" && w.dueWhy == "" {
+				w.dueWhy = w.retiring // recycled anyway if the roll is abandoned
+			}
+			w.retiring = why
 		}
+		sl.restartAt = time.Time{}
 		sl.next = s.startWorker(sl, g)
 	}
-	s.checkReload()
 }
 
-// checkReload finishes a roll once every slot runs the new generation, and
-// retires generations nothing runs any more.
+// rollFailure counts one death (or failed start) of a process of generation
+// g before it served. While g is rolling in, the failed slot is retried with
+// backoff (its old worker keeps serving); at the rollMaxFailures-th failure
+// checkReload abandons the roll. Only recording here keeps the abort out of
+// the middle of a caller's loop over the slots.
+func (s *Supervisor) rollFailure(g *generation, what string) {
+	st := s.pending
+	if st == nil || st.gen != g {
+		return
+	}
+	st.failures++
+	st.lastFail = what
+	if st.failures < rollMaxFailures {
+		s.log.Printf("generation %d: %s (failure %d of %d before the roll is abandoned); retrying with backoff, the old workers keep serving",
+			g.n, what, st.failures, rollMaxFailures)
+	}
+}
+
+// checkReload commits the pending roll once every slot runs its generation,
+// and retires generations nothing runs any more.
 func (s *Supervisor) checkReload() {
-	if g := s.pendingReload; g != nil {
+	if st := s.pending; st != nil && st.failures >= rollMaxFailures {
+		s.abort(st, fmt.Sprintf("generation %d abandoned after %d failures before serving; last: %s", st.gen.n, st.failures, st.lastFail), st.gen.tail.last())
+		return // abort ran checkReload again
+	}
+	if st := s.pending; st != nil {
 		done := true
 		for _, sl := range s.slots {
-			if !sl.retired && (sl.cur == nil || sl.cur.gen != g || sl.cur.state != wReady) {
+			if !sl.retired && (sl.cur == nil || sl.cur.gen != st.gen || sl.cur.state != wReady) {
 				done = false
 			}
 		}
 		if done {
-			s.pendingReload = nil
-			s.log.Printf("generation %d serving on all %d workers", g.n, s.activeSlots())
-			s.sd.ready(fmt.Sprintf("serving %s with %d workers (generation %d)", g.module, s.activeSlots(), g.n))
-			defer s.runDeferred()
+			s.log.Printf("generation %d serving on all %d workers", st.gen.n, s.activeSlots())
+			s.commit(st)
 		}
 	}
 	keep := s.gens[:0]
 	for _, g := range s.gens {
-		if g != s.gen && s.pendingReload != g {
+		// The generation a roll replaces stays until the roll ends:
+		// an abandoned roll restarts its workers from it.
+		if g != s.gen && (s.pending == nil || (s.pending.gen != g && s.pending.prevGen != g)) {
 			used := false
 			for _, w := range s.workers {
 				if w.gen == g && w.state < wDraining {
@@ -401,118 +472,42 @@ func (s *Supervisor) checkReload() {
 	s.gens = keep
 }
 
-// abandonGeneration gives up on a generation whose app cannot be imported:
-// its workers stop, the previous generation stays current, and its config
-// comes back so that what runs and what /status says agree.
-func (s *Supervisor) abandonGeneration(g *generation, why string) {
-	s.log.Printf("reload failed: %s; the previous workers keep serving", why)
-	s.stopZygote(g)
-	for _, w := range s.workers {
-		if w.gen == g {
-			w.retiring = "abandoned"
-			s.stopWorker(w)
-		}
+// abandonGeneration gives up on generation g, whose app cannot be imported,
+// and says whether it did. While g is rolling in, that aborts its reload:
+// everything from it is undone and the previous workers keep serving. A
+// generation that already serves is not stopped over a failed re-import (its
+// running workers are still good): false, and its restarts go on with backoff.
+func (s *Supervisor) abandonGeneration(g *generation, why string) bool {
+	if st := s.pending; st != nil && st.gen == g {
+		s.abort(st, why, g.tail.last())
+		return true
 	}
-	var prev *generation
-	for _, x := range s.gens {
-		if x != g && x.failed == "" {
-			prev = x
-		}
-	}
-	if s.gen == g && prev != nil {
-		s.gen = prev
-		if g.prev != nil && g.prev != s.cfg {
-			s.cfg = g.prev
-			for _, p := range s.proxies {
-				s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(s.cfg)})
-			}
-		}
-	}
-	if s.pendingReload == g {
-		s.pendingReload = nil
-		defer s.runDeferred()
-	}
-	for _, sl := range s.slots {
-		if sl.next != nil && sl.next.gen == g {
-			sl.next = nil
-		}
-		if sl.cur != nil && (sl.cur.retiring == "reload" || sl.cur.retiring == "code reload") {
-			sl.cur.retiring = ""
-		}
-	}
-	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: why, Reason: "reload"}
-	s.metrics.reloads.WithLabelValues("failed").Inc()
-	s.sd.ready("reload failed: " + why)
-	s.checkReload()
-}
-
-func (s *Supervisor) reloadFailed(r reloadRequest, err error) {
-	s.log.Printf("reload (%s) refused, the running config is unchanged: %v", r.reason, err)
-	s.reloadState = reloadStatus{At: s.now(), OK: false, Message: err.Error(), Reason: r.reason}
-	s.metrics.reloads.WithLabelValues("failed").Inc()
-	s.sd.ready("reload refused: " + err.Error())
-}
-
-func (s *Supervisor) socketActivated() bool {
-	for _, l := range s.listeners {
-		if strings.HasPrefix(l.addr, "fd:") {
-			return true
-		}
-	}
+	s.log.Printf("%s; generation %d keeps its running workers and restarts with backoff", why, g.n)
 	return false
 }
 
-// reuseOrOpen returns listeners for addrs, keeping open sockets whose
-// address is unchanged (their connections must not notice the reload).
-func (s *Supervisor) reuseOrOpen(addrs []string) ([]*listener, error) {
-	var out []*listener
-	for _, a := range addrs {
-		var found *listener
-		for _, l := range s.listeners {
-			if l.configured == a {
-				found = l
-			}
-		}
-		if found == nil {
-			l, err := openListener(a)
-			if err != nil {
-				s.closeUnused(out)
-				return nil, err
-			}
-			found = l
-		}
-		out = append(out, found)
-	}
-	return out, nil
-}
-
-// closeUnused closes listeners of ls that are not in use.
-func (s *Supervisor) closeUnused(ls []*listener) {
-	for _, l := range ls {
-		if !containsListener(s.listeners, l) {
-			l.close()
-		}
-	}
-}
-
-func containsListener(ls []*listener, l *listener) bool {
-	for _, x := range ls {
-		if x == l {
-			return true
-		}
-	}
-	return false
-}
-
-// runDeferred applies what arrived while a roll was in progress.
+// runDeferred applies what arrived while a roll was in progress: the file as
+// it is now, then a code reload if one was asked for and nothing rolled.
 func (s *Supervisor) runDeferred() {
-	if !s.deferred || s.pendingReload != nil {
+	if s.pending != nil || (!s.deferred && !s.deferredCode) {
 		return
 	}
-	code := s.deferredCode
+	file, code := s.deferred, s.deferredCode
 	s.deferred, s.deferredCode = false, false
-	s.reload(reloadRequest{reason: "change deferred during the previous roll"})
-	if code && s.pendingReload == nil {
-		s.rollCode(reloadRequest{reason: "code change deferred during the previous roll", code: true})
+	if file {
+		s.reload(reloadRequest{reason: "change deferred during the previous roll"})
 	}
+	if code && s.pending == nil {
+		s.reload(reloadRequest{reason: "code change deferred during the previous roll", code: true})
+	} else if code {
+		s.deferredCode = false // the roll now under way imports the code afresh
+	}
+}
+
+// hashBytes is the content hash that decides whether the config really
+// changed: a touch, or a ConfigMap swap to identical content, changes
+// nothing.
+func hashBytes(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

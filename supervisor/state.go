@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"net"
-	"os"
 	"time"
 
 	"github.com/berth-dev/berth/config"
@@ -51,6 +50,10 @@ type worker struct {
 	// retiring is why the worker is being replaced ("" while it is not):
 	// max_requests, max_rss, timeout, reload, scale-down, shutdown.
 	retiring string
+	// dueWhy is a recycling (max_requests, max_rss) that came due while the
+	// worker was retiring for a roll: if the roll is abandoned, the worker
+	// is still recycled, from the generation that serves. "" = none.
+	dueWhy string
 	// drainedBy records which proxies reported it drained.
 	drainedBy map[int]bool
 	// deadline is when the current state is given up on: starting too long,
@@ -77,6 +80,15 @@ type slot struct {
 	restartAt time.Time // zero: no start pending
 }
 
+// wantsWorker says whether sl needs a worker started: it has none, or its
+// current one is being replaced and still serves but its replacement died.
+func (sl *slot) wantsWorker() bool {
+	if sl.retired || sl.next != nil {
+		return false
+	}
+	return sl.cur == nil || (sl.cur.retiring != "" && sl.cur.state <= wReady)
+}
+
 // generation is one version of the worker settings: a config reload that
 // changes app/worker settings starts a new generation beside the old one.
 type generation struct {
@@ -87,23 +99,10 @@ type generation struct {
 	zygote    *zygote  // nil when preload is off
 	everReady bool     // one of its workers (or its zygote) got ready
 	failed    string   // why this generation could not serve ("" = fine)
+	tail      *logTail // its processes' last stderr lines; never nil
 	// prev is the config that was current before this generation was
 	// rolled in; restored if the generation's app fails to import.
 	prev *config.Config
-}
-
-// zygote is the preload process of a generation: it imports the app once
-// and forks workers from it.
-type zygote struct {
-	gen       *generation
-	pid       int
-	conn      *os.File // our end of the command socket
-	ready     bool
-	pending   []*worker // fork requests waiting for READY
-	started   time.Time
-	stopping  bool
-	failures  int
-	restartAt time.Time
 }
 
 // proxyProc is one `berth proxy` process.
@@ -120,12 +119,4 @@ type proxyProc struct {
 	listeners []*listener
 	started   time.Time
 	stats     control.Stats
-}
-
-// listener is one listening socket the supervisor owns for its whole life.
-type listener struct {
-	addr       string   // as bound ("127.0.0.1:8080", "unix:/run/x.sock", "fd:name=addr")
-	configured string   // the `listen` entry it was opened for; "" when socket-activated
-	file       *os.File // what proxies inherit
-	ln         net.Listener
 }

@@ -52,6 +52,10 @@ const (
 	// and are killed if they have not after this.
 	fastStopGrace = 2 * time.Second
 	rssEvery      = time.Second
+	// forkGrace is how long a fork asked of a zygote that then died may
+	// still answer with READY (the worker was forked, the reply lost)
+	// before the worker is started again.
+	forkGrace = 5 * time.Second
 )
 
 // shutdown phases, in order.
@@ -130,12 +134,14 @@ type Supervisor struct {
 	bootDone   bool
 	fatal      error // set when the server cannot go on (app import failure at boot)
 
-	reloadState   reloadStatus
-	pendingReload *generation // generation being rolled in, until all slots run it
-	deferred      bool        // a reload arrived during the roll: apply the file when it ends
-	deferredCode  bool        // ... and it was (also) a code reload
-	lastRSS       time.Time
-	lastWatchdog  time.Time
+	reloadState  reloadStatus
+	pending      *staged   // reload whose generation is rolling in; nil = none
+	deferred     bool      // a reload arrived during the roll: apply the file when it ends
+	deferredCode bool      // a code reload arrived during the roll
+	watchFails   int       // consecutive failures to (re)create the watcher
+	watchRetryAt time.Time // zero: no retry pending
+	lastRSS      time.Time
+	lastWatchdog time.Time
 
 	orphans  int64
 	restarts map[string]int64 // by cause
@@ -146,14 +152,6 @@ type ctlEvent struct {
 	p   *proxyProc
 	msg control.Message
 	err error
-}
-
-type zygoteReply struct {
-	z   *zygote
-	ID  string `json:"id"`
-	Pid int    `json:"pid"`
-	Err string `json:"error"`
-	eof bool
 }
 
 type reloadRequest struct {
@@ -171,6 +169,9 @@ type reloadStatus struct {
 	OK      bool      `json:"ok"`
 	Message string    `json:"message"`
 	Reason  string    `json:"reason"`
+	// LogTail is the last lines an abandoned generation's processes wrote
+	// to stderr (its traceback, usually); empty otherwise.
+	LogTail []string `json:"log_tail,omitempty"`
 }
 
 // Run boots the supervisor, runs it until it stops, and returns the exit code.
@@ -279,14 +280,7 @@ func (s *Supervisor) boot() error {
 	// already hold, instead of being answered 503 during the import. That
 	// is also what makes the first request of a socket-activated start
 	// succeed.
-	if s.opts.ConfigPath != "" || len(s.cfg.App.ReloadOn) > 0 {
-		w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, s.reloadCh, s.log)
-		if err != nil {
-			s.log.Printf("config watch disabled: %v (SIGHUP still reloads)", err)
-		} else {
-			s.watch = w
-		}
-	}
+	s.restartWatch()
 	s.sd.status(fmt.Sprintf("starting %d workers for %s", len(s.slots), g.module))
 	s.log.Printf("starting: app %s, %d workers × %d threads, listen %s, admin %s",
 		g.module, len(s.slots), s.cfg.Workers.Threads, listenerNames(s.listeners), s.cfg.Admin.Listen)
@@ -497,6 +491,12 @@ func (s *Supervisor) onTick() {
 	}
 	for _, w := range s.sortedWorkers() {
 		switch {
+		case w.state == wForking && now.After(w.deadline):
+			// Its fork was asked of a zygote that died before replying.
+			s.log.Printf("worker %s: no fork reply from the zygote of generation %d: starting it again", w.id, w.gen.n)
+			sl := w.slot
+			s.forgetWorker(w)
+			s.scheduleRestart(sl)
 		case w.state == wStarting && now.After(w.deadline):
 			s.log.Printf("worker %s (pid %d) did not become ready within %s: killing it", w.id, w.pid, startTimeout)
 			_ = s.os.Signal(w.pid, syscall.SIGKILL)
@@ -521,10 +521,14 @@ func (s *Supervisor) onTick() {
 		for _, sl := range s.slots {
 			if !sl.restartAt.IsZero() && now.After(sl.restartAt) {
 				sl.restartAt = time.Time{}
-				if sl.cur == nil && sl.next == nil && !sl.retired {
+				if sl.wantsWorker() {
 					sl.next = s.startWorker(sl, s.gen)
 				}
 			}
+		}
+		if s.watch == nil && !s.watchRetryAt.IsZero() && now.After(s.watchRetryAt) {
+			s.watchRetryAt = time.Time{}
+			s.restartWatch()
 		}
 		for _, g := range s.gens {
 			if z := g.zygote; z != nil && z.pid == 0 && !z.restartAt.IsZero() && now.After(z.restartAt) {
@@ -551,6 +555,7 @@ func (s *Supervisor) onTick() {
 		s.lastWatchdog = now
 		s.sd.watchdog()
 	}
+	s.checkReload()
 	s.updateGauges()
 }
 
@@ -663,14 +668,6 @@ func jitter(n int64) int64 {
 		return 0
 	}
 	return rand.Int64N(n + 1)
-}
-
-func listenerNames(ls []*listener) string {
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.addr)
-	}
-	return strings.Join(names, ", ")
 }
 
 func prepareRunDir(dir, user string) (string, error) {

@@ -23,7 +23,7 @@ import (
 // at reload time, with the old workers untouched.
 func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, error) {
 	s.genSeq++
-	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module}
+	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, tail: &logTail{}}
 	if _, err := exec.LookPath(cfg.App.Python); err != nil {
 		return nil, fmt.Errorf("app.python: %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err)
 	}
@@ -82,7 +82,15 @@ func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]strin
 	if st, err := os.Stat(chdir); err != nil || !st.IsDir() {
 		chdir, dir = "", s.runDir
 	}
+	// The child's stderr is copied through to ours, keeping the last
+	// lines for /status when its generation is abandoned. The caller
+	// closes our copy of the write end once the child is started.
+	stderr, err := teeStderr(g.tail)
+	if err != nil {
+		return ProcSpec{}, err
+	}
 	return ProcSpec{
+		Stderr:     stderr,
 		Path:       py,
 		Args:       []string{py, "-u", filepath.Join(s.runDir, "berth_worker.py"), mode},
 		Env:        s.pythonEnv(g, chdir, env),
@@ -137,9 +145,11 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 		if fd >= 0 {
 			unix.Close(fd)
 		}
+		spec.Stderr.Close()
 	}
 	if err != nil {
 		s.log.Printf("worker %s: %v", w.id, err)
+		s.rollFailure(g, fmt.Sprintf("worker %s could not start: %v", w.id, err))
 		s.scheduleRestart(sl)
 		return nil
 	}
@@ -148,47 +158,6 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 	s.procs[w.pid] = w
 	s.placeWorker(w)
 	return w
-}
-
-// fork asks a ready zygote for a worker.
-func (s *Supervisor) fork(z *zygote, w *worker) {
-	procs := s.workerCgroupProcs(w)
-	first := ""
-	if len(procs) > 0 {
-		first = procs[0]
-	}
-	cmd := map[string]any{"id": w.id, "socket": w.socket, "cgroup": first, "cgroups": procs}
-	if _, err := z.conn.Write([]byte(mustJSON(cmd) + "\n")); err != nil {
-		s.log.Printf("worker %s: ask the zygote (pid %d) to fork: %v", w.id, z.pid, err)
-		s.forgetWorker(w)
-		s.scheduleRestart(w.slot)
-	}
-}
-
-func (s *Supervisor) onZygoteReply(r zygoteReply) {
-	if r.eof {
-		return // the exit arrives from the reaper
-	}
-	w := s.workers[r.ID]
-	if w == nil {
-		if r.Pid > 0 {
-			// Forked for a worker we have given up on meanwhile.
-			_ = s.os.Signal(r.Pid, syscall.SIGKILL)
-		}
-		return
-	}
-	if r.Err != "" || r.Pid <= 0 {
-		s.log.Printf("worker %s: zygote could not fork: %s", w.id, r.Err)
-		s.forgetWorker(w)
-		s.scheduleRestart(w.slot)
-		return
-	}
-	w.pid = r.Pid
-	s.procs[w.pid] = w
-	if w.state == wForking {
-		w.state = wStarting
-	}
-	s.placeWorker(w)
 }
 
 // forgetWorker drops a worker that never had (or no longer has) a process.
@@ -213,38 +182,6 @@ func (s *Supervisor) scheduleRestart(sl *slot) {
 	if sl.failures >= 3 {
 		s.log.Printf("worker slot %d crashed %d times in a row: next start in %s", sl.n, sl.failures, d)
 	}
-}
-
-// ---- notify datagrams ----
-
-func (s *Supervisor) onNotify(n map[string]string) {
-	if n["READY"] != "1" {
-		if st, ok := n["STATUS"]; ok {
-			s.log.Printf("worker %s: %s", n["BERTH_WORKER"], st)
-		}
-		return
-	}
-	if n["BERTH_ZYGOTE"] == "1" {
-		pid, _ := strconv.Atoi(n["MAINPID"])
-		if z, ok := s.procs[pid].(*zygote); ok {
-			s.zygoteReady(z)
-		}
-		return
-	}
-	w := s.workers[n["BERTH_WORKER"]]
-	if w == nil || w.state > wStarting {
-		return
-	}
-	if w.pid == 0 {
-		// READY overtook the zygote's reply: MAINPID says who it is.
-		pid, _ := strconv.Atoi(n["MAINPID"])
-		if pid > 0 {
-			w.pid = pid
-			s.procs[pid] = w
-			s.placeWorker(w)
-		}
-	}
-	s.workerReady(w)
 }
 
 func (s *Supervisor) workerReady(w *worker) {
@@ -346,8 +283,8 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 	switch {
 	case expected || (was == wStopping && s.phase != running):
 		// a stop we asked for
-	case was <= wStarting && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport:
-		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id))
+	case was <= wStarting && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport &&
+		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id)):
 		s.sendWorkers()
 		return
 	default:
@@ -355,6 +292,9 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 		s.metrics.restarts.WithLabelValues(cause).Inc()
 		s.restarts[cause]++
 		s.log.Printf("worker %s (pid %d) %s after %s and %d requests; replacing it", w.id, w.pid, s.describeExit(w, e, cause), lived.Round(time.Millisecond), w.requests)
+		if w.readyAt.IsZero() {
+			s.rollFailure(w.gen, fmt.Sprintf("worker %s %s before it was ready", w.id, s.describeExit(w, e, cause)))
+		}
 	}
 	if lived >= healthyAfter {
 		sl.failures = 0
@@ -367,6 +307,10 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 		} else {
 			s.scheduleRestart(sl)
 		}
+	} else if sl.wantsWorker() && !expected && s.phase <= phaseDelay && s.fatal == nil {
+		// The replacement died; the worker it was to replace still
+		// serves, and gets another replacement after the backoff.
+		s.scheduleRestart(sl)
 	} else if sl.cur == nil && sl.next != nil && sl.next.state == wReady {
 		sl.cur, sl.next = sl.next, nil
 	}
@@ -375,18 +319,21 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 	}
 	s.sendWorkers()
 	s.checkReady()
+	s.checkReload()
 }
 
 // importFailed handles an app that cannot be imported. At boot there is
 // nothing to serve with, so berth stops with ExitAppImport instead of
 // respawning forever; during a reload the new generation is abandoned and
-// the old one keeps serving.
-func (s *Supervisor) importFailed(g *generation, who string) {
+// the old one keeps serving. It returns false when nothing was given up
+// (a serving generation failed to re-import): the exit is then a crash.
+func (s *Supervisor) importFailed(g *generation, who string) bool {
 	if g.failed != "" {
-		return
+		return true
 	}
-	g.failed = fmt.Sprintf("%s: the app %s failed to import (traceback above)", who, g.module)
+	why := fmt.Sprintf("%s: the app %s failed to import (traceback above)", who, g.module)
 	if g == s.gen && !s.bootDone && len(s.gens) == 1 {
+		g.failed = why
 		s.log.Printf("%s; fix the app or app.module and start again", g.failed)
 		s.fatal = errors.New(g.failed)
 		s.exitCode = ExitAppImport
@@ -395,9 +342,9 @@ func (s *Supervisor) importFailed(g *generation, who string) {
 		s.killAll(syscall.SIGTERM)
 		s.phase = phaseWorkers
 		s.phaseUntil = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
-		return
+		return true
 	}
-	s.abandonGeneration(g, g.failed)
+	return s.abandonGeneration(g, why)
 }
 
 func (s *Supervisor) exitCause(w *worker, e Exit) string {
@@ -415,95 +362,6 @@ func (s *Supervisor) describeExit(w *worker, e Exit, cause string) string {
 		return "was killed by the kernel OOM killer" + s.oomDetail(w)
 	}
 	return "exited unexpectedly (" + e.Describe() + ")"
-}
-
-// ---- zygotes ----
-
-func (s *Supervisor) startZygote(g *generation) {
-	z := g.zygote
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		s.log.Printf("zygote: socketpair: %v", err)
-		z.restartAt = s.now().Add(backoff(z.failures + 1))
-		return
-	}
-	ours := os.NewFile(uintptr(fds[0]), "zygote-ctl")
-	theirs := os.NewFile(uintptr(fds[1]), "zygote-ctl-child")
-	spec, err := s.pythonSpec(g, "zygote", map[string]string{"BERTH_ZYGOTE_FD": "3"}, []*os.File{theirs})
-	if err == nil {
-		z.pid, err = s.os.Start(spec)
-	}
-	theirs.Close()
-	if err != nil {
-		ours.Close()
-		s.log.Printf("zygote for generation %d: %v", g.n, err)
-		z.failures++
-		z.restartAt = s.now().Add(backoff(z.failures))
-		return
-	}
-	z.conn, z.ready, z.started = ours, false, s.now()
-	s.procs[z.pid] = z
-	s.placeZygote(z)
-	go readZygote(z, ours, s.zygCh)
-}
-
-func (s *Supervisor) zygoteReady(z *zygote) {
-	z.ready = true
-	z.gen.everReady = true
-	s.log.Printf("app %s imported by the zygote (pid %d) in %s; forking workers", z.gen.module, z.pid, s.now().Sub(z.started).Round(time.Millisecond))
-	for _, w := range z.pending {
-		if w.state == wForking {
-			s.fork(z, w)
-		}
-	}
-	z.pending = nil
-}
-
-func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
-	g := z.gen
-	wasReady := z.ready
-	z.pid, z.ready = 0, false
-	if z.conn != nil {
-		z.conn.Close()
-		z.conn = nil
-	}
-	if z.stopping || s.phase != running {
-		return
-	}
-	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport {
-		s.importFailed(g, "zygote")
-		return
-	}
-	// Workers already forked keep serving; only new forks wait for the
-	// zygote's restart.
-	z.failures++
-	if s.now().Sub(z.started) >= healthyAfter {
-		z.failures = 1
-	}
-	d := backoff(z.failures)
-	s.log.Printf("zygote (pid %d) %s; restarting it in %s", e.Pid, e.Describe(), d)
-	z.restartAt = s.now().Add(d)
-}
-
-func (s *Supervisor) stopZygote(g *generation) {
-	z := g.zygote
-	if z == nil || z.stopping {
-		return
-	}
-	z.stopping = true
-	z.restartAt = time.Time{}
-	if z.conn != nil {
-		// EOF on its command socket is the zygote's signal to exit.
-		z.conn.Close()
-		z.conn = nil
-	}
-	if z.pid > 0 {
-		_ = s.os.Signal(z.pid, syscall.SIGTERM)
-	}
-	for _, w := range z.pending {
-		s.forgetWorker(w)
-	}
-	z.pending = nil
 }
 
 // ---- pool size ----
@@ -592,13 +450,25 @@ func (s *Supervisor) scaleBy(d int) {
 
 // replace starts a replacement for sl's current worker; the current one keeps
 // serving until the replacement is ready.
+//
+// A worker retiring for a roll is still recycled: its replacement is started
+// now if the roll's one for its slot is waiting out a backoff, and if the
+// roll is abandoned the recycling is done from the generation that serves.
 func (s *Supervisor) replace(w *worker, why string) {
 	sl := w.slot
-	if sl.cur != w || w.retiring != "" || sl.retired || s.phase != running {
+	if sl.cur != w || sl.retired || s.phase != running {
 		return
 	}
-	w.retiring = why
+	switch {
+	case w.retiring == "":
+		w.retiring = why
+	case (w.retiring == retireReload || w.retiring == retireCode) && w.dueWhy == "":
+		w.dueWhy = why
+	default:
+		return // already being replaced
+	}
 	if sl.next == nil {
+		sl.restartAt = time.Time{}
 		sl.next = s.startWorker(sl, s.gen)
 	}
 }
@@ -616,7 +486,8 @@ func (s *Supervisor) checkRSS() {
 		}
 		w.rss, w.rssAt = rss, s.now()
 		max := int64(s.cfg.Workers.MaxRSS)
-		if max > 0 && rss > max && w.retiring == "" {
+		rolling := (w.retiring == retireReload || w.retiring == retireCode) && w.dueWhy == ""
+		if max > 0 && rss > max && (w.retiring == "" || rolling) {
 			s.log.Printf("worker %s (pid %d) uses %s RSS, over max_rss %s: recycling it", w.id, w.pid, humanBytes(rss), humanBytes(max))
 			s.replace(w, "max_rss")
 		}

@@ -1,0 +1,169 @@
+// Listening sockets: the supervisor opens them (or takes them from socket
+// activation) and owns them for its whole life; proxies only inherit them.
+package supervisor
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/coreos/go-systemd/v22/activation"
+)
+
+// listener is one listening socket the supervisor owns for its whole life.
+type listener struct {
+	addr       string   // as bound ("127.0.0.1:8080", "unix:/run/x.sock", "fd:name=addr")
+	configured string   // the `listen` entry it was opened for; "" when socket-activated
+	file       *os.File // what proxies inherit
+	ln         net.Listener
+}
+
+func openListeners(addrs []string) ([]*listener, error) {
+	if fds := activationFiles(); len(fds) > 0 {
+		return fds, nil
+	}
+	var out []*listener
+	for _, a := range addrs {
+		l, err := openListener(a)
+		if err != nil {
+			for _, o := range out {
+				o.close()
+			}
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func openListener(addr string) (*listener, error) {
+	network, address := "tcp", addr
+	if strings.HasPrefix(addr, "unix:") {
+		network, address = "unix", strings.TrimPrefix(addr, "unix:")
+		// A socket file left by an earlier run would make bind fail;
+		// nobody else can be listening on it if we are starting.
+		if st, err := os.Lstat(address); err == nil && st.Mode()&os.ModeSocket != 0 {
+			os.Remove(address)
+		}
+	}
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w; free the port or change listen in the config", addr, err)
+	}
+	var f *os.File
+	switch l := ln.(type) {
+	case *net.TCPListener:
+		f, err = l.File()
+	case *net.UnixListener:
+		l.SetUnlinkOnClose(true)
+		f, err = l.File()
+		os.Chmod(address, 0o666)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	name := addr
+	if network == "tcp" {
+		name = ln.Addr().String()
+	}
+	return &listener{addr: name, configured: addr, file: f, ln: ln}, nil
+}
+
+// activationFiles returns the sockets systemd (or podman) passed us with
+// LISTEN_FDS; they replace `listen`. The LISTEN_* variables are unset so a
+// child can never mistake them for its own.
+func activationFiles() []*listener {
+	files := activation.Files(true)
+	var out []*listener
+	for _, f := range files {
+		ln, err := net.FileListener(f)
+		name := f.Name()
+		if err == nil {
+			if name == "" || strings.HasPrefix(name, "LISTEN_FD_") {
+				name = ln.Addr().String()
+			} else {
+				name = name + "=" + ln.Addr().String()
+			}
+		}
+		out = append(out, &listener{addr: "fd:" + name, file: f, ln: ln})
+	}
+	return out
+}
+
+func (l *listener) close() {
+	if l.file != nil {
+		l.file.Close()
+		l.file = nil
+	}
+	if l.ln != nil {
+		l.ln.Close()
+		l.ln = nil
+	}
+}
+
+func (s *Supervisor) closeListeners() {
+	for _, l := range s.listeners {
+		l.close()
+	}
+}
+
+func listenerNames(ls []*listener) string {
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.addr)
+	}
+	return strings.Join(names, ", ")
+}
+
+func (s *Supervisor) socketActivated() bool {
+	for _, l := range s.listeners {
+		if strings.HasPrefix(l.addr, "fd:") {
+			return true
+		}
+	}
+	return false
+}
+
+// reuseOrOpen returns listeners for addrs, keeping open sockets whose
+// address is unchanged (their connections must not notice the reload).
+func (s *Supervisor) reuseOrOpen(addrs []string) ([]*listener, error) {
+	var out []*listener
+	for _, a := range addrs {
+		var found *listener
+		for _, l := range s.listeners {
+			if l.configured == a {
+				found = l
+			}
+		}
+		if found == nil {
+			l, err := openListener(a)
+			if err != nil {
+				s.closeUnused(out)
+				return nil, err
+			}
+			found = l
+		}
+		out = append(out, found)
+	}
+	return out, nil
+}
+
+// closeUnused closes listeners of ls that are not in use.
+func (s *Supervisor) closeUnused(ls []*listener) {
+	for _, l := range ls {
+		if !containsListener(s.listeners, l) {
+			l.close()
+		}
+	}
+}
+
+func containsListener(ls []*listener, l *listener) bool {
+	for _, x := range ls {
+		if x == l {
+			return true
+		}
+	}
+	return false
+}
