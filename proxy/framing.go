@@ -560,9 +560,17 @@ func refusal(ci *connInfo, r *http.Request) *rejection {
 // origin-form is served; absolute-form with http or https is served as its
 // path (RFC 9112 §3.2.2: the URL's authority is the Host); "*" is only for
 // OPTIONS, which net/http answers itself; CONNECT and authority-form are
-// refused, as nginx refuses them. It returns 0 to serve r.
+// refused, as nginx refuses them, and so are lower-case methods and
+// userinfo. It returns 0 to serve r. A refused request closes the
+// connection, as nginx does: a client that sent it may not frame what
+// follows as berth would (CONNECT tunnel bytes, for one).
 func checkTarget(r *http.Request) (int, string) {
 	u := r.RequestURI
+	for i := 0; i < len(r.Method); i++ {
+		if c := r.Method[i]; (c < 'A' || c > 'Z') && c != '-' && c != '_' {
+			return http.StatusBadRequest, "the method must be upper-case letters (methods are case-sensitive)"
+		}
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		return http.StatusMethodNotAllowed, "CONNECT is not supported: berth is not a forward proxy"
@@ -570,6 +578,8 @@ func checkTarget(r *http.Request) (int, string) {
 		return 0, ""
 	case u == "*":
 		return http.StatusBadRequest, "the request target * is only for OPTIONS"
+	case r.URL.User != nil:
+		return http.StatusBadRequest, "the request target must not carry user information (RFC 9110 section 4.2.4)"
 	case r.URL.Host != "" && (r.URL.Scheme == "http" || r.URL.Scheme == "https"):
 		// Workers see the origin-form, as they would behind nginx.
 		rest := u[len(r.URL.Scheme)+len("://"):]

@@ -258,6 +258,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		plainError(&rs.rw, rej.status, "berth: bad request: "+rej.reason+"\n")
 	} else if status, why := checkTarget(r); status != 0 {
 		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
+		h := rs.rw.Header()
+		h.Set("Connection", "close")
+		if status == http.StatusMethodNotAllowed {
+			h.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		}
 		plainError(&rs.rw, status, "berth: "+why+"\n")
 	} else {
 		s.handle(rs, r, st)
@@ -319,6 +324,7 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 		}
 	}
 	if !ok {
+		rs.rw.Header().Set("Connection", "close")
 		plainError(&rs.rw, http.StatusBadRequest, "berth: bad request path\n")
 		return
 	}
