@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"runtime"
-	"strconv"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -397,10 +396,12 @@ func (s *Supervisor) refineAuto() {
 	}
 }
 
-// setGOMAXPROCS follows the CPU quota, so the supervisor and the proxy
-// (which inherits GOMAXPROCS) do not schedule more threads than they may run.
+// setGOMAXPROCS follows the CPU quota, so the supervisor does not schedule
+// more threads than it may run. It changes only this process: exporting the
+// value would make the proxy take it for the operator's own setting and run
+// with the whole quota instead of its share (proxyGOMAXPROCS).
 func (s *Supervisor) setGOMAXPROCS() {
-	if os.Getenv("GOMAXPROCS") != "" || s.cg == nil {
+	if s.operatorGOMAXPROCS != "" || s.cg == nil {
 		return
 	}
 	if q, ok := cgroup.CPUQuota(s.cg.m); ok {
@@ -409,7 +410,6 @@ func (s *Supervisor) setGOMAXPROCS() {
 			n = 1
 		}
 		runtime.GOMAXPROCS(n)
-		os.Setenv("GOMAXPROCS", strconv.Itoa(n))
 	}
 }
 

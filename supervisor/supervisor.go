@@ -140,6 +140,10 @@ type Supervisor struct {
 	orphans  int64
 	restarts map[string]int64 // by cause
 	metrics  *metrics
+
+	// operatorGOMAXPROCS is GOMAXPROCS as berth found it at start; "" =
+	// the operator did not set it. berth never exports its own choice.
+	operatorGOMAXPROCS string
 }
 
 type ctlEvent struct {
@@ -214,6 +218,8 @@ func newSupervisor(opts Options) (*Supervisor, error) {
 		reloadCh: make(chan reloadRequest, 4),
 		adminCh:  make(chan adminRequest),
 		restarts: map[string]int64{},
+
+		operatorGOMAXPROCS: os.Getenv("GOMAXPROCS"),
 	}
 	if s.log == nil {
 		s.log = log.New(os.Stderr, "berth: ", 0)
