@@ -144,6 +144,9 @@ type Supervisor struct {
 	// operatorGOMAXPROCS is GOMAXPROCS as berth found it at start; "" =
 	// the operator did not set it. berth never exports its own choice.
 	operatorGOMAXPROCS string
+	// runLock holds the flock that makes the run directory this berth's
+	// alone (instance.go); nil before boot.
+	runLock *os.File
 }
 
 type ctlEvent struct {
@@ -252,6 +255,11 @@ func (s *Supervisor) boot() error {
 	if err != nil {
 		return err
 	}
+	// The claim comes before anything is written or removed there: a
+	// second berth must not touch the first one's sockets.
+	if s.runLock, err = lockRunDir(dir, s.instanceInfo()); err != nil {
+		return err
+	}
 	s.runDir = dir
 	if _, err := pyworker.WriteFiles(dir); err != nil {
 		return fmt.Errorf("boot: write the worker runtime to %s: %w", dir, err)
@@ -259,7 +267,9 @@ func (s *Supervisor) boot() error {
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
-	s.setupCgroups()
+	if err := s.setupCgroups(); err != nil {
+		return err
+	}
 	s.setGOMAXPROCS()
 	if err := s.openNotify(); err != nil {
 		return err
@@ -368,6 +378,9 @@ func (s *Supervisor) closeAll() {
 		s.watch.close()
 	}
 	s.releaseCgroups()
+	if s.runLock != nil {
+		s.runLock.Close()
+	}
 }
 
 // ---- signals ----
