@@ -144,6 +144,7 @@ type Supervisor struct {
 	// operatorGOMAXPROCS is GOMAXPROCS as berth found it at start; "" =
 	// the operator did not set it. berth never exports its own choice.
 	operatorGOMAXPROCS string
+	bootPolicy         bootState // (bootpolicy.go)
 	// runLock holds the flock that makes the run directory this berth's
 	// alone (instance.go); nil before boot.
 	runLock *os.File
@@ -193,6 +194,10 @@ func Run(opts Options) int {
 		var ce configError
 		if errors.As(err, &ce) {
 			return ExitConfig
+		}
+		var pe preflightError
+		if errors.As(err, &pe) {
+			return ExitStartFailed
 		}
 		return ExitBoot
 	}
@@ -264,6 +269,9 @@ func (s *Supervisor) boot() error {
 	if _, err := pyworker.WriteFiles(dir); err != nil {
 		return fmt.Errorf("boot: write the worker runtime to %s: %w", dir, err)
 	}
+	if err := preflight(realPreflightOS{}, s.cfg, dir); err != nil {
+		return err
+	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
@@ -282,6 +290,14 @@ func (s *Supervisor) boot() error {
 	if err := s.startAdmin(s.cfg.Admin.Listen); err != nil {
 		return err
 	}
+	// The proxy starts now, before any worker is ready: a client that
+	// connects during the import waits in the proxy's queue for at most
+	// proxy.queue.timeout and then gets 503, instead of waiting in the
+	// kernel's accept queue for as long as the import (or a boot that
+	// never succeeds) takes.
+	if err := s.startProxy(); err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
 	g, err := s.newGeneration(s.cfg, false)
 	if err != nil {
 		return configError{err}
@@ -290,11 +306,6 @@ func (s *Supervisor) boot() error {
 	s.gens = []*generation{g}
 	s.generation = 1
 	s.resize(s.wantWorkers(s.cfg))
-	// The proxy starts when the first worker is ready (workerReady): until
-	// then connections wait in the kernel's accept queue of the sockets we
-	// already hold, instead of being answered 503 during the import. That
-	// is also what makes the first request of a socket-activated start
-	// succeed.
 	if s.opts.ConfigPath != "" || len(s.cfg.App.ReloadOn) > 0 {
 		w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, s.reloadCh, s.log)
 		if err != nil {

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -207,6 +206,9 @@ func (s *Supervisor) scheduleRestart(sl *slot) {
 	if sl.retired || s.phase > phaseDelay {
 		return
 	}
+	if s.bootStartFailed(s.gen, fmt.Sprintf("worker slot %d", sl.n)) {
+		return
+	}
 	sl.failures++
 	d := backoff(sl.failures)
 	sl.restartAt = s.now().Add(d)
@@ -251,6 +253,7 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.state = wReady
 	w.readyAt = s.now()
 	w.gen.everReady = true
+	s.bootPolicy.served = true
 	sl := w.slot
 	took := w.readyAt.Sub(w.started).Round(time.Millisecond)
 	s.metrics.readyDuration.Observe(w.readyAt.Sub(w.started).Seconds())
@@ -350,6 +353,9 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id))
 		s.sendWorkers()
 		return
+	case was <= wStarting && w.gen.zygote == nil && s.bootImportDied(w.gen, "worker "+w.id, e):
+		s.sendWorkers()
+		return
 	default:
 		cause := s.exitCause(w, e)
 		s.metrics.restarts.WithLabelValues(cause).Inc()
@@ -387,14 +393,7 @@ func (s *Supervisor) importFailed(g *generation, who string) {
 	}
 	g.failed = fmt.Sprintf("%s: the app %s failed to import (traceback above)", who, g.module)
 	if g == s.gen && !s.bootDone && len(s.gens) == 1 {
-		s.log.Printf("%s; fix the app or app.module and start again", g.failed)
-		s.fatal = errors.New(g.failed)
-		s.exitCode = ExitAppImport
-		s.sd.status("app failed to import")
-		s.closeListeners()
-		s.killAll(syscall.SIGTERM)
-		s.phase = phaseWorkers
-		s.phaseUntil = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
+		s.failBoot(ExitAppImport, g.failed+"; fix the app or app.module and start again")
 		return
 	}
 	s.abandonGeneration(g, g.failed)
@@ -437,6 +436,9 @@ func (s *Supervisor) startZygote(g *generation) {
 	if err != nil {
 		ours.Close()
 		s.log.Printf("zygote for generation %d: %v", g.n, err)
+		if s.bootStartFailed(g, "the zygote") {
+			return
+		}
 		z.failures++
 		z.restartAt = s.now().Add(backoff(z.failures))
 		return
@@ -472,6 +474,9 @@ func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
 	}
 	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport {
 		s.importFailed(g, "zygote")
+		return
+	}
+	if !wasReady && s.bootImportDied(g, "the zygote", e) {
 		return
 	}
 	// Workers already forked keep serving; only new forks wait for the
