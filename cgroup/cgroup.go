@@ -10,6 +10,7 @@
 //	               own/workers/w-ID one per worker
 //	v1 (legacy or hybrid), in each writable hierarchy (memory, cpu, cpuacct, pids, blkio, cpuset):
 //	               own/berth/{supervisor,proxy,workers,workers/w-ID}
+//	               (own/berth-2/… for a second instance started from the same cgroup; instance.go)
 //
 // v2 forbids processes in a cgroup whose children have controllers enabled
 // (the "no internal processes" rule), so Setup first moves every process of
@@ -121,6 +122,12 @@ type Manager struct {
 	hier []*v1Hier
 
 	ready bool // Setup created the groups
+
+	// tree is the v1 directory below own holding this instance's groups
+	// ("berth", or "berth-N" when other instances hold the lower names);
+	// locks are the flocks that claim it (v2: own). See instance.go.
+	tree  string
+	locks []*os.File
 }
 
 type v1Hier struct {
@@ -355,9 +362,13 @@ func (m *Manager) Setup() error {
 	if m.writable {
 		var err error
 		if m.mode == ModeV2 {
-			err = m.setupV2()
+			if err = m.claimV2(); err == nil {
+				err = m.setupV2()
+			}
 		} else {
-			err = m.setupV1()
+			if err = m.claimV1(); err == nil {
+				err = m.setupV1()
+			}
 		}
 		if err != nil {
 			return err
@@ -430,11 +441,11 @@ func (m *Manager) enable(dir string, controllers []string) error {
 
 func (m *Manager) setupV1() error {
 	for _, name := range []string{"supervisor", "proxy", "workers"} {
-		if _, err := m.newV1("berth/"+name, nil); err != nil {
+		if _, err := m.newV1(m.tree+"/"+name, nil); err != nil {
 			return err
 		}
 	}
-	for _, p := range m.v1Dirs("berth/supervisor") {
+	for _, p := range m.v1Dirs(m.tree + "/supervisor") {
 		if err := m.write(filepath.Join(p, "cgroup.procs"), strconv.Itoa(m.pid)); err != nil {
 			return err
 		}
@@ -561,7 +572,7 @@ func (m *Manager) group(rel string, res *specs.LinuxResources) (Group, error) {
 	if m.mode == ModeV2 {
 		return m.newV2(rel, res)
 	}
-	return m.newV1("berth/"+rel, res)
+	return m.newV1(m.tree+"/"+rel, res)
 }
 
 // Proxy creates the proxy's group with res (nil: no limits), or applies res

@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"runtime"
-	"strconv"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -31,16 +30,17 @@ type cgroups struct {
 	autoDone bool // the memory cap of workers.count auto was computed
 }
 
-// setupCgroups opens the cgroup filesystem and builds berth's layout. It
-// never fails the boot: without cgroups berth runs, says so once, and keeps
-// the limits it can enforce itself.
-func (s *Supervisor) setupCgroups() {
+// setupCgroups opens the cgroup filesystem and builds berth's layout. Only
+// another berth managing the same cgroup fails the boot (cgroup.ErrInUse):
+// without cgroups berth runs, says so once, and keeps the limits it can
+// enforce itself.
+func (s *Supervisor) setupCgroups() error {
 	root := s.opts.CgroupRoot
 	if root == "" {
 		root = os.Getenv("BERTH_CGROUP_ROOT")
 	}
 	if root == "off" {
-		return
+		return nil
 	}
 	if root == "" {
 		root = "/sys/fs/cgroup"
@@ -48,21 +48,24 @@ func (s *Supervisor) setupCgroups() {
 	m, err := cgroup.Open(root)
 	if err != nil {
 		s.log.Printf("cgroups: %v; running without cgroup limits", err)
-		return
+		return nil
 	}
 	c := &cgroups{m: m, perW: map[string]cgroup.Group{}, oomBase: map[string]uint64{}, stats: map[string]cgroup.Stats{}}
 	s.cg = c
 	if !m.Writable() {
 		s.log.Printf("cgroups (%s) are read-only: no per-worker limits or OOM attribution; max_rss is enforced by polling. %s", m.Mode(), m.ReadOnlyHint())
-		return
+		return nil
 	}
 	if err := m.Setup(); err != nil {
-		if errors.Is(err, cgroup.ErrOOMScoreAdj) {
+		switch {
+		case errors.Is(err, cgroup.ErrInUse):
+			return fmt.Errorf("boot: %w", err)
+		case errors.Is(err, cgroup.ErrOOMScoreAdj):
 			s.log.Printf("cgroups: %v; the OOM killer will still prefer workers, which run at 0", err)
-		} else {
+		default:
 			s.log.Printf("cgroups: setup: %v; running without cgroup limits", err)
 			c.m = nil
-			return
+			return nil
 		}
 	}
 	res := s.cfg.Resources
@@ -74,6 +77,7 @@ func (s *Supervisor) setupCgroups() {
 	}
 	c.oomSeen, _ = c.workers.OOMKills()
 	s.log.Printf("cgroups %s: workers in %s, proxy in %s", m.Mode(), c.workers, c.proxy)
+	return nil
 }
 
 func (c *cgroups) usable() bool { return c != nil && c.m != nil && c.m.Writable() }
@@ -397,10 +401,12 @@ func (s *Supervisor) refineAuto() {
 	}
 }
 
-// setGOMAXPROCS follows the CPU quota, so the supervisor and the proxy
-// (which inherits GOMAXPROCS) do not schedule more threads than they may run.
+// setGOMAXPROCS follows the CPU quota, so the supervisor does not schedule
+// more threads than it may run. It changes only this process: exporting the
+// value would make the proxy take it for the operator's own setting and run
+// with the whole quota instead of its share (proxyGOMAXPROCS).
 func (s *Supervisor) setGOMAXPROCS() {
-	if os.Getenv("GOMAXPROCS") != "" || s.cg == nil {
+	if s.operatorGOMAXPROCS != "" || s.cg == nil {
 		return
 	}
 	if q, ok := cgroup.CPUQuota(s.cg.m); ok {
@@ -409,7 +415,6 @@ func (s *Supervisor) setGOMAXPROCS() {
 			n = 1
 		}
 		runtime.GOMAXPROCS(n)
-		os.Setenv("GOMAXPROCS", strconv.Itoa(n))
 	}
 }
 

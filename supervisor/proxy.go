@@ -310,14 +310,23 @@ func (s *Supervisor) activeProxy() *proxyProc {
 // 2-CPU container that churn took CPU from the Python workers: Django
 // throughput rose from 2.3k to 3.8k requests/s with 1 P (docs/benchmarks.md).
 func (s *Supervisor) proxyGOMAXPROCS() string {
-	if v := os.Getenv("GOMAXPROCS"); v != "" {
-		return v
-	}
-	cpus := float64(cgroup.UsableCPUs())
+	quota, quotaOK := 0.0, false
 	if s.cg != nil && s.cg.m != nil {
-		if q, ok := cgroup.CPUQuota(s.cg.m); ok && q < cpus {
-			cpus = q
-		}
+		quota, quotaOK = cgroup.CPUQuota(s.cg.m)
+	}
+	return proxyProcs(s.operatorGOMAXPROCS, cgroup.UsableCPUs(), quota, quotaOK)
+}
+
+// proxyProcs computes proxyGOMAXPROCS from values only: operator is
+// GOMAXPROCS as berth found it at start ("" = not set), usable the CPUs berth
+// may run on, quota the cgroup CPU quota in CPUs when quotaOK.
+func proxyProcs(operator string, usable int, quota float64, quotaOK bool) string {
+	if operator != "" {
+		return operator
+	}
+	cpus := float64(usable)
+	if quotaOK && quota < cpus {
+		cpus = quota
 	}
 	n := int(math.Ceil(cpus / 4))
 	if n < 1 {

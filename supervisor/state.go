@@ -15,6 +15,11 @@ const (
 	ExitConfig      = 2 // the configuration is invalid
 	ExitAppImport   = 3 // the WSGI app failed to import; respawning would not help
 	ExitSignalFloor = 128
+
+	// ExitStartFailed: the app's processes cannot be started: a pre-flight
+	// check failed (app.user, app.chdir, app.python, …), or bootStartLimit
+	// starts failed in a row before any worker was ready (bootpolicy.go).
+	ExitStartFailed = 4
 )
 
 // workerState is where a worker is in its life. The order matters: states

@@ -146,6 +146,14 @@ type Supervisor struct {
 	orphans  int64
 	restarts map[string]int64 // by cause
 	metrics  *metrics
+
+	// operatorGOMAXPROCS is GOMAXPROCS as berth found it at start; "" =
+	// the operator did not set it. berth never exports its own choice.
+	operatorGOMAXPROCS string
+	bootPolicy         bootState // (bootpolicy.go)
+	// runLock holds the flock that makes the run directory this berth's
+	// alone (instance.go); nil before boot.
+	runLock *os.File
 }
 
 type ctlEvent struct {
@@ -188,6 +196,10 @@ func Run(opts Options) int {
 		if errors.As(err, &ce) {
 			return ExitConfig
 		}
+		var pe preflightError
+		if errors.As(err, &pe) {
+			return ExitStartFailed
+		}
 		return ExitBoot
 	}
 	return s.loop()
@@ -215,6 +227,8 @@ func newSupervisor(opts Options) (*Supervisor, error) {
 		reloadCh: make(chan reloadRequest, 4),
 		adminCh:  make(chan adminRequest),
 		restarts: map[string]int64{},
+
+		operatorGOMAXPROCS: os.Getenv("GOMAXPROCS"),
 	}
 	if s.log == nil {
 		s.log = log.New(os.Stderr, "berth: ", 0)
@@ -247,14 +261,24 @@ func (s *Supervisor) boot() error {
 	if err != nil {
 		return err
 	}
+	// The claim comes before anything is written or removed there: a
+	// second berth must not touch the first one's sockets.
+	if s.runLock, err = lockRunDir(dir, s.instanceInfo()); err != nil {
+		return err
+	}
 	s.runDir = dir
 	if _, err := pyworker.WriteFiles(dir); err != nil {
 		return fmt.Errorf("boot: write the worker runtime to %s: %w", dir, err)
 	}
+	if err := preflight(realPreflightOS{}, s.cfg, dir); err != nil {
+		return err
+	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
-	s.setupCgroups()
+	if err := s.setupCgroups(); err != nil {
+		return err
+	}
 	s.setGOMAXPROCS()
 	if err := s.openNotify(); err != nil {
 		return err
@@ -267,6 +291,14 @@ func (s *Supervisor) boot() error {
 	if err := s.startAdmin(s.cfg.Admin.Listen); err != nil {
 		return err
 	}
+	// The proxy starts now, before any worker is ready: a client that
+	// connects during the import waits in the proxy's queue for at most
+	// proxy.queue.timeout and then gets 503, instead of waiting in the
+	// kernel's accept queue for as long as the import (or a boot that
+	// never succeeds) takes.
+	if err := s.startProxy(); err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
 	g, err := s.newGeneration(s.cfg, false)
 	if err != nil {
 		return configError{err}
@@ -275,11 +307,6 @@ func (s *Supervisor) boot() error {
 	s.gens = []*generation{g}
 	s.generation = 1
 	s.resize(s.wantWorkers(s.cfg))
-	// The proxy starts when the first worker is ready (workerReady): until
-	// then connections wait in the kernel's accept queue of the sockets we
-	// already hold, instead of being answered 503 during the import. That
-	// is also what makes the first request of a socket-activated start
-	// succeed.
 	s.restartWatch()
 	s.sd.status(fmt.Sprintf("starting %d workers for %s", len(s.slots), g.module))
 	s.log.Printf("starting: app %s, %d workers × %d threads, listen %s, admin %s",
@@ -356,6 +383,9 @@ func (s *Supervisor) closeAll() {
 		s.watch.close()
 	}
 	s.releaseCgroups()
+	if s.runLock != nil {
+		s.runLock.Close()
+	}
 }
 
 // ---- signals ----

@@ -162,10 +162,12 @@ func TestBootStartsWorkersAndProxyThenReady(t *testing.T) {
 	if got := len(h.os.startsOf("serve")); got != 2 {
 		t.Fatalf("started %d workers, want 2", got)
 	}
-	if got := len(h.os.startsOf("proxy")); got != 0 {
-		t.Fatalf("started %d proxies before any worker was ready, want 0", got)
+	// The proxy starts with the workers, so no client waits in the
+	// kernel's backlog during the import (bootpolicy.go).
+	if got := len(h.os.startsOf("proxy")); got != 1 {
+		t.Fatalf("started %d proxies at boot, want 1", got)
 	}
-	spec := h.os.started[0]
+	spec := h.os.started[1] // after the proxy
 	env := strings.Join(spec.Env, "\n")
 	for _, want := range []string{"BERTH_WORKER_ID=1.1", "BERTH_THREADS=1", "NOTIFY_SOCKET=" + h.s.runDir + "/notify.sock"} {
 		if !strings.Contains(env, want) {
@@ -174,7 +176,7 @@ func TestBootStartsWorkersAndProxyThenReady(t *testing.T) {
 	}
 	h.ready("1.1")
 	if got := len(h.os.startsOf("proxy")); got != 1 {
-		t.Fatalf("started %d proxies after the first worker was ready, want 1", got)
+		t.Fatalf("started %d proxies after the first worker was ready, want still 1", got)
 	}
 	h.proxyReady()
 	if h.s.ready {
@@ -258,6 +260,11 @@ func TestImportFailureAtBootStops(t *testing.T) {
 		t.Fatal("other worker not stopped")
 	}
 	h.exit(h.worker("2.1").pid, 0)
+	proxy := h.os.startsOf("proxy")[0]
+	if !h.os.signalled(proxy, syscall.SIGQUIT) {
+		t.Fatal("proxy not told to stop at once")
+	}
+	h.killed(proxy, syscall.SIGQUIT)
 	done, code := h.s.finished()
 	if !done || code != ExitAppImport {
 		t.Fatalf("finished %v code %d, want exit %d", done, code, ExitAppImport)

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -176,6 +175,9 @@ func (s *Supervisor) scheduleRestart(sl *slot) {
 	if sl.retired || s.phase > phaseDelay {
 		return
 	}
+	if s.bootStartFailed(s.gen, fmt.Sprintf("worker slot %d", sl.n)) {
+		return
+	}
 	sl.failures++
 	d := backoff(sl.failures)
 	sl.restartAt = s.now().Add(d)
@@ -188,6 +190,7 @@ func (s *Supervisor) workerReady(w *worker) {
 	w.state = wReady
 	w.readyAt = s.now()
 	w.gen.everReady = true
+	s.bootPolicy.served = true
 	sl := w.slot
 	took := w.readyAt.Sub(w.started).Round(time.Millisecond)
 	s.metrics.readyDuration.Observe(w.readyAt.Sub(w.started).Seconds())
@@ -287,6 +290,9 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id)):
 		s.sendWorkers()
 		return
+	case was <= wStarting && w.gen.zygote == nil && s.bootImportDied(w.gen, "worker "+w.id, e):
+		s.sendWorkers()
+		return
 	default:
 		cause := s.exitCause(w, e)
 		s.metrics.restarts.WithLabelValues(cause).Inc()
@@ -334,14 +340,7 @@ func (s *Supervisor) importFailed(g *generation, who string) bool {
 	why := fmt.Sprintf("%s: the app %s failed to import (traceback above)", who, g.module)
 	if g == s.gen && !s.bootDone && len(s.gens) == 1 {
 		g.failed = why
-		s.log.Printf("%s; fix the app or app.module and start again", g.failed)
-		s.fatal = errors.New(g.failed)
-		s.exitCode = ExitAppImport
-		s.sd.status("app failed to import")
-		s.closeListeners()
-		s.killAll(syscall.SIGTERM)
-		s.phase = phaseWorkers
-		s.phaseUntil = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
+		s.failBoot(ExitAppImport, g.failed+"; fix the app or app.module and start again")
 		return true
 	}
 	return s.abandonGeneration(g, why)

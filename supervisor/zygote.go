@@ -57,6 +57,9 @@ func (s *Supervisor) startZygote(g *generation) {
 	if err != nil {
 		ours.Close()
 		s.log.Printf("zygote for generation %d: %v", g.n, err)
+		if s.bootStartFailed(g, "the zygote") {
+			return
+		}
 		z.failures++
 		z.restartAt = s.now().Add(backoff(z.failures))
 		return
@@ -145,6 +148,9 @@ func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
 		return
 	}
 	if !wasReady && e.Status.Exited() && e.Status.ExitStatus() == pyworker.ExitImport && s.importFailed(g, "zygote") {
+		return
+	}
+	if !wasReady && s.bootImportDied(g, "the zygote", e) {
 		return
 	}
 	// Forks it was asked for and did not answer: a worker it forked

@@ -1,0 +1,345 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/berth-dev/berth/config"
+	pyworker "github.com/berth-dev/berth/worker"
+)
+
+// Pre-flight checks run once before the first process is started. A start
+// that cannot succeed (an unknown app.user, an app.chdir that user cannot
+// enter, an interpreter it cannot run) would otherwise fail in the child as a
+// bare "fork/exec …: permission denied" that names neither the path nor the
+// user, and be retried. Each failure here names the setting, the path, the
+// user and a fix, and berth exits with ExitStartFailed.
+//
+// Permissions are checked the way the kernel checks them for the children:
+// every path component must be searchable, symlinks are followed, and only
+// one class of the mode applies (owner, else group, else others), for the
+// uid and gid the children get. berth starts them with that user's primary
+// group only (no supplementary groups), so that is the group checked. ACLs
+// and LSMs are not modelled: a start they refuse is still caught by the boot
+// policy (bootpolicy.go).
+
+// preflightOS is what the checks ask of the system; tests inject a fake.
+type preflightOS interface {
+	// Lstat describes path without following a final symlink.
+	Lstat(path string) (fileMeta, error)
+	Readlink(path string) (string, error)
+	// LookPath finds an executable the way berth starts app.python.
+	LookPath(file string) (string, error)
+	// Identity is who berth's children run as for app.user user.
+	Identity(user string) (identity, error)
+	// UserName names uid for messages; "" when it has no name.
+	UserName(uid int) string
+}
+
+// fileMeta is the part of a stat the checks use.
+type fileMeta struct {
+	mode     fs.FileMode // type and permission bits
+	uid, gid int
+}
+
+// identity is a user as the permission checks see it.
+type identity struct {
+	name string // as the operator wrote it ("nobody", "10001"), or berth's own user
+	uid  int
+	gids []int // the groups the children have, primary first
+	// switched: berth is root and drops the children to this user, so
+	// changing app.user is a fix; false when berth runs as this user.
+	switched bool
+}
+
+// preflightError marks a boot error that is the app's environment, not
+// berth's: berth exits with ExitStartFailed.
+type preflightError struct{ error }
+
+func (e preflightError) Unwrap() error { return e.error }
+
+// preflight checks cfg before the first start. runDir holds the worker
+// runtime the Python processes read. The error lists every failure, one per
+// line.
+func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
+	id, err := pos.Identity(cfg.App.User)
+	if err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
+	c := &checker{pos: pos, id: id}
+	if py, err := pos.LookPath(cfg.App.Python); err != nil {
+		c.fail(fmt.Errorf("app.python %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err))
+	} else {
+		c.need("app.python", py, needRun)
+	}
+	// A missing app.chdir is allowed: with no app.module berth serves its
+	// demo app, and an installed module needs no directory.
+	if cfg.App.Chdir != "" {
+		if _, err := pos.Lstat(abs(cfg.App.Chdir)); err == nil {
+			c.need("app.chdir", cfg.App.Chdir, needList)
+		}
+	}
+	for i, p := range cfg.App.PythonPath {
+		c.needExisting(fmt.Sprintf("app.pythonpath[%d]", i), p, needList, "create it or remove it from app.pythonpath")
+	}
+	c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
+	for i, st := range cfg.Static {
+		// The proxy serves static files, as the same user.
+		c.needExisting(fmt.Sprintf("static[%d].dir", i), st.Dir, needList, "create it (Django: manage.py collectstatic) or fix static.dir")
+	}
+	if len(c.errs) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(c.errs))
+	for i, e := range c.errs {
+		msgs[i] = "  " + e.Error()
+	}
+	return preflightError{fmt.Errorf("pre-flight check failed: the app's processes cannot start:\n%s", strings.Join(msgs, "\n"))}
+}
+
+// access is what a check needs of the final path.
+type access int
+
+const (
+	needList access = iota // a directory to enter and read (chdir, sys.path)
+	needRead               // a file to read
+	needRun                // a file to execute
+)
+
+type checker struct {
+	pos  preflightOS
+	id   identity
+	errs []error
+}
+
+func (c *checker) fail(err error) { c.errs = append(c.errs, err) }
+
+// needExisting is need for a path that must exist; missing says how to fix
+// its absence.
+func (c *checker) needExisting(setting, path string, a access, missing string) {
+	var me missingError
+	if _, _, err := c.walk(abs(path)); errors.As(err, &me) && me.path == abs(path) {
+		c.fail(fmt.Errorf("%s %s does not exist: %s", setting, path, missing))
+		return
+	}
+	c.need(setting, path, a)
+}
+
+// missingError is a path component that does not exist.
+type missingError struct{ path string }
+
+func (e missingError) Error() string { return e.path + " does not exist" }
+
+// need checks that the user can reach path and use it as a says.
+func (c *checker) need(setting, path string, a access) {
+	final, meta, err := c.walk(abs(path))
+	if err != nil {
+		c.fail(fmt.Errorf("%s %s: %w", setting, path, err))
+		return
+	}
+	switch a {
+	case needList:
+		if !meta.mode.IsDir() {
+			c.fail(fmt.Errorf("%s %s: %s is not a directory", setting, path, final))
+		} else if !c.allowed(meta, 1) {
+			letters := "x"
+			if !c.allowed(meta, 4) {
+				letters = "rx"
+			}
+			c.fail(fmt.Errorf("%s %s: %s", setting, path, c.denied("enter", final, meta, letters)))
+		} else if !c.allowed(meta, 4) {
+			c.fail(fmt.Errorf("%s %s: %s", setting, path, c.denied("list", final, meta, "r")))
+		}
+	case needRead, needRun:
+		bit, verb, letter := 4, "read", "r"
+		if a == needRun {
+			bit, verb, letter = 1, "run", "x"
+		}
+		if meta.mode.IsDir() {
+			c.fail(fmt.Errorf("%s %s: %s is a directory", setting, path, final))
+		} else if !c.allowed(meta, bit) {
+			c.fail(fmt.Errorf("%s %s: %s", setting, path, c.denied(verb, final, meta, letter)))
+		}
+	}
+}
+
+// maxSymlinks is the kernel's limit on symlinks followed in one lookup.
+const maxSymlinks = 40
+
+// walk resolves path (absolute, clean) component by component as the kernel
+// does for the user, and returns the final path and what it is. It fails on
+// the first directory the user cannot search, naming it.
+func (c *checker) walk(path string) (string, fileMeta, error) {
+	cur := "/"
+	meta, err := c.pos.Lstat(cur)
+	if err != nil {
+		return "", fileMeta{}, err
+	}
+	comps := split(path)
+	links := 0
+	for len(comps) > 0 {
+		name := comps[0]
+		comps = comps[1:]
+		if name == "." {
+			continue
+		}
+		if !c.allowed(meta, 1) {
+			return "", fileMeta{}, errors.New(c.denied("enter", cur, meta, "x"))
+		}
+		if name == ".." {
+			cur = filepath.Dir(cur)
+			if meta, err = c.pos.Lstat(cur); err != nil {
+				return "", fileMeta{}, err
+			}
+			continue
+		}
+		next := filepath.Join(cur, name)
+		m, err := c.pos.Lstat(next)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fileMeta{}, missingError{next}
+		}
+		if err != nil {
+			return "", fileMeta{}, err
+		}
+		if m.mode&fs.ModeSymlink != 0 {
+			if links++; links > maxSymlinks {
+				return "", fileMeta{}, fmt.Errorf("%s: too many levels of symbolic links", next)
+			}
+			target, err := c.pos.Readlink(next)
+			if err != nil {
+				return "", fileMeta{}, err
+			}
+			if filepath.IsAbs(target) {
+				cur = "/"
+				if meta, err = c.pos.Lstat(cur); err != nil {
+					return "", fileMeta{}, err
+				}
+			}
+			comps = append(split(target), comps...)
+			continue
+		}
+		if len(comps) > 0 && !m.mode.IsDir() {
+			return "", fileMeta{}, fmt.Errorf("%s is not a directory", next)
+		}
+		cur, meta = next, m
+	}
+	return cur, meta, nil
+}
+
+// class is the part of meta's mode that applies to the user: "u", "g" or
+// "o", and its three bits.
+func (c *checker) class(meta fileMeta) (string, int) {
+	perm := int(meta.mode.Perm())
+	if meta.uid == c.id.uid {
+		return "u", perm >> 6 & 7
+	}
+	for _, g := range c.id.gids {
+		if g == meta.gid {
+			return "g", perm >> 3 & 7
+		}
+	}
+	return "o", perm & 7
+}
+
+// allowed says whether the user has bit (4 read, 1 execute/search) on meta.
+// Root may do anything except execute a file no one may execute.
+func (c *checker) allowed(meta fileMeta, bit int) bool {
+	if c.id.uid == 0 {
+		return bit != 1 || meta.mode.IsDir() || meta.mode.Perm()&0o111 != 0
+	}
+	_, bits := c.class(meta)
+	return bits&bit != 0
+}
+
+// denied says who cannot do what to path, and the fix.
+func (c *checker) denied(verb, path string, meta fileMeta, letter string) string {
+	owner := c.pos.UserName(meta.uid)
+	if owner == "" {
+		owner = strconv.Itoa(meta.uid)
+	}
+	who, _ := c.class(meta)
+	if c.id.uid == 0 {
+		who = "a" // no one may execute it
+	}
+	fix := fmt.Sprintf("chmod %s+%s %s", who, letter, path)
+	if c.id.switched {
+		fix += " or set app.user"
+	}
+	return fmt.Sprintf("user %s (uid %d) cannot %s %s (mode %04o, owner %s): %s",
+		c.id.name, c.id.uid, verb, path, meta.mode.Perm(), owner, fix)
+}
+
+func abs(path string) string {
+	if p, err := filepath.Abs(path); err == nil {
+		return p
+	}
+	return filepath.Clean(path)
+}
+
+// split is path's components; an absolute path's first is not "".
+func split(path string) []string {
+	var out []string
+	for _, s := range strings.Split(path, "/") {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// realPreflightOS asks the running system.
+type realPreflightOS struct{}
+
+func (realPreflightOS) Lstat(path string) (fileMeta, error) {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fileMeta{}, err
+	}
+	m := fileMeta{mode: fi.Mode()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		m.uid, m.gid = int(st.Uid), int(st.Gid)
+	}
+	return m, nil
+}
+
+func (realPreflightOS) Readlink(path string) (string, error) { return os.Readlink(path) }
+func (realPreflightOS) LookPath(file string) (string, error) { return exec.LookPath(file) }
+
+// Identity mirrors credentialFor: as root, children drop to user with its
+// primary group only; otherwise they run as berth does.
+func (realPreflightOS) Identity(name string) (identity, error) {
+	if os.Geteuid() == 0 {
+		if name == "" {
+			return identity{name: "root", uid: 0, gids: []int{0}}, nil
+		}
+		uid, gid, err := lookupUser(name)
+		if err != nil {
+			return identity{}, err
+		}
+		return identity{name: name, uid: uid, gids: []int{gid}, switched: true}, nil
+	}
+	id := identity{uid: os.Geteuid(), gids: []int{os.Getegid()}}
+	if groups, err := os.Getgroups(); err == nil {
+		id.gids = append(id.gids, groups...)
+	}
+	id.name = strconv.Itoa(id.uid)
+	if u, err := user.LookupId(id.name); err == nil {
+		id.name = u.Username
+	}
+	return id, nil
+}
+
+func (realPreflightOS) UserName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return ""
+}
