@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -179,7 +178,8 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	if sent {
 		start = g.start
 	}
-	var resp *http.Response
+	h := rs.rw.Header()
+	var hd respHead
 	var err error
 	for ; ; sent = false {
 		if !sent {
@@ -188,17 +188,16 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 				return out
 			}
 		}
-		resp, err = http.ReadResponse(c.br, r)
-		for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			resp, err = http.ReadResponse(c.br, r) // 1xx interim answers are not relayed
-		}
+		hd, err = readHead(c.br, h, r.Method, &rs.head)
 		if err == nil {
 			break
 		}
+		clear(h)
 		if isTimeout(err) {
 			return s.timedOut(rs, wk, c, st)
 		}
-		if c.cnt.n > 0 {
+		var malformed *badResponse
+		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
 			s.logf("worker %s: bad response: %v", wk.id, err)
 			s.rt.release(wk, c, false)
@@ -224,20 +223,22 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		s.logf("worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
 		return failed502
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
+	if hd.status == http.StatusSwitchingProtocols {
+		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.logf("worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
 		s.rt.release(wk, c, false)
 		return failed502
 	}
-
-	if streams(resp.Header) {
-		return s.stream(rs, r, st, wk, c, resp)
+	rs.rbody.reset(c.br, hd)
+	if hd.stream {
+		return s.stream(rs, st, wk, c, hd)
 	}
 
 	// Buffer the whole body, give the worker back, then feed the client.
 	rs.resp.reset(respMemLimit, s.opts.TempDir)
-	if err := rs.resp.readFrom(resp.Body, 0, nil); err != nil {
+	if err := rs.resp.readFrom(&rs.rbody, 0, nil); err != nil {
+		clear(h)
 		if isTimeout(err) {
 			return s.timedOut(rs, wk, c, st)
 		}
@@ -246,21 +247,19 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		s.rt.release(wk, c, false)
 		return failed502
 	}
-	reuse := !resp.Close && c.br.Buffered() == 0
+	reuse := !hd.close && c.br.Buffered() == 0
 	s.rt.release(wk, c, reuse)
 
 	w := &rs.rw
-	h := w.Header()
-	copyHeaders(h, resp.Header)
-	if bodyAllowed(resp.StatusCode) && r.Method != http.MethodHead {
+	if !hd.noBody {
 		n := strconv.FormatInt(rs.resp.size(), 10)
 		if v := h["Content-Length"]; len(v) == 1 {
-			v[0] = n // the worker's own slice: no allocation
+			v[0] = n // the head's own slice: no allocation
 		} else {
 			h["Content-Length"] = []string{n}
 		}
 	}
-	w.WriteHeader(resp.StatusCode)
+	w.WriteHeader(hd.status)
 	if rs.resp.size() == 0 {
 		return done
 	}
@@ -311,10 +310,9 @@ func (s *Server) writeLarge(rs *reqState) {
 // stream relays a response as it comes (X-Accel-Buffering: no or
 // text/event-stream), flushing each chunk; the worker is held until the end.
 // st.timeout then bounds the silence between two chunks.
-func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, resp *http.Response) outcome {
+func (s *Server) stream(rs *reqState, st *settings, wk *worker, c *upConn, hd respHead) outcome {
 	w := &rs.rw
-	copyHeaders(w.Header(), resp.Header)
-	w.WriteHeader(resp.StatusCode)
+	w.WriteHeader(hd.status)
 	w.Flush()
 	rc := http.NewResponseController(w.w)
 	defer rc.SetWriteDeadline(time.Time{})
@@ -326,7 +324,7 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 		if st.timeout > 0 {
 			c.c.SetReadDeadline(time.Now().Add(st.timeout))
 		}
-		n, err := resp.Body.Read(buf)
+		n, err := rs.rbody.Read(buf)
 		if n > 0 {
 			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
 			if _, werr := w.Write(buf[:n]); werr != nil {
@@ -350,7 +348,7 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 			break
 		}
 	}
-	s.rt.release(wk, c, clean && !resp.Close && c.br.Buffered() == 0)
+	s.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
 	return done
 }
 
@@ -368,63 +366,6 @@ func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) out
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// streams says whether a response is relayed unbuffered.
-func streams(h http.Header) bool {
-	if v := h["X-Accel-Buffering"]; len(v) > 0 && strings.EqualFold(strings.TrimSpace(v[0]), "no") {
-		return true
-	}
-	if v := h["Content-Type"]; len(v) > 0 && len(v[0]) >= len("text/event-stream") && strings.EqualFold(v[0][:len("text/event-stream")], "text/event-stream") {
-		return true
-	}
-	return false
-}
-
-func bodyAllowed(code int) bool {
-	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
-}
-
-// copyHeaders copies a worker's response headers minus the hop-by-hop ones
-// (RFC 9110 7.6.1, with those named in Connection) and X-Accel-Buffering.
-func copyHeaders(dst, src http.Header) {
-	conn := src["Connection"]
-	for k, vv := range src {
-		switch k {
-		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Te", "Trailer", "Upgrade",
-			"X-Accel-Buffering", "Content-Length":
-			continue
-		}
-		if len(conn) > 0 && listedIn(conn, k) {
-			continue
-		}
-		dst[k] = vv
-	}
-	if cl, ok := src["Content-Length"]; ok {
-		dst["Content-Length"] = cl // replaced by the buffered size when there is a body
-	}
-	if _, ok := src["Content-Type"]; !ok {
-		dst["Content-Type"] = nil // net/http must not sniff one: relay as is
-	}
-}
-
-// listedIn says whether header name k is a token of a Connection header.
-func listedIn(conn []string, k string) bool {
-	for _, v := range conn {
-		for v != "" {
-			i := strings.IndexByte(v, ',')
-			tok := v
-			if i >= 0 {
-				tok, v = v[:i], v[i+1:]
-			} else {
-				v = ""
-			}
-			if strings.EqualFold(strings.TrimSpace(tok), k) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // writeRequest writes a request packet to w on c, or on a new connection

@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -148,18 +150,84 @@ func TestRealIP(t *testing.T) {
 	}
 }
 
-func TestCopyHeaders(t *testing.T) {
-	src := http.Header{
-		"Connection": {"close, X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"x"}, "Transfer-Encoding": {"chunked"},
-		"Te": {"x"}, "Trailer": {"x"}, "Upgrade": {"x"}, "Proxy-Connection": {"x"}, "X-Accel-Buffering": {"no"},
-		"X-Keep": {"yes"}, "Content-Length": {"5"},
+func TestReadHead(t *testing.T) {
+	tests := []struct {
+		name   string
+		raw    string
+		method string
+		want   respHead
+		hdr    http.Header // nil: not checked
+		bad    bool        // a malformed head (502)
+		ioErr  bool
+	}{
+		{name: "hop-by-hop fields dropped",
+			raw: "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: x\r\nTe: x\r\nTrailer: x\r\n" +
+				"Upgrade: x\r\nProxy-Connection: x\r\nX-Accel-Buffering: yes\r\nX-Keep: yes\r\nContent-Length: 5\r\n\r\n",
+			want: respHead{status: 200, length: 5},
+			hdr:  http.Header{"X-Keep": {"yes"}, "Content-Length": {"5"}, "Content-Type": nil}},
+		{name: "repeated fields and canonical names",
+			raw:  "HTTP/1.1 201 Created\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n",
+			want: respHead{status: 201, length: 0},
+			hdr:  http.Header{"Set-Cookie": {"a=1", "b=2"}, "Content-Type": {"text/html"}, "Content-Length": {"0"}}},
+		{name: "no reason phrase", raw: "HTTP/1.1 204\r\n\r\n", want: respHead{status: 204, length: -1, noBody: true}},
+		{name: "HEAD has no body", raw: "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", method: "HEAD", want: respHead{status: 200, length: 9, noBody: true}},
+		{name: "close-delimited", raw: "HTTP/1.1 200 OK\r\n\r\n", want: respHead{status: 200, length: -1, close: true}},
+		{name: "HTTP/1.0 closes", raw: "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", want: respHead{status: 200, length: 1, close: true}},
+		{name: "HTTP/1.0 keep-alive", raw: "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n", want: respHead{status: 200, length: 1}},
+		{name: "connection close", raw: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", want: respHead{status: 200, length: 1, close: true}},
+		{name: "chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", want: respHead{status: 200, length: -1, chunked: true}},
+		{name: "chunked and length: chunked, closed", raw: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+			want: respHead{status: 200, length: -1, chunked: true, close: true}, hdr: http.Header{"Content-Type": nil}},
+		{name: "interim 100 skipped", raw: "HTTP/1.1 100 Continue\r\nX-A: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+			want: respHead{status: 200, length: 0}, hdr: http.Header{"Content-Length": {"0"}, "Content-Type": nil}},
+		{name: "event stream", raw: "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\r\n", want: respHead{status: 200, length: -1, close: true, stream: true}},
+		{name: "X-Accel-Buffering no", raw: "HTTP/1.1 200 OK\r\nX-Accel-Buffering: No\r\nContent-Length: 2\r\n\r\n", want: respHead{status: 200, length: 2, stream: true}},
+		{name: "bare LF line ends", raw: "HTTP/1.1 200 OK\nContent-Length: 2\n\n", want: respHead{status: 200, length: 2}},
+		{name: "lengths differ", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", bad: true},
+		{name: "same length twice", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n", want: respHead{status: 200, length: 2}},
+		{name: "length with sign", raw: "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n", bad: true},
+		{name: "other transfer coding", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", bad: true},
+		{name: "obs-fold", raw: "HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\n\r\n", bad: true},
+		{name: "CR in a value", raw: "HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: x\r\n\r\n", bad: true},
+		{name: "space in a name", raw: "HTTP/1.1 200 OK\r\nX A: 1\r\n\r\n", bad: true},
+		{name: "no colon", raw: "HTTP/1.1 200 OK\r\nXA\r\n\r\n", bad: true},
+		{name: "status not a number", raw: "HTTP/1.1 2x0 OK\r\n\r\n", bad: true},
+		{name: "status below 100", raw: "HTTP/1.1 099 Odd\r\n\r\n", bad: true},
+		{name: "not HTTP", raw: "ICY 200 OK\r\n\r\n", bad: true},
+		{name: "HTTP/2 status line", raw: "HTTP/2 200\r\n\r\n", bad: true},
+		{name: "truncated head", raw: "HTTP/1.1 200 OK\r\nContent-Len", ioErr: true},
+		{name: "nothing", raw: "", ioErr: true},
 	}
-	dst := http.Header{}
-	copyHeaders(dst, src)
-	if len(dst) != 3 || dst.Get("X-Keep") != "yes" || dst.Get("Content-Length") != "5" {
-		t.Errorf("copied %v", dst)
-	}
-	if v, ok := dst["Content-Type"]; !ok || v != nil {
-		t.Errorf("Content-Type must be set to nil to stop sniffing: %v %v", v, ok)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			var scratch []byte
+			method := tc.method
+			if method == "" {
+				method = "GET"
+			}
+			hd, err := readHead(bufio.NewReader(strings.NewReader(tc.raw)), h, method, &scratch)
+			var br *badResponse
+			switch {
+			case tc.bad:
+				if !errors.As(err, &br) {
+					t.Fatalf("err %v, want a bad response", err)
+				}
+				return
+			case tc.ioErr:
+				if err == nil || errors.As(err, &br) {
+					t.Fatalf("err %v, want an I/O error", err)
+				}
+				return
+			case err != nil:
+				t.Fatal(err)
+			}
+			if hd != tc.want {
+				t.Errorf("head %+v, want %+v", hd, tc.want)
+			}
+			if tc.hdr != nil && !reflect.DeepEqual(h, tc.hdr) {
+				t.Errorf("header %#v, want %#v", h, tc.hdr)
+			}
+		})
 	}
 }
