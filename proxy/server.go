@@ -233,7 +233,7 @@ type reqState struct {
 	body  spool
 	resp  spool
 	line  []byte
-	abort bool // the response is broken mid-way: cut the connection
+	abort bool     // the response is broken mid-way: cut the connection
 	head  []byte   // scratch for the worker's response head
 	rbody respBody // the worker's response body reader
 	// bodiless: the request has no body, so a worker that did not read
