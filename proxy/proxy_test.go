@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -1209,5 +1210,57 @@ func TestClientGoneWhileQueued(t *testing.T) {
 	}
 	if n := fw.requests.Load(); n != 4 {
 		t.Errorf("worker saw %d requests, want 4 (the abandoned one never sent)", n)
+	}
+}
+
+// Many clients queue, some give up, some time out: every request ends with
+// an answer or the client's own cancellation, and the queue and in-flight
+// counts return to zero (pooled waiters are never reused while queued).
+func TestQueueChurn(t *testing.T) {
+	slow := func(fw *fakeWorker, c net.Conn, req *fakeReq) bool {
+		time.Sleep(2 * time.Millisecond)
+		respond(c, 200, nil, []byte("ok"))
+		return true
+	}
+	w1, w2 := startFake(t, "w1", 1, slow), startFake(t, "w2", 1, slow)
+	cfg := defaultConfig()
+	cfg.QueueSize = 64
+	cfg.QueueTimeout = control.Duration(150 * time.Millisecond)
+	h := startProxy(t, cfg, w1, w2)
+	var mu sync.Mutex
+	outcomes := map[string]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < 300; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20+i%7*30)*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", h.url+"/", nil)
+			resp, err := h.client.Do(req)
+			key := "client gave up"
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				key = strconv.Itoa(resp.StatusCode)
+			}
+			mu.Lock()
+			outcomes[key]++
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	t.Logf("outcomes: %v", outcomes)
+	for k := range outcomes {
+		if k != "200" && k != "503" && k != "client gave up" {
+			t.Errorf("unexpected outcome %q: %v", k, outcomes)
+		}
+	}
+	waitFor(t, "an idle router", 3*time.Second, func() bool {
+		st := h.srv.Stats()
+		return st.Queue == 0 && st.Workers["w1"].InFlight == 0 && st.Workers["w2"].InFlight == 0
+	})
+	if resp, body := h.get("/"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("after the churn: %d %q", resp.StatusCode, body)
 	}
 }

@@ -59,13 +59,18 @@ func (w *worker) routable(now int64) bool {
 	return !w.draining && !w.dead && !w.removed && w.downUntil <= now
 }
 
-// waiter is a request queued for a worker.
+// waiter is a request queued for a worker. Once its state leaves waiting,
+// exactly one grant is sent on ch. Waiters that were granted a worker are
+// pooled (see acquire).
 type waiter struct {
-	ch    chan grant // capacity 1: granting never blocks
-	avoid *worker
-	job   *sendJob // when set, the releasing request sends it (see handoff)
-	state uint8    // waiting, granted or cancelled; guarded by router.mu
+	ch       chan grant // capacity 1: granting never blocks
+	avoid    *worker
+	job      *sendJob // when set, the releasing request sends it (see handoff)
+	deadline int64    // unix nanos; 0 = wait as long as it takes
+	state    uint8    // waiting, granted or cancelled; guarded by router.mu
 }
+
+var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)} }}
 
 // sendJob is a request packet ready to go, so that the request freeing a
 // worker can hand the next queued request to it at once: the worker then
@@ -82,6 +87,7 @@ const (
 )
 
 type grant struct {
+	err   error // the wait ended without a worker: errQueueTimeout or errNoWorker
 	w     *worker
 	c     *upConn   // a pooled connection to w, or nil: dial
 	sent  bool      // the waiter's job was written on c (deadline set from start)
@@ -202,55 +208,79 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 		rt.mu.Unlock()
 		return grant{}, 0, errQueueFull
 	}
-	wt := &waiter{ch: make(chan grant, 1), avoid: avoid, job: job}
+	wt := waiters.Get().(*waiter)
+	wt.avoid, wt.job, wt.state, wt.deadline = avoid, job, waiting, 0
+	if st.queueTimeout > 0 {
+		// No timer per request: the router expires waiters where it hands
+		// out workers and on the housekeeping tick (kick).
+		wt.deadline = now.Add(st.queueTimeout).UnixNano()
+	}
 	rt.queue = append(rt.queue, wt)
 	rt.queued++
 	rt.m.queueDepth.Set(float64(rt.queued))
 	rt.mu.Unlock()
-
-	var timeout <-chan time.Time
-	if st.queueTimeout > 0 {
-		t := time.NewTimer(st.queueTimeout)
-		defer t.Stop()
-		timeout = t.C
-	}
 	select {
 	case g = <-wt.ch:
-		return g, time.Since(now), nil
-	case <-timeout:
-		err = errQueueTimeout
+		if g.err == nil {
+			// Granted by dispatchLocked, which popped it: the queue no
+			// longer holds it, so it can serve another request. Expired
+			// and cancelled waiters stay in the queue until compacted.
+			wt.avoid, wt.job = nil, nil
+			waiters.Put(wt)
+		}
+		return g, time.Since(now), g.err
 	case <-done:
-		err = errClientGone
 	}
 	rt.mu.Lock()
-	if wt.state == granted {
-		// Granted while we gave up: a grant beats the timeout, but a client
-		// that left frees the slot again.
+	if wt.state != waiting {
+		// Granted (or expired) while the client left: a granted slot is
+		// freed again.
 		rt.mu.Unlock()
 		g = <-wt.ch
-		if err == errClientGone {
+		if g.err == nil {
 			// A sent job has its answer coming on c: not reusable.
 			rt.release(g.w, g.c, !g.sent)
-			return grant{}, time.Since(now), err
 		}
-		return g, time.Since(now), nil
+		return grant{}, time.Since(now), errClientGone
 	}
 	wt.state = cancelled
 	rt.queued--
 	rt.m.queueDepth.Set(float64(rt.queued))
 	rt.compactLocked()
-	if err == errQueueTimeout && !rt.anyRoutableLocked(time.Now().UnixNano()) {
-		err = errNoWorker
-		rt.noWorkerLogLocked(time.Now())
-	}
 	rt.mu.Unlock()
-	return grant{}, time.Since(now), err
+	return grant{}, time.Since(now), errClientGone
+}
+
+// expireLocked ends the wait of queued requests whose queue_timeout has
+// passed: errQueueTimeout, or errNoWorker when no worker is routable.
+func (rt *router) expireLocked(now int64) {
+	var err error
+	for _, wt := range rt.queue[rt.qhead:] {
+		if wt == nil || wt.state != waiting || wt.deadline == 0 || now < wt.deadline {
+			continue
+		}
+		if err == nil {
+			err = errQueueTimeout
+			if !rt.anyRoutableLocked(now) {
+				err = errNoWorker
+				rt.noWorkerLogLocked(time.Unix(0, now))
+			}
+		}
+		wt.state = cancelled
+		rt.queued--
+		wt.ch <- grant{err: err}
+	}
+	if err != nil {
+		rt.m.queueDepth.Set(float64(rt.queued))
+		rt.compactLocked()
+	}
 }
 
 // kick hands free slots to queued requests; housekeeping calls it so a
 // worker whose dial backoff ended takes waiting requests.
 func (rt *router) kick() {
 	rt.mu.Lock()
+	rt.expireLocked(time.Now().UnixNano())
 	pend := rt.dispatchLocked(nil, true)
 	rt.mu.Unlock()
 	for _, p := range pend {
@@ -284,6 +314,10 @@ func (rt *router) dispatchLocked(out []pendingGrant, collect bool) []pendingGran
 		wt := rt.queue[rt.qhead]
 		if wt.state == cancelled {
 			rt.popLocked()
+			continue
+		}
+		if wt.deadline != 0 && now >= wt.deadline {
+			rt.expireLocked(now)
 			continue
 		}
 		w := rt.pickLocked(wt.avoid, now)
