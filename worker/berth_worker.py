@@ -333,6 +333,11 @@ class Response:
         if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
                 '\n' in status or '\r' in status:
             raise ValueError('status %r: want "NNN Reason"' % status)
+        code = int(status[:3])
+        if code < 200:
+            # 1xx are interim answers the server owns (a proxy would wait for the final one
+            # after it), and codes under 100 are no HTTP status at all.
+            raise ValueError('status %r: want a final status, 200 or above' % status)
         cl = None
         lines = ['HTTP/1.1 ', status, '\r\n']
         add = lines.append
@@ -352,7 +357,6 @@ class Response:
             add(': ')
             add(value)
             add('\r\n')
-        code = int(status[:3])
         self.status = status
         # Encoding here makes a non-latin-1 header fail inside start_response, like any other
         # invalid header, before anything was sent.

@@ -197,6 +197,9 @@ BAD = {
     'transfer-encoding': ('200 OK', [('Transfer-Encoding', 'chunked')]),
     'bad-content-length': ('200 OK', [('Content-Length', '-1')]),
     'not-latin1': ('200 OK', [('X-A', '\u20ac')]),
+    'low-code': ('099 Low', [('X-Accel-Buffering', 'no')]),
+    'interim-code': ('103 Early Hints', []),
+    'switching': ('101 Switching Protocols', [('Upgrade', 'websocket')]),
 }
 
 
