@@ -319,7 +319,8 @@ func TestMalformedPackets(t *testing.T) {
 			case rejected, dropped:
 				want := ""
 				if tc.want == rejected {
-					want = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\n\r\nBad Request\n"
+					// Connection: close, so that a proxy never pools the connection.
+					want = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n"
 				}
 				if string(got) != want {
 					t.Errorf("want %s: got %.120q", tc.want, got)

@@ -74,8 +74,11 @@ ERROR_500 = (b'HTTP/1.1 500 Internal Server Error\r\n'
              b'Content-Type: text/plain; charset=utf-8\r\n'
              b'Content-Length: 22\r\n\r\n')
 ERROR_500_BODY = b'Internal Server Error\n'
+# Connection: close, or berth's proxy would pool the connection the worker is closing, and the
+# next request sent on it would get no answer (a 502, for a POST).
 ERROR_400 = (b'HTTP/1.1 400 Bad Request\r\n'
              b'Content-Type: text/plain; charset=utf-8\r\n'
+             b'Connection: close\r\n'
              b'Content-Length: 12\r\n\r\nBad Request\n')
 
 _log_prefix = 'berth worker %s: ' % os.environ.get('BERTH_WORKER_ID', '?')
