@@ -80,8 +80,10 @@ func FuzzWorkerResponse(f *testing.F) {
 	// worker the proxy gave up on (a timeout takes it out of routing) or a
 	// connection it pooled never carries over to the next input.
 	cfg := defaultConfig()
-	// The proxy waits this long for bytes a kept-open worker never sends.
-	cfg.Timeout = control.Duration(250 * time.Millisecond)
+	// The proxy waits this long for bytes a kept-open worker never sends:
+	// short, as each such input costs it, but long enough that a loaded
+	// machine does not turn a complete answer into a 504.
+	cfg.Timeout = control.Duration(500 * time.Millisecond)
 	h := startProxy(f, cfg)
 	var execs atomic.Int64
 
