@@ -139,10 +139,13 @@ func (d *decoder) syntaxError(err error, data []byte) error {
 		if line >= 1 && line <= len(lines) && strings.HasPrefix(strings.TrimLeft(lines[line-1], " "), "\t") {
 			hint = "YAML does not allow tabs for indentation: indent with spaces"
 		}
-	} else {
-		// Only encoding errors come without a line.
-		line = badByteLine(data)
+	} else if line = badByteLine(data); line > 0 {
+		// Encoding errors come without a line.
 		hint = "save the file as UTF-8 text without control characters"
+	} else {
+		// yaml.v3 also leaves the line out when its marks are on the first
+		// line (it counts from 0 and takes 0 for "unknown"): `listen: ":80`.
+		line = 1
 	}
 	return ErrorList{{File: d.file, Line: line, Msg: fmt.Sprintf("YAML syntax error: %s; %s", msg, hint)}}
 }

@@ -374,6 +374,9 @@ func isTimeout(err error) bool {
 // handoff of a queued request. A dial error comes back with a nil
 // connection; any other error with c, for the caller to judge and close.
 func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start time.Time) (*upConn, error) {
+	if c != nil && c.reused && c.unsolicited() {
+		return c, errStale // the caller drops it as a stale pooled connection
+	}
 	if c == nil {
 		var err error
 		if c, err = dialWorker(w); err != nil {
@@ -391,6 +394,10 @@ func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start
 	_, err := c.c.Write(pkt)
 	return c, err
 }
+
+// errStale: a pooled connection found closed by the worker, or holding
+// bytes nobody asked for, before the request was written on it.
+var errStale = errors.New("the pooled worker connection was closed or holds unsolicited bytes")
 
 // send writes the request on c (nil: a new connection), replacing pooled
 // connections the worker had closed. On failure it has released the worker
@@ -486,6 +493,27 @@ type upConn struct {
 	idleSince int64
 	reused    bool
 	deadline  bool // a deadline is set and must be cleared before reuse
+	raw       syscall.RawConn
+}
+
+// unsolicited says whether the worker sent bytes on this pooled
+// connection while nobody asked: more than its last response framed, or
+// an answer to nothing. They would be read as the next request's
+// response, so such a connection is dropped (nginx's keepalive module
+// closes an idle upstream connection that becomes readable). One
+// non-blocking peek: EAGAIN is the clean case.
+func (u *upConn) unsolicited() bool {
+	if u.br.Buffered() > 0 {
+		return true
+	}
+	var one [1]byte
+	got := false
+	u.raw.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		got = n > 0 || (err == nil && n == 0) // data, or EOF: the worker closed it
+		return true
+	})
+	return got
 }
 
 // countingReader counts the bytes a worker sent, to tell "failed before any
@@ -507,6 +535,10 @@ func dialWorker(w *worker) (*upConn, error) {
 		return nil, err
 	}
 	u := &upConn{c: c, w: w}
+	if u.raw, err = c.SyscallConn(); err != nil {
+		c.Close()
+		return nil, err
+	}
 	u.cnt.c = c
 	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
 	return u, nil

@@ -192,13 +192,17 @@ func readUwsgi(br *bufio.Reader) (*fakeReq, error) {
 		data = data[vl:]
 	}
 	if cl := req.vars["CONTENT_LENGTH"]; cl != "" {
-		n, err := strconv.Atoi(cl)
+		n, err := strconv.ParseUint(cl, 10, 63) // Atoi took "-1" (and make panicked)
 		if err != nil {
+			return nil, fmt.Errorf("CONTENT_LENGTH %q: %w", cl, err)
+		}
+		// Grow with the bytes that come, not the length declared: a
+		// CONTENT_LENGTH of 2^40 must not allocate a terabyte.
+		if req.body, err = io.ReadAll(io.LimitReader(br, int64(n))); err != nil {
 			return nil, err
 		}
-		req.body = make([]byte, n)
-		if _, err := io.ReadFull(br, req.body); err != nil {
-			return nil, err
+		if uint64(len(req.body)) != n {
+			return nil, io.ErrUnexpectedEOF
 		}
 	}
 	return req, nil

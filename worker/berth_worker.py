@@ -48,6 +48,13 @@ _unpack_head = struct.Struct('<BHB').unpack_from
 
 # An HTTP field name is a token (RFC 9110 5.1).
 _token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
+# uwsgi var names already found valid (CGI meta-variable names are tokens, RFC 3875 4.1): a
+# front sends the same few dozen names every time, so one set look-up checks them all.
+_good_names = set()
+# RFC 9110 5.5: a recipient must reject (or replace) NUL, CR and LF in a field value.
+_nul_cr_lf = re.compile('[\0\r\n]').search
+_digits = re.compile(r'[0-9]+\Z').match
+MAX_CONTENT_LENGTH = (1 << 63) - 1  # as nginx's and Go's: any larger length is an attack or a bug
 # Header names already validated, mapped to their lower-case form: apps repeat a few names.
 _header_names = {}
 
@@ -67,8 +74,11 @@ ERROR_500 = (b'HTTP/1.1 500 Internal Server Error\r\n'
              b'Content-Type: text/plain; charset=utf-8\r\n'
              b'Content-Length: 22\r\n\r\n')
 ERROR_500_BODY = b'Internal Server Error\n'
+# Connection: close, or berth's proxy would pool the connection the worker is closing, and the
+# next request sent on it would get no answer (a 502, for a POST).
 ERROR_400 = (b'HTTP/1.1 400 Bad Request\r\n'
              b'Content-Type: text/plain; charset=utf-8\r\n'
+             b'Connection: close\r\n'
              b'Content-Length: 12\r\n\r\nBad Request\n')
 
 _log_prefix = 'berth worker %s: ' % os.environ.get('BERTH_WORKER_ID', '?')
@@ -326,6 +336,11 @@ class Response:
         if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
                 '\n' in status or '\r' in status:
             raise ValueError('status %r: want "NNN Reason"' % status)
+        code = int(status[:3])
+        if code < 200:
+            # 1xx are interim answers the server owns (a proxy would wait for the final one
+            # after it), and codes under 100 are no HTTP status at all.
+            raise ValueError('status %r: want a final status, 200 or above' % status)
         cl = None
         lines = ['HTTP/1.1 ', status, '\r\n']
         add = lines.append
@@ -345,7 +360,6 @@ class Response:
             add(': ')
             add(value)
             add('\r\n')
-        code = int(status[:3])
         self.status = status
         # Encoding here makes a non-latin-1 header fail inside start_response, like any other
         # invalid header, before anything was sent.
@@ -541,7 +555,6 @@ class Worker:
             'wsgi.run_once': False,
             'wsgi.file_wrapper': FileWrapper,
             'wsgi.input_terminated': True,
-            'REQUEST_METHOD': 'GET',
             'SCRIPT_NAME': '',
             'QUERY_STRING': '',
             'SERVER_NAME': 'localhost',
@@ -667,7 +680,10 @@ class Worker:
                 try:
                     conn.sock.sendall(ERROR_400)
                 except OSError:
-                    pass
+                    return
+                # Whatever follows the packet (a body, or a next packet) is unread: linger,
+                # so the peer gets the 400 and a FIN rather than a reset.
+                self._linger(conn, 1 << 62)
                 return
             st.idle = False
             if env is None:
@@ -702,11 +718,12 @@ class Worker:
                 i = e
                 n += 1
         except IndexError:
-            raise BadRequest('truncated uwsgi vars') from None
+            i = -1
         if i != size:
-            raise BadRequest('truncated uwsgi vars')
+            raise BadRequest('uwsgi var %d runs past the end of the %d-byte vars block' % (n + 1, size))
         if len(d) != n:
             d = _merge_repeated(data, s)
+        _check_vars(d)
         env = self.base.copy()
         env.update(d)
         # nginx passes Content-Type/-Length twice (also as HTTP_*); PEP 3333 wants them once.
@@ -718,6 +735,8 @@ class Worker:
             uri = env.get('REQUEST_URI', '/')
             path, _, query = uri.partition('?')
             env['PATH_INFO'] = unquote_to_bytes(path.encode('latin-1')).decode('latin-1')
+            if '\0' in env['PATH_INFO']:
+                raise BadRequest('REQUEST_URI %r decodes to a path with NUL' % uri[:100])
             if query and not env['QUERY_STRING']:
                 env['QUERY_STRING'] = query
         sn = env['SCRIPT_NAME']
@@ -740,20 +759,7 @@ class Worker:
         """Run the app for one request; True when the connection can carry another."""
         keepalive = env.pop('BERTH_KEEPALIVE', None) == '1'
         clen = env.get('CONTENT_LENGTH')
-        if clen:
-            try:
-                length = int(clen)
-            except ValueError:
-                length = -1
-            if length < 0:
-                log('bad request: CONTENT_LENGTH %r' % clen)
-                try:
-                    conn.sock.sendall(ERROR_400)
-                except OSError:
-                    pass
-                return False
-        else:
-            length = 0
+        length = int(clen) if clen else 0  # _check_vars saw digits only
         inp = Input(conn, length)
         env['wsgi.input'] = inp
         resp = Response(conn.sock, keepalive, env['REQUEST_METHOD'] == 'HEAD')
@@ -841,10 +847,53 @@ def _merge_repeated(data, s):
         e = j + 2 + (data[j] | data[j + 1] << 8)
         k, v = s[i + 2:j], s[j + 2:e]
         i = e
-        if k in d and k[:5] == 'HTTP_':
-            v = d[k] + ('; ' if k == 'HTTP_COOKIE' else ', ') + v
+        if k in d:
+            if k[:5] == 'HTTP_':
+                v = d[k] + ('; ' if k == 'HTTP_COOKIE' else ', ') + v
+            elif k == 'CONTENT_LENGTH' and v != d[k]:
+                # Which one frames the body? Guessing is how requests get smuggled.
+                raise BadRequest('CONTENT_LENGTH sent twice, %r and %r' % (d[k][:30], v[:30]))
         d[k] = v
     return d
+
+
+def _check_vars(d):
+    """Raise BadRequest unless the vars of one request may reach the app (docs/internals.md,
+    "Malformed packets"). The usual packet is checked with a few C-speed scans."""
+    values = ''.join(d.values())
+    if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
+        _check_each_var(d)
+    method = d.get('REQUEST_METHOD')
+    if method is None:
+        raise BadRequest('no REQUEST_METHOD')
+    if not _token(method):
+        raise BadRequest('REQUEST_METHOD %r is not an HTTP method (a token)' % method[:30])
+    if 'PATH_INFO' not in d and 'REQUEST_URI' not in d:
+        raise BadRequest('neither PATH_INFO nor REQUEST_URI is set')
+    clen = d.get('CONTENT_LENGTH')
+    # 1*DIGIT (RFC 9110 8.6): int() alone would take '+5', ' 5', '5_0' and unbounded lengths.
+    if clen and not (_digits(clen) and len(clen.lstrip('0')) <= 19 and int(clen) <= MAX_CONTENT_LENGTH):
+        raise BadRequest('CONTENT_LENGTH %r is not a length (digits only, at most 2^63-1)' % clen[:30])
+
+
+def _check_each_var(d):
+    """The slow path of _check_vars: find the var at fault and say why."""
+    for k, v in d.items():
+        if not k:
+            raise BadRequest('uwsgi var with an empty name')
+        if not _token(k):
+            raise BadRequest('uwsgi var name %r is not a CGI variable name (an HTTP token)' % k[:60])
+        if k.startswith('wsgi.'):
+            raise BadRequest('uwsgi var %r: the wsgi. names are the server\'s own (PEP 3333)' % k[:60])
+        if len(_good_names) < 1024:
+            _good_names.add(k)
+        if k == 'PATH_INFO' or k == 'SCRIPT_NAME':
+            # nginx sends them percent-decoded: CR and LF were escaped on the wire (%0D, %0A);
+            # a NUL nginx refuses itself (400 for %00).
+            if '\0' in v:
+                raise BadRequest('%s %r holds NUL' % (k, v[:100]))
+        elif _nul_cr_lf(v):
+            raise BadRequest('uwsgi var %s: value %r holds NUL, CR or LF' % (k, v[:100]))
 
 
 def _what(env):

@@ -415,6 +415,20 @@ func TestServe(t *testing.T) {
 		}
 	})
 
+	t.Run("status_below_200_is_500", func(t *testing.T) {
+		// A final status under 200 would make berth's proxy panic (< 100), wait for the
+		// "real" response of a 1xx until its timeout, or refuse a 101: the app gets a 500.
+		// Bounded: on the old code the answer had no framing the client could end.
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		defer c.SetDeadline(time.Now().Add(2 * time.Minute))
+		for _, kind := range []string{"low-code", "interim-code", "switching"} {
+			resp, body := c.do(t, ka(uwsgiRequest{URI: "/bad?kind=" + kind}))
+			if resp.StatusCode != 500 || body != "Internal Server Error\n" {
+				t.Fatalf("%s: %d %q, want 500", kind, resp.StatusCode, body)
+			}
+		}
+	})
+
 	t.Run("lines", func(t *testing.T) {
 		in := "line one\nabcdef\nx1\nx2\nr1\nr2\nlast without newline"
 		resp, body := c.do(t, ka(uwsgiRequest{Method: "POST", URI: "/lines", Body: strings.NewReader(in), BodyLen: int64(len(in))}))

@@ -197,6 +197,9 @@ BAD = {
     'transfer-encoding': ('200 OK', [('Transfer-Encoding', 'chunked')]),
     'bad-content-length': ('200 OK', [('Content-Length', '-1')]),
     'not-latin1': ('200 OK', [('X-A', '\u20ac')]),
+    'low-code': ('099 Low', [('X-Accel-Buffering', 'no')]),
+    'interim-code': ('103 Early Hints', []),
+    'switching': ('101 Switching Protocols', [('Upgrade', 'websocket')]),
 }
 
 
@@ -296,3 +299,19 @@ def hello(environ, start_response):
     """The smallest app: what the throughput benchmark measures."""
     start_response('200 OK', [('Content-Type', 'text/plain')])
     return [b'Hello, World!']
+
+
+def recording(environ, start_response):
+    """Appends what reached the app, as one JSON line, to $BERTH_TEST_CALLS, then answers the
+    same line: the malformed-packet tests (worker/badpacket_test.go) assert that nothing did."""
+    rec = {k: v for k, v in environ.items() if isinstance(v, str)}
+    try:
+        rec['body'] = environ['wsgi.input'].read().decode('latin-1')
+    except Exception as e:
+        rec['read_error'] = type(e).__name__
+        raise
+    finally:
+        with open(os.environ['BERTH_TEST_CALLS'], 'a') as f:
+            f.write(json.dumps(rec) + '\n')
+    start_response('200 OK', [('Content-Type', 'application/json')])
+    return [json.dumps(rec).encode()]
