@@ -391,7 +391,7 @@ func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start
 		c.deadline = false
 	}
 	c.cnt.n = 0
-	_, err := c.c.Write(pkt)
+	_, err := rawWrite(c.raw, pkt)
 	return c, err
 }
 
@@ -430,7 +430,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 		if err == nil && !bodyInPkt {
 			out = failed502 // the worker may have begun on the packet
 			if rs.body.inMemory() {
-				_, err = c.c.Write(rs.body.bytes())
+				_, err = rawWrite(c.raw, rs.body.bytes())
 			} else {
 				var f *os.File
 				if f, err = rs.body.file(); err == nil {
@@ -503,28 +503,18 @@ type upConn struct {
 // closes an idle upstream connection that becomes readable). One
 // non-blocking peek: EAGAIN is the clean case.
 func (u *upConn) unsolicited() bool {
-	if u.br.Buffered() > 0 {
-		return true
-	}
-	var one [1]byte
-	got := false
-	u.raw.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		got = n > 0 || (err == nil && n == 0) // data, or EOF: the worker closed it
-		return true
-	})
-	return got
+	return u.br.Buffered() > 0 || rawPeek(u.raw)
 }
 
 // countingReader counts the bytes a worker sent, to tell "failed before any
 // response byte" (retryable) from a broken response.
 type countingReader struct {
-	c *net.UnixConn
-	n int64
+	raw syscall.RawConn
+	n   int64
 }
 
 func (r *countingReader) Read(p []byte) (int, error) {
-	n, err := r.c.Read(p)
+	n, err := rawRead(r.raw, p)
 	r.n += int64(n)
 	return n, err
 }
@@ -539,7 +529,7 @@ func dialWorker(w *worker) (*upConn, error) {
 		c.Close()
 		return nil, err
 	}
-	u.cnt.c = c
+	u.cnt.raw = u.raw
 	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
 	return u, nil
 }

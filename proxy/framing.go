@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // framing.go decides where each request on a client connection begins and
@@ -427,7 +428,11 @@ func (l framedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &framedConn{Conn: c}, nil
+	fc := &framedConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		fc.raw, _ = sc.SyscallConn()
+	}
+	return fc, nil
 }
 
 var headBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
@@ -444,6 +449,33 @@ type framedConn struct {
 	ok   int  // buf[:ok] may be handed on
 	sent bool // the synthetic request for a refusal was queued
 	rej  atomic.Pointer[rejection]
+	raw  syscall.RawConn // nil: plain Read and Write (rawsock.go)
+}
+
+// read reads from the connection itself.
+func (c *framedConn) read(p []byte) (int, error) {
+	if c.raw == nil {
+		return c.Conn.Read(p)
+	}
+	n, err := rawRead(c.raw, p)
+	if err != nil && err != io.EOF {
+		// net/http tells a client that went away from a broken request
+		// by the *net.OpError a net.Conn returns.
+		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, err
+}
+
+// Write writes the response bytes net/http hands over.
+func (c *framedConn) Write(p []byte) (int, error) {
+	if c.raw == nil {
+		return c.Conn.Write(p)
+	}
+	n, err := rawWrite(c.raw, p)
+	if err != nil {
+		err = &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, err
 }
 
 func (c *framedConn) Read(p []byte) (int, error) {
@@ -473,7 +505,7 @@ func (c *framedConn) Read(p []byte) (int, error) {
 		if c.buf == nil {
 			// Nothing held back: read straight into p and copy only a
 			// partial head that must wait.
-			n, err := c.Conn.Read(p)
+			n, err := c.read(p)
 			if n == 0 {
 				return 0, err
 			}
@@ -495,7 +527,7 @@ func (c *framedConn) Read(p []byte) (int, error) {
 			copy(nb, c.buf)
 			c.buf = nb
 		}
-		n, err := c.Conn.Read(c.buf[len(c.buf):cap(c.buf)])
+		n, err := c.read(c.buf[len(c.buf):cap(c.buf)])
 		if n > 0 {
 			ok, m := c.f.scan(c.buf[:len(c.buf)+n])
 			c.buf = c.buf[:m]
