@@ -32,7 +32,8 @@ type ProcSpec struct {
 	Env   []string
 	Dir   string
 	Files []*os.File // fd 3, 4, ... in the child
-	// Stderr is the child's fd 2; nil = berth's own stderr.
+	// Stdout and Stderr are the child's fds 1 and 2; nil = berth's own.
+	Stdout *os.File
 	Stderr *os.File
 	// Credential drops the child to another user; nil keeps berth's.
 	Credential *syscall.Credential
@@ -122,11 +123,14 @@ func (o *realOS) Start(s ProcSpec) (int, error) {
 		return 0, fmt.Errorf("start %s: open %s: %w", s.Args[0], os.DevNull, err)
 	}
 	defer devnull.Close()
-	stderr := os.Stderr
+	stdout, stderr := os.Stdout, os.Stderr
+	if s.Stdout != nil {
+		stdout = s.Stdout
+	}
 	if s.Stderr != nil {
 		stderr = s.Stderr
 	}
-	files := append([]*os.File{devnull, os.Stdout, stderr}, s.Files...)
+	files := append([]*os.File{devnull, stdout, stderr}, s.Files...)
 	attr := &os.ProcAttr{
 		Dir:   s.Dir,
 		Env:   s.Env,

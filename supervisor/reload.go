@@ -180,6 +180,7 @@ func (s *Supervisor) prepare(st *staged) error {
 		if st.gen, err = s.newGeneration(cfg, st.code); err != nil {
 			return err
 		}
+		s.startGeneration(st.gen)
 	}
 	return nil
 }

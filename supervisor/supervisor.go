@@ -60,11 +60,12 @@ const (
 
 // shutdown phases, in order.
 const (
-	running      = iota
-	phaseDelay   // /readyz fails, proxy still accepts (shutdown.delay)
-	phaseProxies // proxies finish in-flight requests
-	phaseWorkers // workers and zygotes stop
-	phaseFast    // SIGINT/SIGQUIT: everything told to exit now
+	running         = iota
+	phaseDelay      // /readyz fails, proxy still accepts (shutdown.delay)
+	phaseProxies    // proxies finish in-flight requests
+	phaseWorkers    // workers and zygotes stop
+	phaseCompanions // programs, tasks and jobs stop, each with its own signal and timeout
+	phaseFast       // SIGINT/SIGQUIT: everything told to exit now
 )
 
 // Options configure a Supervisor. Zero values are documented per field.
@@ -105,7 +106,7 @@ type Supervisor struct {
 
 	slots   []*slot
 	workers map[string]*worker
-	procs   map[int]any // pid → *worker | *zygote | *proxyProc
+	procs   map[int]child // pid → its child (child.go)
 
 	listeners      []*listener
 	proxies        []*proxyProc
@@ -219,7 +220,7 @@ func newSupervisor(opts Options) (*Supervisor, error) {
 		os:       opts.OS,
 		exe:      opts.Executable,
 		workers:  map[string]*worker{},
-		procs:    map[int]any{},
+		procs:    map[int]child{},
 		signals:  make(chan os.Signal, 16),
 		notifyCh: make(chan map[string]string, 256),
 		ctlCh:    make(chan ctlEvent, 256),
@@ -306,12 +307,19 @@ func (s *Supervisor) boot() error {
 	s.gen = g
 	s.gens = []*generation{g}
 	s.generation = 1
-	s.resize(s.wantWorkers(s.cfg))
 	s.restartWatch()
+	s.startApp()
+	return nil
+}
+
+// startApp starts the first generation's zygote and workers.
+func (s *Supervisor) startApp() {
+	g := s.gen
+	s.startGeneration(g)
+	s.resize(s.wantWorkers(s.cfg))
 	s.sd.status(fmt.Sprintf("starting %d workers for %s", len(s.slots), g.module))
 	s.log.Printf("starting: app %s, %d workers × %d threads, listen %s, admin %s",
 		g.module, len(s.slots), s.cfg.Workers.Threads, listenerNames(s.listeners), s.cfg.Admin.Listen)
-	return nil
 }
 
 // loop is the only goroutine that touches the state. It returns the exit code.
@@ -472,7 +480,20 @@ func (s *Supervisor) advanceShutdown() {
 			s.stopZygote(g)
 		}
 		s.sendWorkers()
-	case phaseWorkers, phaseFast:
+	case phaseWorkers:
+		if n := s.runningUpTo(stageWorkers); n > 0 {
+			if now.After(s.phaseUntil) {
+				s.log.Printf("%d processes still running after the grace period: SIGKILL", n)
+				s.killUpTo(stageWorkers, syscall.SIGKILL)
+				s.phaseUntil = now.Add(time.Hour)
+			}
+			return
+		}
+		s.phase = phaseCompanions
+		s.stopCompanions()
+	case phaseCompanions:
+		// Each companion's own stop timeout is escalated from the tick.
+	case phaseFast:
 		if now.After(s.phaseUntil) && len(s.procs) > 0 {
 			s.log.Printf("%d processes still running after the grace period: SIGKILL", len(s.procs))
 			s.killAll(syscall.SIGKILL)
@@ -499,14 +520,7 @@ func (s *Supervisor) onExit(e Exit) {
 		return
 	}
 	delete(s.procs, e.Pid)
-	switch p := p.(type) {
-	case *worker:
-		s.workerExited(p, e)
-	case *zygote:
-		s.zygoteExited(p, e)
-	case *proxyProc:
-		s.proxyExited(p, e)
-	}
+	p.exited(s, e)
 	if s.phase != running {
 		s.advanceShutdown()
 	}

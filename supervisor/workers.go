@@ -43,9 +43,18 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 	g.pypath = append(g.pypath, cfg.App.PythonPath...)
 	if cfg.Workers.Preload {
 		g.zygote = &zygote{gen: g}
-		s.startZygote(g)
 	}
 	return g, nil
+}
+
+// startGeneration starts g's zygote (preload); its workers are started by
+// the slots. It is separate from newGeneration so that boot can resolve the
+// app (a config error exits 2 at once) and still start nothing before the
+// before-start tasks have run.
+func (s *Supervisor) startGeneration(g *generation) {
+	if g.zygote != nil {
+		s.startZygote(g)
+	}
 }
 
 // pythonEnv is a Python child's environment; chdir is app.chdir when it
