@@ -1,6 +1,9 @@
 package supervisor
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 // A child is a process berth started and has not reaped yet: the proxy, a
 // zygote, a worker, and (programs.go) a before-start task, a companion
@@ -56,6 +59,28 @@ func (s *Supervisor) killUpTo(st int, sig syscall.Signal) {
 	}
 }
 
-// stopCompanions starts the last stage of a graceful stop. Nothing runs in
-// that stage yet.
-func (s *Supervisor) stopCompanions() {}
+// stopCompanions starts the last stage of a graceful stop: every program,
+// task and job run gets its own stop signal, and SIGKILL at its own stop
+// timeout.
+func (s *Supervisor) stopCompanions() {
+	for _, c := range s.procs {
+		if u, ok := c.(*unit); ok {
+			s.stopUnit(u, "shutdown")
+		}
+	}
+}
+
+// tickCompanions drives every companion's deadlines: stop escalation and
+// run timeouts always, restarts and scheduled runs while berth runs.
+func (s *Supervisor) tickCompanions(now time.Time) {
+	for _, c := range s.procs {
+		if u, ok := c.(*unit); ok {
+			s.tickUnit(u, now)
+		}
+	}
+	if s.phase != running || s.fatal != nil || !s.appStarted {
+		return
+	}
+	s.tickPrograms(now)
+	s.tickJobs(now)
+}

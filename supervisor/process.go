@@ -20,6 +20,9 @@ type OS interface {
 	Start(s ProcSpec) (pid int, err error)
 	// Signal sends sig to pid. A process that is already gone is not an error.
 	Signal(pid int, sig syscall.Signal) error
+	// SignalGroup sends sig to every process of process group pgid (each
+	// child leads a group of its own). A group that is empty is not an error.
+	SignalGroup(pgid int, sig syscall.Signal) error
 	// Exits delivers every reaped child: berth's own and orphans reparented
 	// to it (PID 1 or child subreaper).
 	Exits() <-chan Exit
@@ -166,6 +169,16 @@ func (o *realOS) Signal(pid int, sig syscall.Signal) error {
 	}
 	if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal %s to pid %d: %w", unix.SignalName(sig), pid, err)
+	}
+	return nil
+}
+
+func (o *realOS) SignalGroup(pgid int, sig syscall.Signal) error {
+	if pgid <= 1 {
+		return nil // never kill(0) or kill(-1): that would be every process
+	}
+	if err := unix.Kill(-pgid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %s to process group %d: %w", unix.SignalName(sig), pgid, err)
 	}
 	return nil
 }

@@ -155,6 +155,16 @@ type Supervisor struct {
 	// runLock holds the flock that makes the run directory this berth's
 	// alone (instance.go); nil before boot.
 	runLock *os.File
+
+	// Companions (companion.go). appStarted is false while the
+	// before-start tasks run: no worker, program or job has started.
+	appStarted bool
+	tasks      *taskRun // the task list running now; nil = none
+	bootTasks  *taskRun // tasks.before_start, kept for /status
+	rollTasks  *taskRun // the last tasks.before_roll, kept for /status
+	preRoll    *staged  // a reload waiting for its before-roll tasks
+	programs   []*unit
+	jobs       []*unit
 }
 
 type ctlEvent struct {
@@ -308,7 +318,7 @@ func (s *Supervisor) boot() error {
 	s.gens = []*generation{g}
 	s.generation = 1
 	s.restartWatch()
-	s.startApp()
+	s.beginApp()
 	return nil
 }
 
@@ -436,6 +446,7 @@ func (s *Supervisor) beginShutdown(why string) {
 	s.phase = phaseDelay
 	s.phaseUntil = s.now().Add(s.cfg.Shutdown.Delay.D())
 	s.exitCode = ExitOK
+	s.stopTasks()
 	s.advanceShutdown()
 }
 
@@ -593,6 +604,7 @@ func (s *Supervisor) onTick() {
 			s.readCgroupStats()
 		}
 	}
+	s.tickCompanions(now)
 	if iv := s.sd.watchdogInterval(); iv > 0 && now.Sub(s.lastWatchdog) >= iv/2 {
 		// The loop itself sends the watchdog ping: a stuck loop stops
 		// the pings, which is exactly what the watchdog is for.
@@ -619,7 +631,7 @@ func backoff(failures int) time.Duration {
 // checkReady reports READY=1 when a proxy serves and every slot's current
 // worker is ready. It is called whenever either can have changed.
 func (s *Supervisor) checkReady() {
-	if s.phase != running || s.fatal != nil {
+	if s.phase != running || s.fatal != nil || !s.appStarted {
 		return
 	}
 	p := s.activeProxy()

@@ -445,6 +445,10 @@ func (s *Supervisor) removeSlot(sl *slot) {
 }
 
 func (s *Supervisor) scaleBy(d int) {
+	if !s.appStarted {
+		s.log.Printf("%s: the workers start after the before-start tasks; ignored", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d])
+		return
+	}
 	n := s.activeSlots() + d
 	if n < 1 {
 		s.log.Printf("SIGTTOU: already at 1 worker")
