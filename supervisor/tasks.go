@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -135,6 +136,11 @@ func (s *Supervisor) beginApp() {
 // appStart starts what the before-start tasks held back.
 func (s *Supervisor) appStart() {
 	s.appStarted = true
+	for i, st := range s.cfg.Static {
+		if fi, err := os.Stat(st.Dir); err != nil || !fi.IsDir() {
+			s.log.Printf("static[%d].dir %s does not exist after the before-start tasks: %s answers 404 until it does (run collectstatic, or fix static.dir)", i, st.Dir, st.URL)
+		}
+	}
 	s.startApp()
 	s.startPrograms()
 	s.startCron()
