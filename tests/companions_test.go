@@ -32,8 +32,8 @@ type companionStatus struct {
 		PID       int
 		State     string
 		Restarts  int
-		Failures  int `json:"failures_in_a_row"`
-		CrashLoop bool `json:"crash_loop"`
+		Failures  int    `json:"failures_in_a_row"`
+		CrashLoop bool   `json:"crash_loop"`
 		LastExit  string `json:"last_exit"`
 	}
 	Cron []struct {
