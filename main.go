@@ -275,6 +275,7 @@ func printStatus(w io.Writer, st supervisor.Status) {
 			mib(x.RSS), time.Duration(x.AgeSec*float64(time.Second)).Round(time.Second), x.Gen)
 	}
 	tw.Flush()
+	printCompanions(w, st)
 }
 
 func mib(n int64) string {

@@ -8,8 +8,9 @@
 //	               own/proxy
 //	               own/workers      limit for all workers together
 //	               own/workers/w-ID one per worker
+//	               own/program-NAME one per companion program (task-NAME, cron-NAME)
 //	v1 (legacy or hybrid), in each writable hierarchy (memory, cpu, cpuacct, pids, blkio, cpuset):
-//	               own/berth/{supervisor,proxy,workers,workers/w-ID}
+//	               own/berth/{supervisor,proxy,workers,workers/w-ID,program-NAME,…}
 //	               (own/berth-2/… for a second instance started from the same cgroup; instance.go)
 //
 // v2 forbids processes in a cgroup whose children have controllers enabled
@@ -596,6 +597,24 @@ func (m *Manager) Worker(id string, res *specs.LinuxResources) (Group, error) {
 		return Group{}, fmt.Errorf("cgroup: worker id %q: use letters, digits, '.', '_' and '-'", id)
 	}
 	return m.group("workers/w-"+id, res)
+}
+
+// Companion creates the group "<kind>-<name>" beside the proxy's (a
+// before-start task, a companion program, a periodic job: kind is task,
+// program or cron) with res (nil: no limits), or applies res to it. name is
+// letters, digits, '.', '_' and '-'.
+func (m *Manager) Companion(kind, name string, res *specs.LinuxResources) (Group, error) {
+	switch kind {
+	case "task", "program", "cron":
+	default:
+		return Group{}, fmt.Errorf("cgroup: companion kind %q: use task, program or cron", kind)
+	}
+	if name == "" || strings.IndexFunc(name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-')
+	}) >= 0 {
+		return Group{}, fmt.Errorf("cgroup: %s name %q: use letters, digits, '.', '_' and '-'", kind, name)
+	}
+	return m.group(kind+"-"+name, res)
 }
 
 // readMountRoots maps each mount point in a mountinfo file to the root of the

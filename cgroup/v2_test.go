@@ -378,3 +378,37 @@ func TestV2NotUsable(t *testing.T) {
 		}
 	})
 }
+
+// TestV2CompanionGroups: a program, task or periodic job gets a group of its
+// own beside the proxy's, with its limits; bad kinds and names are refused.
+func TestV2CompanionGroups(t *testing.T) {
+	f := newV2Fake(t)
+	m := f.open(t)
+	if err := m.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.Companion("program", "celery", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(int64(256 << 20))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.String() != filepath.Join(f.own, "program-celery") {
+		t.Errorf("program group at %s", g)
+	}
+	if got := read(t, filepath.Join(f.own, "program-celery", "memory.max")); got != "268435456" {
+		t.Errorf("program memory.max = %q", got)
+	}
+	for _, c := range []struct{ kind, name string }{
+		{"task", "migrate"}, {"cron", "clear.sessions_1"},
+	} {
+		if _, err := m.Companion(c.kind, c.name, nil); err != nil {
+			t.Errorf("%s %s: %v", c.kind, c.name, err)
+		}
+	}
+	for _, c := range []struct{ kind, name string }{
+		{"program", "../escape"}, {"program", ""}, {"daemon", "x"}, {"task", "a/b"},
+	} {
+		if _, err := m.Companion(c.kind, c.name, nil); err == nil {
+			t.Errorf("Companion(%q, %q) accepted", c.kind, c.name)
+		}
+	}
+}

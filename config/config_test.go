@@ -342,6 +342,16 @@ func TestDiff(t *testing.T) {
 		{"count", func(c *Config) { c.Workers.Count = 3 }, Changes{WorkerCount: true}},
 		{"count and threads", func(c *Config) { c.Workers.Count, c.Workers.Threads = 3, 2 }, Changes{Workers: true, WorkerCount: true}},
 		{"reload_on", func(c *Config) { c.App.ReloadOn = []string{"/app/touch"} }, Changes{ReloadOn: true}},
+		{"nil vs empty companions", func(c *Config) { c.Programs, c.Cron, c.Tasks.BeforeStart = nil, nil, nil }, Changes{}},
+		{"a program", func(c *Config) {
+			c.Programs = []Program{{Companion: Companion{Name: "celery", Command: []string{"celery"}}, Restart: RestartAlways}}
+		}, Changes{Companions: true}},
+		{"a task", func(c *Config) {
+			c.Tasks.BeforeStart = []Task{{Companion: Companion{Name: "migrate", Command: []string{"python3", "manage.py", "migrate"}}}}
+		}, Changes{Companions: true}},
+		{"a job", func(c *Config) {
+			c.Cron = []Job{{Companion: Companion{Name: "j", Command: []string{"true"}}, Schedule: "@every 2s"}}
+		}, Changes{Companions: true}},
 		{"resources", func(c *Config) {
 			c.Resources.Worker = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(1 << 20)}}
 		}, Changes{Resources: true}},

@@ -34,6 +34,11 @@ type Changes struct {
 	// ReloadOn: app.reload_on changed; only the touch-reload watch list is
 	// replaced, the workers keep running.
 	ReloadOn bool
+	// Companions: tasks, programs or cron changed. Programs whose own
+	// settings changed are restarted, the others keep running; the
+	// supervisor decides per program (an app.env change, which also sets
+	// Workers, restarts every program that inherits it).
+	Companions bool
 }
 
 // Diff compares two complete configurations. Nil and empty lists or maps
@@ -65,7 +70,16 @@ func Diff(old, new *Config) Changes {
 		Listen:      !slices.Equal(old.Listen, new.Listen),
 		Admin:       old.Admin.Listen != new.Admin.Listen,
 		ReloadOn:    !slices.Equal(oa.ReloadOn, na.ReloadOn),
+		Companions: !sameList(old.Tasks.BeforeStart, new.Tasks.BeforeStart) ||
+			!sameList(old.Tasks.BeforeRoll, new.Tasks.BeforeRoll) ||
+			!sameList(old.Programs, new.Programs) ||
+			!sameList(old.Cron, new.Cron),
 	}
+}
+
+// sameList compares two lists deeply, a nil list equal to an empty one.
+func sameList[T any](a, b []T) bool {
+	return len(a) == 0 && len(b) == 0 || reflect.DeepEqual(a, b)
 }
 
 // Any reports whether anything running must change.
@@ -81,6 +95,7 @@ func (c Changes) String() string {
 	}{
 		{c.Proxy, "proxy"}, {c.Workers, "workers"}, {c.WorkerCount, "worker count"},
 		{c.Resources, "resources"}, {c.Listen, "listen"}, {c.Admin, "admin"}, {c.ReloadOn, "reload_on"},
+		{c.Companions, "tasks/programs/cron"},
 	} {
 		if p.set {
 			parts = append(parts, p.name)

@@ -38,6 +38,10 @@ func (c *Config) Effective() ([]byte, error) {
 		env.Content = append(env.Content, strNode(k), strNode(c.App.Env[k]))
 	}
 	emptyFlow(env)
+	tasks, programs, jobs, err := c.companionNodes()
+	if err != nil {
+		return nil, err
+	}
 	w, p := c.Workers, c.Proxy
 	root := mapNode(
 		"listen", strList(c.Listen),
@@ -73,6 +77,9 @@ func (c *Config) Effective() ([]byte, error) {
 		),
 		"shutdown", mapNode("delay", strNode(c.Shutdown.Delay.String())),
 		"resources", res,
+		"tasks", tasks,
+		"programs", programs,
+		"cron", jobs,
 	)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
@@ -127,22 +134,7 @@ func emptyFlow(n *yaml.Node) {
 // resourcesNode renders each group through its JSON form, so the keys are
 // exactly the runtime-spec JSON field names, in the spec's field order.
 func resourcesNode(r Resources) (*yaml.Node, error) {
-	group := func(lr *specs.LinuxResources) (*yaml.Node, error) {
-		if lr == nil {
-			return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Value: "null"}, nil
-		}
-		data, err := json.Marshal(lr)
-		if err != nil {
-			return nil, fmt.Errorf("render resources: %w", err)
-		}
-		var doc yaml.Node
-		if err := yaml.Unmarshal(data, &doc); err != nil {
-			return nil, fmt.Errorf("render resources: %w", err)
-		}
-		n := doc.Content[0]
-		blockStyle(n)
-		return n, nil
-	}
+	group := resourceNode
 	w, err := group(r.Workers)
 	if err != nil {
 		return nil, err
@@ -156,6 +148,24 @@ func resourcesNode(r Resources) (*yaml.Node, error) {
 		return nil, err
 	}
 	return mapNode("workers", w, "worker", wk, "proxy", p), nil
+}
+
+// resourceNode renders one group's resources; null for nil.
+func resourceNode(lr *specs.LinuxResources) (*yaml.Node, error) {
+	if lr == nil {
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Value: "null"}, nil
+	}
+	data, err := json.Marshal(lr)
+	if err != nil {
+		return nil, fmt.Errorf("render resources: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("render resources: %w", err)
+	}
+	n := doc.Content[0]
+	blockStyle(n)
+	return n, nil
 }
 
 // blockStyle drops the flow and quoting styles JSON input comes with, so

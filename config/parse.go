@@ -582,5 +582,13 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 				{"proxy", d.resources(&r.Proxy)},
 			})
 		}},
+		{"tasks", func(path string, n *yaml.Node) {
+			d.section(path, n, []field{
+				{"before_start", d.tasks(&c.Tasks.BeforeStart)},
+				{"before_roll", d.tasks(&c.Tasks.BeforeRoll)},
+			})
+		}},
+		{"programs", d.programs(&c.Programs)},
+		{"cron", d.jobs(&c.Cron)},
 	})
 }

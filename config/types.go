@@ -26,6 +26,9 @@ type Config struct {
 	Proxy     Proxy     `yaml:"proxy" json:"proxy"`
 	Shutdown  Shutdown  `yaml:"shutdown" json:"shutdown"`
 	Resources Resources `yaml:"resources" json:"resources"`
+	Tasks     Tasks     `yaml:"tasks" json:"tasks"`
+	Programs  []Program `yaml:"programs" json:"programs"`
+	Cron      []Job     `yaml:"cron" json:"cron"`
 
 	// Source is the file the config came from; "" for the built-in defaults.
 	Source string `yaml:"-" json:"-"`

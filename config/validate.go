@@ -40,6 +40,9 @@ func Default() *Config {
 			AccessLog:      "combined",
 			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
 		},
+		Tasks:    Tasks{BeforeStart: []Task{}, BeforeRoll: []Task{}},
+		Programs: []Program{},
+		Cron:     []Job{},
 	}
 }
 
@@ -201,6 +204,7 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	if c.Shutdown.Delay < 0 {
 		bad("shutdown.delay", "must not be negative, got %s", c.Shutdown.Delay)
 	}
+	c.validateCompanions(bad)
 	return errs.asError()
 }
 

@@ -156,6 +156,10 @@ type Status struct {
 	Orphans     int64            `json:"orphans_reaped"`
 	Proxies     []ProxyStatus    `json:"proxies"`
 	Cgroup      *CgroupStatus    `json:"cgroup,omitempty"`
+	// Tasks are the before-start tasks (and the last before-roll ones).
+	Tasks    []TaskStatus    `json:"tasks,omitempty"`
+	Programs []ProgramStatus `json:"programs"`
+	Cron     []JobStatus     `json:"cron"`
 }
 
 // WorkerStatus is one worker in /status.
@@ -190,6 +194,8 @@ func (s *Supervisor) answerAdmin(what string) any {
 			return "shutting down"
 		case s.fatal != nil:
 			return s.fatal.Error()
+		case !s.appStarted:
+			return "not ready: the before-start tasks are running"
 		case !s.ready:
 			return fmt.Sprintf("not ready: %d of %d workers ready, proxy ready %v", s.readyWorkers(), s.activeSlots(), s.activeProxy() != nil && s.activeProxy().ready)
 		}
@@ -251,6 +257,13 @@ func (s *Supervisor) status() Status {
 		st.Proxies = append(st.Proxies, ProxyStatus{N: p.n, PID: p.pid, Ready: p.ready, Stopping: p.stopping})
 	}
 	st.Cgroup = s.cgroupStatus()
+	for _, tr := range []*taskRun{s.bootTasks, s.rollTasks} {
+		if tr != nil {
+			st.Tasks = append(st.Tasks, tr.status(now)...)
+		}
+	}
+	st.Programs = s.programStatus(now)
+	st.Cron = s.jobStatus()
 	return st
 }
 

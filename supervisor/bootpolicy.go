@@ -99,11 +99,15 @@ func (s *Supervisor) failBoot(code int, why string) {
 	s.closeListeners()
 	for pid, p := range s.procs {
 		sig := syscall.SIGTERM
-		if _, ok := p.(*proxyProc); ok {
+		switch p.stage() {
+		case stageProxy:
 			sig = syscall.SIGQUIT
+		case stageCompanions:
+			continue // stopped last, with their own signals (stopCompanions)
 		}
 		_ = s.os.Signal(pid, sig)
 	}
+	s.stopTasks()
 	// Restarts already due in this tick must not run.
 	for _, sl := range s.slots {
 		sl.restartAt = time.Time{}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -23,6 +24,7 @@ type cgroups struct {
 	workers  cgroup.Group            // all workers together (and the zygotes)
 	proxy    cgroup.Group            // the proxy processes
 	perW     map[string]cgroup.Group // worker id → its own group
+	comp     map[string]cgroup.Group // "program-celery" → a companion's group
 	oomBase  map[string]uint64       // worker id → oom_kill count when its group was made
 	oomSeen  uint64                  // workers group oom_kill count already attributed
 	stats    map[string]cgroup.Stats // group name → last read, for /status and /metrics
@@ -238,6 +240,10 @@ func (s *Supervisor) releaseCgroups() {
 		g.Delete()
 		delete(c.perW, id)
 	}
+	for name, g := range c.comp {
+		g.Delete()
+		delete(c.comp, name)
+	}
 }
 
 // updateCgroups applies a reload's resources in place.
@@ -292,6 +298,10 @@ func (s *Supervisor) readCgroupStats() {
 	read("proxy", c.proxy)
 	for id, g := range c.perW {
 		read("worker "+id, g)
+	}
+	for name, g := range c.comp {
+		kind, n, _ := strings.Cut(name, "-")
+		read(kind+" "+n, g)
 	}
 	c.statsAt = s.now()
 }

@@ -20,6 +20,15 @@ type metrics struct {
 	memory        *prometheus.GaugeVec
 	cpu           *prometheus.GaugeVec
 	throttled     *prometheus.GaugeVec
+
+	programUp        *prometheus.GaugeVec
+	programRestarts  *prometheus.CounterVec
+	programCrashLoop *prometheus.GaugeVec
+	cronRuns         *prometheus.CounterVec
+	cronLastStart    *prometheus.GaugeVec
+	cronLastSuccess  *prometheus.GaugeVec
+	cronLastDuration *prometheus.GaugeVec
+	cronLastExit     *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -48,7 +57,26 @@ func newMetrics() *metrics {
 			Name: "berth_cpu_seconds", Help: "CPU time used by cgroup group."}, []string{"group"}),
 		throttled: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "berth_cpu_throttled_seconds", Help: "Time throttled by the CPU quota, by cgroup group."}, []string{"group"}),
+
+		programUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_program_up", Help: "1 while a companion program runs."}, []string{"program"}),
+		programRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_program_restarts_total", Help: "Restarts of a companion program after it ended or could not start."}, []string{"program"}),
+		programCrashLoop: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_program_crash_looping", Help: "1 while a companion program has failed 3 or more times in a row."}, []string{"program"}),
+		cronRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_cron_runs_total", Help: "Periodic job runs by result (ok, failed, skipped: the previous run was still going)."}, []string{"job", "result"}),
+		cronLastStart: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_cron_last_start_timestamp_seconds", Help: "When a periodic job last started (Unix time)."}, []string{"job"}),
+		cronLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_cron_last_success_timestamp_seconds", Help: "When a periodic job last ended with exit code 0 (Unix time)."}, []string{"job"}),
+		cronLastDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_cron_last_duration_seconds", Help: "How long a periodic job's last run took."}, []string{"job"}),
+		cronLastExit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "berth_cron_last_exit_code", Help: "A periodic job's last exit code (128+n for signal n)."}, []string{"job"}),
 	}
+	m.reg.MustRegister(m.programUp, m.programRestarts, m.programCrashLoop, m.cronRuns,
+		m.cronLastStart, m.cronLastSuccess, m.cronLastDuration, m.cronLastExit)
 	m.reg.MustRegister(m.workers, m.restarts, m.reloads, m.orphans, m.generation, m.rolling, m.ready,
 		m.readyDuration, m.memory, m.cpu, m.throttled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -92,6 +92,14 @@ func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
 	}
 	c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
 	for i, st := range cfg.Static {
+		if len(cfg.Tasks.BeforeStart) > 0 {
+			// A before-start task (collectstatic) may create it: only
+			// one that exists is checked now; appStart logs one that
+			// is still missing after the tasks.
+			if _, err := pos.Lstat(abs(st.Dir)); err != nil {
+				continue
+			}
+		}
 		// The proxy serves static files, as the same user.
 		c.needExisting(fmt.Sprintf("static[%d].dir", i), st.Dir, needList, "create it (Django: manage.py collectstatic) or fix static.dir")
 	}

@@ -165,6 +165,11 @@ func TestPreflight(t *testing.T) {
 		{name: "missing static dir",
 			user: "nobody", edit: func(c *config.Config) { c.Static = []config.Static{{URL: "/s/", Dir: "/srv/app/collected"}} },
 			want: []string{"static[0].dir /srv/app/collected does not exist: create it (Django: manage.py collectstatic)"}},
+		{name: "missing static dir, a before-start task may create it",
+			user: "nobody", edit: func(c *config.Config) {
+				c.Static = []config.Static{{URL: "/s/", Dir: "/srv/app/collected"}}
+				c.Tasks.BeforeStart = []config.Task{{Companion: config.Companion{Name: "collectstatic", Command: []string{"python3", "manage.py", "collectstatic"}}}}
+			}},
 		{name: "static dir the proxy's user cannot list",
 			user: "nobody", change: map[string]fakeEntry{"/srv/app/static": {mode: dir | 0o701}},
 			edit: func(c *config.Config) { c.Static = []config.Static{{URL: "/s/", Dir: "/srv/app/static"}} },

@@ -20,6 +20,9 @@ type OS interface {
 	Start(s ProcSpec) (pid int, err error)
 	// Signal sends sig to pid. A process that is already gone is not an error.
 	Signal(pid int, sig syscall.Signal) error
+	// SignalGroup sends sig to every process of process group pgid (each
+	// child leads a group of its own). A group that is empty is not an error.
+	SignalGroup(pgid int, sig syscall.Signal) error
 	// Exits delivers every reaped child: berth's own and orphans reparented
 	// to it (PID 1 or child subreaper).
 	Exits() <-chan Exit
@@ -32,7 +35,8 @@ type ProcSpec struct {
 	Env   []string
 	Dir   string
 	Files []*os.File // fd 3, 4, ... in the child
-	// Stderr is the child's fd 2; nil = berth's own stderr.
+	// Stdout and Stderr are the child's fds 1 and 2; nil = berth's own.
+	Stdout *os.File
 	Stderr *os.File
 	// Credential drops the child to another user; nil keeps berth's.
 	Credential *syscall.Credential
@@ -122,11 +126,14 @@ func (o *realOS) Start(s ProcSpec) (int, error) {
 		return 0, fmt.Errorf("start %s: open %s: %w", s.Args[0], os.DevNull, err)
 	}
 	defer devnull.Close()
-	stderr := os.Stderr
+	stdout, stderr := os.Stdout, os.Stderr
+	if s.Stdout != nil {
+		stdout = s.Stdout
+	}
 	if s.Stderr != nil {
 		stderr = s.Stderr
 	}
-	files := append([]*os.File{devnull, os.Stdout, stderr}, s.Files...)
+	files := append([]*os.File{devnull, stdout, stderr}, s.Files...)
 	attr := &os.ProcAttr{
 		Dir:   s.Dir,
 		Env:   s.Env,
@@ -162,6 +169,16 @@ func (o *realOS) Signal(pid int, sig syscall.Signal) error {
 	}
 	if err := unix.Kill(pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("signal %s to pid %d: %w", unix.SignalName(sig), pid, err)
+	}
+	return nil
+}
+
+func (o *realOS) SignalGroup(pgid int, sig syscall.Signal) error {
+	if pgid <= 1 {
+		return nil // never kill(0) or kill(-1): that would be every process
+	}
+	if err := unix.Kill(-pgid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("signal %s to process group %d: %w", unix.SignalName(sig), pgid, err)
 	}
 	return nil
 }

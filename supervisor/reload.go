@@ -49,6 +49,7 @@ type staged struct {
 
 	prevGen  *generation
 	started  time.Time
+	tasksRan bool   // its tasks.before_roll succeeded
 	failures int    // deaths of gen's processes before they served
 	lastFail string // the latest of them, for /status
 }
@@ -71,15 +72,23 @@ func (s *Supervisor) reload(r reloadRequest) {
 	if s.phase != running || s.fatal != nil {
 		return
 	}
-	if s.pending != nil {
-		// A roll is still importing or starting workers. Superseding it
+	if s.pending != nil || s.preRoll != nil || !s.appStarted {
+		// A roll is still importing or starting workers (or waits for
+		// its before-roll tasks, or the before-start tasks run). Superseding it
 		// would throw its import away, and under reloads faster than an
 		// import no generation would ever finish: the change waits for
 		// the roll, which ends served or abandoned (never wedged), and
 		// any number of changes meanwhile become one. The file is read
 		// again then, so the last edit wins.
 		if !s.deferred && !s.deferredCode {
-			s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves or is abandoned", r.reason, s.pending.gen.n)
+			switch {
+			case !s.appStarted:
+				s.log.Printf("%s: the before-start tasks are running; this change applies when they are done", r.reason)
+			case s.preRoll != nil:
+				s.log.Printf("%s: the before-roll tasks of the previous reload are running; this change applies after that reload", r.reason)
+			default:
+				s.log.Printf("%s: generation %d is still rolling in; this change applies when it serves or is abandoned", r.reason, s.pending.gen.n)
+			}
 		}
 		if r.code {
 			s.deferredCode = true
@@ -133,6 +142,10 @@ func (s *Supervisor) stage(st *staged) {
 		st.ch = config.Diff(s.cfg, st.cfg)
 	}
 	s.sd.reloading()
+	if (st.ch.Workers || st.code) && len(st.cfg.Tasks.BeforeRoll) > 0 && !st.tasksRan {
+		s.beforeRoll(st)
+		return
+	}
 	if err := s.prepare(st); err != nil {
 		s.abort(st, err.Error(), nil)
 		return
@@ -180,6 +193,7 @@ func (s *Supervisor) prepare(st *staged) error {
 		if st.gen, err = s.newGeneration(cfg, st.code); err != nil {
 			return err
 		}
+		s.startGeneration(st.gen)
 	}
 	return nil
 }
@@ -268,6 +282,12 @@ func (s *Supervisor) commit(st *staged) {
 	if ch.ReloadOn {
 		s.restartWatch()
 		did = append(did, "reload_on watch updated")
+	}
+	if !st.code {
+		// Programs inherit app settings: each compares its resolved
+		// command, so an app.env change restarts the ones it reaches.
+		did = append(did, s.applyPrograms(cfg)...)
+		did = append(did, s.applyCron(cfg)...)
 	}
 	if len(did) == 0 {
 		did = append(did, "no effective change")
@@ -489,7 +509,7 @@ func (s *Supervisor) abandonGeneration(g *generation, why string) bool {
 // runDeferred applies what arrived while a roll was in progress: the file as
 // it is now, then a code reload if one was asked for and nothing rolled.
 func (s *Supervisor) runDeferred() {
-	if s.pending != nil || (!s.deferred && !s.deferredCode) {
+	if s.pending != nil || s.preRoll != nil || !s.appStarted || (!s.deferred && !s.deferredCode) {
 		return
 	}
 	file, code := s.deferred, s.deferredCode
@@ -510,4 +530,26 @@ func (s *Supervisor) runDeferred() {
 func hashBytes(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// beforeRoll runs tasks.before_roll (from the new config) before st builds
+// its new generation; a failed task refuses the reload, and the running
+// workers never knew.
+func (s *Supervisor) beforeRoll(st *staged) {
+	tr := s.newTasks(st.cfg, "before-roll", st.cfg.Tasks.BeforeRoll)
+	s.rollTasks, s.preRoll = tr, st
+	tr.done = func(failed *unit, why string) {
+		s.preRoll = nil
+		if s.phase != running || s.fatal != nil {
+			return
+		}
+		if failed == nil {
+			st.tasksRan = true
+			s.stage(st)
+			return
+		}
+		s.abort(st, why, failed.tail.last())
+	}
+	s.log.Printf("reload (%s): running the before-roll tasks first", st.reason)
+	s.runTasks(tr)
 }

@@ -20,6 +20,15 @@ const (
 	// check failed (app.user, app.chdir, app.python, …), or bootStartLimit
 	// starts failed in a row before any worker was ready (bootpolicy.go).
 	ExitStartFailed = 4
+
+	// ExitTaskFailed: a before-start task (tasks.before_start) failed:
+	// exited non-zero, was killed, ran past its timeout or could not be
+	// started. No worker was started.
+	ExitTaskFailed = 5
+	// ExitProgramFailed: a required companion program cannot be kept
+	// running: it failed programStartLimit times in a row, or ended and its
+	// restart policy does not restart it. berth stopped gracefully.
+	ExitProgramFailed = 6
 )
 
 // workerState is where a worker is in its life. The order matters: states

@@ -60,11 +60,12 @@ const (
 
 // shutdown phases, in order.
 const (
-	running      = iota
-	phaseDelay   // /readyz fails, proxy still accepts (shutdown.delay)
-	phaseProxies // proxies finish in-flight requests
-	phaseWorkers // workers and zygotes stop
-	phaseFast    // SIGINT/SIGQUIT: everything told to exit now
+	running         = iota
+	phaseDelay      // /readyz fails, proxy still accepts (shutdown.delay)
+	phaseProxies    // proxies finish in-flight requests
+	phaseWorkers    // workers and zygotes stop
+	phaseCompanions // programs, tasks and jobs stop, each with its own signal and timeout
+	phaseFast       // SIGINT/SIGQUIT: everything told to exit now
 )
 
 // Options configure a Supervisor. Zero values are documented per field.
@@ -105,7 +106,7 @@ type Supervisor struct {
 
 	slots   []*slot
 	workers map[string]*worker
-	procs   map[int]any // pid → *worker | *zygote | *proxyProc
+	procs   map[int]child // pid → its child (child.go)
 
 	listeners      []*listener
 	proxies        []*proxyProc
@@ -154,6 +155,16 @@ type Supervisor struct {
 	// runLock holds the flock that makes the run directory this berth's
 	// alone (instance.go); nil before boot.
 	runLock *os.File
+
+	// Companions (companion.go). appStarted is false while the
+	// before-start tasks run: no worker, program or job has started.
+	appStarted bool
+	tasks      *taskRun // the task list running now; nil = none
+	bootTasks  *taskRun // tasks.before_start, kept for /status
+	rollTasks  *taskRun // the last tasks.before_roll, kept for /status
+	preRoll    *staged  // a reload waiting for its before-roll tasks
+	programs   []*unit
+	jobs       []*unit
 }
 
 type ctlEvent struct {
@@ -219,7 +230,7 @@ func newSupervisor(opts Options) (*Supervisor, error) {
 		os:       opts.OS,
 		exe:      opts.Executable,
 		workers:  map[string]*worker{},
-		procs:    map[int]any{},
+		procs:    map[int]child{},
 		signals:  make(chan os.Signal, 16),
 		notifyCh: make(chan map[string]string, 256),
 		ctlCh:    make(chan ctlEvent, 256),
@@ -306,12 +317,19 @@ func (s *Supervisor) boot() error {
 	s.gen = g
 	s.gens = []*generation{g}
 	s.generation = 1
-	s.resize(s.wantWorkers(s.cfg))
 	s.restartWatch()
+	s.beginApp()
+	return nil
+}
+
+// startApp starts the first generation's zygote and workers.
+func (s *Supervisor) startApp() {
+	g := s.gen
+	s.startGeneration(g)
+	s.resize(s.wantWorkers(s.cfg))
 	s.sd.status(fmt.Sprintf("starting %d workers for %s", len(s.slots), g.module))
 	s.log.Printf("starting: app %s, %d workers × %d threads, listen %s, admin %s",
 		g.module, len(s.slots), s.cfg.Workers.Threads, listenerNames(s.listeners), s.cfg.Admin.Listen)
-	return nil
 }
 
 // loop is the only goroutine that touches the state. It returns the exit code.
@@ -428,6 +446,7 @@ func (s *Supervisor) beginShutdown(why string) {
 	s.phase = phaseDelay
 	s.phaseUntil = s.now().Add(s.cfg.Shutdown.Delay.D())
 	s.exitCode = ExitOK
+	s.stopTasks()
 	s.advanceShutdown()
 }
 
@@ -472,7 +491,20 @@ func (s *Supervisor) advanceShutdown() {
 			s.stopZygote(g)
 		}
 		s.sendWorkers()
-	case phaseWorkers, phaseFast:
+	case phaseWorkers:
+		if n := s.runningUpTo(stageWorkers); n > 0 {
+			if now.After(s.phaseUntil) {
+				s.log.Printf("%d processes still running after the grace period: SIGKILL", n)
+				s.killUpTo(stageWorkers, syscall.SIGKILL)
+				s.phaseUntil = now.Add(time.Hour)
+			}
+			return
+		}
+		s.phase = phaseCompanions
+		s.stopCompanions()
+	case phaseCompanions:
+		// Each companion's own stop timeout is escalated from the tick.
+	case phaseFast:
 		if now.After(s.phaseUntil) && len(s.procs) > 0 {
 			s.log.Printf("%d processes still running after the grace period: SIGKILL", len(s.procs))
 			s.killAll(syscall.SIGKILL)
@@ -499,14 +531,7 @@ func (s *Supervisor) onExit(e Exit) {
 		return
 	}
 	delete(s.procs, e.Pid)
-	switch p := p.(type) {
-	case *worker:
-		s.workerExited(p, e)
-	case *zygote:
-		s.zygoteExited(p, e)
-	case *proxyProc:
-		s.proxyExited(p, e)
-	}
+	p.exited(s, e)
 	if s.phase != running {
 		s.advanceShutdown()
 	}
@@ -579,6 +604,7 @@ func (s *Supervisor) onTick() {
 			s.readCgroupStats()
 		}
 	}
+	s.tickCompanions(now)
 	if iv := s.sd.watchdogInterval(); iv > 0 && now.Sub(s.lastWatchdog) >= iv/2 {
 		// The loop itself sends the watchdog ping: a stuck loop stops
 		// the pings, which is exactly what the watchdog is for.
@@ -605,7 +631,7 @@ func backoff(failures int) time.Duration {
 // checkReady reports READY=1 when a proxy serves and every slot's current
 // worker is ready. It is called whenever either can have changed.
 func (s *Supervisor) checkReady() {
-	if s.phase != running || s.fatal != nil {
+	if s.phase != running || s.fatal != nil || !s.appStarted {
 		return
 	}
 	p := s.activeProxy()

@@ -40,6 +40,11 @@ func (f *fakeOS) Signal(pid int, sig syscall.Signal) error {
 	return nil
 }
 
+func (f *fakeOS) SignalGroup(pgid int, sig syscall.Signal) error {
+	f.signals = append(f.signals, fmt.Sprintf("-%d:%s", pgid, unix.SignalName(sig)))
+	return nil
+}
+
 func (f *fakeOS) Exits() <-chan Exit { return f.exits }
 
 func (f *fakeOS) signalled(pid int, sig syscall.Signal) bool {

@@ -43,9 +43,18 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 	g.pypath = append(g.pypath, cfg.App.PythonPath...)
 	if cfg.Workers.Preload {
 		g.zygote = &zygote{gen: g}
-		s.startZygote(g)
 	}
 	return g, nil
+}
+
+// startGeneration starts g's zygote (preload); its workers are started by
+// the slots. It is separate from newGeneration so that boot can resolve the
+// app (a config error exits 2 at once) and still start nothing before the
+// before-start tasks have run.
+func (s *Supervisor) startGeneration(g *generation) {
+	if g.zygote != nil {
+		s.startZygote(g)
+	}
 }
 
 // pythonEnv is a Python child's environment; chdir is app.chdir when it
@@ -436,6 +445,10 @@ func (s *Supervisor) removeSlot(sl *slot) {
 }
 
 func (s *Supervisor) scaleBy(d int) {
+	if !s.appStarted {
+		s.log.Printf("%s: the workers start after the before-start tasks; ignored", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d])
+		return
+	}
 	n := s.activeSlots() + d
 	if n < 1 {
 		s.log.Printf("SIGTTOU: already at 1 worker")

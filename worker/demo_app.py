@@ -56,7 +56,17 @@ app:
   module: "mysite.wsgi:application"
   env: {{DJANGO_SETTINGS_MODULE: mysite.settings}}
 workers:
-  count: auto</pre>
+  count: auto
+static:
+  - {{url: /static/, dir: /app/static}}
+tasks:                    # before the first worker, instead of an entrypoint script
+  before_start:
+    - {{name: migrate, command: [python3, manage.py, migrate, --noinput]}}
+    - {{name: collectstatic, command: [python3, manage.py, collectstatic, --noinput]}}
+programs:                 # beside the workers, instead of supervisord
+  - {{name: celery, command: [python3, -m, celery, -A, mysite, worker]}}
+cron:
+  - {{name: clearsessions, schedule: "0 3 * * *", command: [python3, manage.py, clearsessions]}}</pre>
 <p>Check it with <code>berth check</code>, watch it with <code>berth status</code>.</p>
 
 <footer>berth &middot; {system}</footer>

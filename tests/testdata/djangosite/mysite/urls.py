@@ -10,5 +10,7 @@ urlpatterns = [
     path("echo", views.echo),
     path("slow", views.slow),
     path("pid", views.pid),
+    path("celery/enqueue", views.enqueue),
+    path("celery/result", views.result),
     path("admin/", admin.site.urls),
 ]

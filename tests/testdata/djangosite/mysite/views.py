@@ -35,3 +35,15 @@ def slow(request):
 
 def pid(request):
     return HttpResponse("%d\n" % os.getpid(), content_type="text/plain")
+
+
+def enqueue(request):
+    from mysite.celery_app import add
+    r = add.delay(int(request.GET.get("x", "2")), int(request.GET.get("y", "3")))
+    return HttpResponse(r.id, content_type="text/plain")
+
+
+def result(request):
+    from mysite.celery_app import app
+    r = app.AsyncResult(request.GET["id"])
+    return HttpResponse("%s %s" % (r.state, r.result if r.ready() else ""), content_type="text/plain")
