@@ -293,7 +293,7 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 			return
 		}
 		for _, a := range list {
-			translateGunicornBind(b, a, src)
+			translateGunicornBind(b, a, src, note)
 		}
 	case "workers":
 		n, ok := pyInt(b, src, shown, v, 1)
@@ -386,7 +386,7 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 }
 
 // translateGunicornBind places one bind address, as for uWSGI's sockets.
-func translateGunicornBind(b *builder, a string, src Source) {
+func translateGunicornBind(b *builder, a string, src Source, note string) {
 	switch {
 	case strings.HasPrefix(a, "fd://"):
 		b.skip(src, a, NoEquivalent, "berth takes inherited sockets from systemd or podman socket activation (LISTEN_FDS), not by number")
@@ -405,7 +405,7 @@ func translateGunicornBind(b *builder, a string, src Source) {
 	if strings.HasPrefix(a, "0.0.0.0:") {
 		a = ":" + strings.TrimPrefix(a, "0.0.0.0:")
 	}
-	b.add("listen", a, src, "")
+	b.add("listen", a, src, note)
 }
 
 // translateForwardedAllowIPs maps the proxies Gunicorn believed onto
