@@ -56,7 +56,7 @@ func (b *builder) skip(src Source, value string, r Reason, why string, args ...a
 	if len(args) > 0 {
 		why = fmt.Sprintf(why, args...)
 	}
-	b.skipped = append(b.skipped, Skipped{Source: src, Value: firstLine(value), Reason: r, Why: why})
+	b.skipped = append(b.skipped, Skipped{Source: src, Value: shorten(firstLine(value)), Reason: r, Why: why})
 }
 
 // set records key = v. A second source with the same value is listed as not
@@ -132,6 +132,17 @@ func (b *builder) addStatic(url, dir item) {
 		return
 	}
 	b.static = append(b.static, staticItem{url, dir})
+}
+
+// maxShown bounds a value in the listing; a types {} block or a long
+// log_format would drown the rest.
+const maxShown = 160
+
+func shorten(s string) string {
+	if r := []rune(s); len(r) > maxShown {
+		return string(r[:maxShown]) + " …"
+	}
+	return s
 }
 
 // finish fills in what the sources imply without saying.

@@ -119,7 +119,9 @@ func (n *nginxImport) directive(d *ndir, where string, static bool) {
 	}
 	switch d.name {
 	case "include":
-		if d.params {
+		if d.params && d.hostParam {
+			b.skip(src, text, NotNeeded, "nginx's standard parameters; berth's proxy passes the same CGI variables, except that HTTP_HOST is the Host header as the client sent it, with its port (this file set it from $host, without the port)")
+		} else if d.params {
 			b.skip(src, text, NotNeeded, "nginx's standard parameters; berth's proxy passes the same CGI variables and headers")
 		} else {
 			b.skip(src, text, NotNeeded, "the included file held nothing")

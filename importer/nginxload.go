@@ -23,6 +23,9 @@ type ndir struct {
 	// *_param / proxy_set_header lines (uwsgi_params, proxy_params), kept
 	// as one directive instead of a dozen.
 	params bool
+	// hostParam marks such an include that sets HTTP_HOST from $host
+	// (Debian's uwsgi_params), which drops the port.
+	hostParam bool
 }
 
 func (d *ndir) isBlock() bool { return d.block != nil }
@@ -120,8 +123,8 @@ func loadNginx(path, prefix string) ([]*ndir, error) {
 			if d.Directive == "include" {
 				for _, i := range d.Includes {
 					inc := payload.Config[i]
-					if standardParams(inc.Parsed) {
-						out = append(out, &ndir{name: "include", args: d.Args, file: file, line: d.Line, params: true})
+					if ok, host := standardParams(inc.Parsed); ok {
+						out = append(out, &ndir{name: "include", args: d.Args, file: file, line: d.Line, params: true, hostParam: host})
 						continue
 					}
 					out = append(out, expand(inc.Parsed, name(inc.File))...)
@@ -155,8 +158,9 @@ var cgiParams = map[string]bool{
 
 // standardParams reports whether dirs are only the standard parameter
 // lines of a *_params file: each a CGI variable set from nginx's variable
-// of that meaning, or one of the usual proxy headers.
-func standardParams(dirs crossplane.Directives) bool {
+// of that meaning, or one of the usual proxy headers. host reports that
+// HTTP_HOST is set from $host.
+func standardParams(dirs crossplane.Directives) (ok, host bool) {
 	n := 0
 	for _, d := range dirs {
 		if d.IsComment() {
@@ -166,20 +170,21 @@ func standardParams(dirs crossplane.Directives) bool {
 		switch d.Directive {
 		case "uwsgi_param", "fastcgi_param", "scgi_param":
 			if len(d.Args) < 2 || !cgiParams[d.Args[0]] || !strings.HasPrefix(d.Args[1], "$") {
-				return false
+				return false, false
 			}
 			if d.Args[0] == "SCRIPT_NAME" && d.Args[1] != "$fastcgi_script_name" {
-				return false
+				return false, false
 			}
+			host = host || d.Args[0] == "HTTP_HOST" && d.Args[1] == "$host"
 		case "proxy_set_header":
 			if len(d.Args) != 2 || standardHeader(d.Args[0], d.Args[1]) == "" {
-				return false
+				return false, false
 			}
 		default:
-			return false
+			return false, false
 		}
 	}
-	return n > 0
+	return n > 0, host
 }
 
 // standardHeader says what berth does instead of proxy_set_header name
