@@ -127,10 +127,9 @@ func evalGunicorn(path, python string) (map[string]gunicornValue, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gunicornEvalTimeout)
 	defer cancel()
-	// -I: the user's site-packages and PYTHON* variables must not change
-	// how the file evaluates compared with the server; -c keeps the helper
-	// off disk.
-	cmd := exec.CommandContext(ctx, python, "-I", "-c", gunicornEval, abs)
+	// The environment is passed on: Gunicorn evaluated the file with it
+	// (PYTHONPATH, os.environ lookups). -c keeps the helper off disk.
+	cmd := exec.CommandContext(ctx, python, "-c", gunicornEval, abs)
 	cmd.Dir = filepath.Dir(abs)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -351,7 +350,7 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 		case s == "-":
 			b.set("proxy.access_log", "combined", src, "to stdout; Gunicorn's default format is close to combined")
 		default:
-			b.skip(src, shown, NoEquivalent, "berth writes its access log to stdout, not to a file; collect it from there")
+			b.skip(src, shown, NotNeeded, "berth writes the access log in the combined format to stdout, where the container runtime collects it")
 		}
 	case "user":
 		switch u := v.(type) {

@@ -356,7 +356,9 @@ func (n *nginxImport) appLocation(l *ndir, sc *nginxScope, mod, p string, pass *
 		switch {
 		case d == pass:
 			n.pass(d, where)
-		case inherited[d.name] && d.name != "root":
+		case d.name == "root" || d.name == "alias":
+			n.b.skip(d.src(where), d.text(), NotNeeded, "this location passes every request to the app; no file is served from here")
+		case inherited[d.name]:
 			sc.vals[d.name] = d
 			n.pending = append(n.pending, pending{d, sc})
 		default:

@@ -56,6 +56,10 @@ var uwsgiNotNeeded = map[string]string{
 	"log-slow":                "berth's access log has every request, with its duration",
 	"log-x-forwarded-for":     "berth logs the client address from trusted X-Forwarded-For (proxy.trusted_proxies)",
 	"max-fd":                  "berth sets the file-descriptor limit itself",
+	"logto":                   "berth writes its logs to stdout and stderr, where the container runtime collects them",
+	"logto2":                  "berth writes its logs to stdout and stderr, where the container runtime collects them",
+	"logger":                  "berth writes its logs to stdout and stderr, where the container runtime collects them",
+	"req-logger":              "berth writes its access log to stdout, where the container runtime collects it",
 	"no-orphans":              "berth is PID 1 and reaps every orphan",
 }
 
@@ -67,10 +71,6 @@ var uwsgiNoEquivalent = map[string]string{
 	"reload-on-as":              "berth recycles by resident memory (workers.max_rss), not address space",
 	"evil-reload-on-as":         "berth recycles by resident memory (workers.max_rss), not address space",
 	"limit-as":                  "berth limits memory with cgroups: resources.worker.memory.limit",
-	"logto":                     "berth writes its logs to stdout and stderr; send them elsewhere outside berth",
-	"logto2":                    "berth writes its logs to stdout and stderr; send them elsewhere outside berth",
-	"logger":                    "berth writes its logs to stdout and stderr; send them elsewhere outside berth",
-	"req-logger":                "berth writes its access log to stdout",
 	"mount":                     "berth serves one app at /; mounting apps under a path (SCRIPT_NAME) is not supported",
 	"manage-script-name":        "berth serves one app at /; mounting apps under a path (SCRIPT_NAME) is not supported",
 	"spooler":                   "uWSGI's spooler is a task queue; berth has none (run a queue worker such as Celery)",
