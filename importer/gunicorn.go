@@ -354,6 +354,8 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 		}
 	case "user":
 		switch u := v.(type) {
+		case nil:
+			b.skip(src, shown, NotNeeded, "unset: Gunicorn kept the user it was started as")
 		case string:
 			b.set("app.user", u, src, note)
 		case float64:

@@ -65,7 +65,7 @@ func TestNginxValues(t *testing.T) {
 			t.Errorf("nginxSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"k", "-1", "1.5m", "10mb"} {
+	for _, bad := range []string{"", "k", "-1", "1.5m", "10mb"} {
 		if _, err := nginxSize(bad); err == nil {
 			t.Errorf("nginxSize(%q) accepted", bad)
 		}
@@ -79,7 +79,7 @@ func TestNginxValues(t *testing.T) {
 			t.Errorf("nginxTime(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"s", "1x", "m5"} {
+	for _, bad := range []string{"", "s", "1x", "m5"} {
 		if _, err := nginxTime(bad); err == nil {
 			t.Errorf("nginxTime(%q) accepted", bad)
 		}
@@ -282,5 +282,23 @@ func TestCheckUntranslated(t *testing.T) {
 	dirty := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nattach-daemon = celery worker\n"})
 	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NotYetSupported || !strings.Contains(u[0].Why, "programs:") {
 		t.Errorf("attach-daemon: %+v", u)
+	}
+}
+
+// TestOddValues: malformed values are listed as needing a decision; the
+// output still passes berth check (reload-on-rss beyond int64 once produced
+// a negative max_rss that did not).
+func TestOddValues(t *testing.T) {
+	needPython(t)
+	res := importFiles(t,
+		[2]string{"odd.conf", `server { listen ""; client_max_body_size ""; uwsgi_read_timeout ""; location / { uwsgi_pass ""; } location "" { alias ""; } }`},
+		[2]string{"odd.ini", "[uwsgi]\nprocesses =\nstatic-map = =\nenv = =x\nwsgi-file =\nharakiri = -1\nreload-on-rss = 99999999999999\n"},
+		[2]string{"odd.py", "timeout = '30'\nbind = 5\nraw_env = {'a': 1}\nworkers = 2.5\n"},
+	)
+	if res.Translated != 0 {
+		t.Errorf("translated %d odd values:\n%s", res.Translated, res.YAML)
+	}
+	if n := len(res.Untranslated()); n != 15 {
+		t.Errorf("%d listed as not translated, want 15:\n%s", n, res.YAML)
 	}
 }

@@ -186,6 +186,10 @@ func (n *nginxImport) listen(d *ndir, where string) {
 		return
 	}
 	addr := d.args[0]
+	if addr == "" {
+		n.b.skip(src, d.text(), NeedsDecision, "an empty address")
+		return
+	}
 	var dropped []string
 	for _, p := range d.args[1:] {
 		switch {
@@ -391,6 +395,10 @@ func (n *nginxImport) pass(d *ndir, where string) {
 	} else if i := strings.IndexByte(target, '/'); i >= 0 {
 		target = target[:i]
 	}
+	if target == "" {
+		n.b.skip(src, d.text(), NeedsDecision, "an empty target")
+		return
+	}
 	if strings.Contains(target, "$") {
 		n.b.skip(src, d.text(), NeedsDecision, "a target with variables is chosen per request; berth sends every request to its own workers")
 		return
@@ -571,6 +579,9 @@ func (n *nginxImport) nginxValue(d *ndir, where string) (string, any, string, bo
 
 // nginxSize reads an nginx size: bytes, or k/m/g (×1024).
 func nginxSize(s string) (config.Size, error) {
+	if s == "" {
+		return 0, fmt.Errorf("an empty size; write a number with k, m or g")
+	}
 	mult := config.Size(1)
 	switch strings.ToLower(s[len(s)-1:]) {
 	case "k":
@@ -593,6 +604,9 @@ func nginxSize(s string) (config.Size, error) {
 
 // nginxTime reads an nginx time: "60" (seconds), "1m30s", "500ms", ...
 func nginxTime(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, fmt.Errorf("an empty time; write e.g. 60s")
+	}
 	if isDigits(s) {
 		v, _ := strconv.Atoi(s)
 		return time.Duration(v) * time.Second, nil

@@ -229,6 +229,10 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 		}
 	case "reload-on-rss", "evil-reload-on-rss":
 		if n, ok := uwsgiInt(b, src, v, 0); ok {
+			if n > 1<<30 {
+				b.skip(src, v, NeedsDecision, "%d MB is beyond any memory; check the value", n)
+				return
+			}
 			b.set("workers.max_rss", config.Size(n)<<20, src, "uWSGI's megabytes are MiB")
 		}
 	case "buffer-size":
