@@ -300,7 +300,8 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 			return
 		}
 		if g.Expr != "" {
-			b.set("workers.count", "auto", src, fmt.Sprintf("computed at start-up (%s, %d here); auto sizes from the CPU quota", g.Expr, n))
+			// The value is this machine's, not the server's: not shown.
+			b.set("workers.count", "auto", src, fmt.Sprintf("computed at start-up (%s); auto sizes from the CPU quota", g.Expr))
 			return
 		}
 		b.set("workers.count", n, src, "")
