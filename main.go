@@ -35,6 +35,9 @@ Usage:
   berth check [--config PATH] [--print]   validate a config like nginx -t (exit 0 or 1)
   berth status [--config PATH] [--json | --quiet]
                                           ask the running server how it is
+  berth import [--check] [--python PATH] FILE...
+                                          translate uwsgi.ini, gunicorn.conf.py and nginx
+                                          configs into one berth.yaml on stdout
   berth version                           print version, Go version and commit
 
 The config is PATH, else $BERTH_CONFIG, else /etc/berth/berth.yaml if it exists,
@@ -57,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "import":
+		return cmdImport(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "berth %s (commit %s, %s, %s/%s)\n", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

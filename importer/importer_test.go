@@ -1,0 +1,304 @@
+package importer
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/config"
+)
+
+func TestParseUwsgiIni(t *testing.T) {
+	t.Setenv("BERTH_IMPORT_TEST", "x")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "site.ini")
+	tests := []struct {
+		name, ini string
+		want      []uwsgiOpt // key, value, unresolved, placeholder only
+	}{
+		{"placeholder", "[uwsgi]\nbase = /srv\nchdir = %(base)/app\n", []uwsgiOpt{
+			{key: "base", value: "/srv", placeholder: true}, {key: "chdir", value: "/srv/app"}}},
+		{"magic", "[uwsgi]\nsocket = %d%n.sock\nlogto = %p.log\n", []uwsgiOpt{
+			{key: "socket", value: dir + "/site.sock"}, {key: "logto", value: path + ".log"}}},
+		{"repeated keys and aliases", "[uwsgi]\nenv = A=1\nenv = B=2\np = 3\nvirtualenv = /v\n", []uwsgiOpt{
+			{key: "env", value: "A=1"}, {key: "env", value: "B=2"}, {key: "processes", value: "3"}, {key: "home", value: "/v"}}},
+		{"comments, bare flags, other sections", "# c\n[other]\nprocesses = 9\n[uwsgi]\n; c\nmaster\nmax_requests = 5\n", []uwsgiOpt{
+			{key: "master", value: "true"}, {key: "max-requests", value: "5"}}},
+		{"left for the user", "[uwsgi]\nenv = K=$(BERTH_IMPORT_TEST)\nprocesses = %k\nchdir = %(nope)\n", []uwsgiOpt{
+			{key: "env", value: "K=$(BERTH_IMPORT_TEST)", unresolved: "$(BERTH_IMPORT_TEST)"},
+			{key: "processes", value: "%k", unresolved: "%k"},
+			{key: "chdir", value: "%(nope)", unresolved: "%(nope)"}}},
+		{"escaped percent", "[uwsgi]\nlog-format = 100%%\n", []uwsgiOpt{{key: "log-format", value: "100%"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opts, err := parseUwsgiIni(path, []byte(tc.ini))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []uwsgiOpt
+			for _, o := range opts {
+				got = append(got, uwsgiOpt{key: o.key, value: o.value, unresolved: o.unresolved, placeholder: o.placeholder})
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range []string{"processes = 1\n", "[uwsgi\n", "[uwsgi]\n= 1\n"} {
+		if _, err := parseUwsgiIni(path, []byte(bad)); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%q: error %v, want one naming %s", bad, err, path)
+		}
+	}
+}
+
+func TestNginxValues(t *testing.T) {
+	sizes := []struct {
+		in   string
+		want config.Size
+	}{{"0", 0}, {"1024", 1024}, {"8k", 8 << 10}, {"75M", 75 << 20}, {"1g", 1 << 30}}
+	for _, tc := range sizes {
+		if got, err := nginxSize(tc.in); err != nil || got != tc.want {
+			t.Errorf("nginxSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "k", "-1", "1.5m", "10mb"} {
+		if _, err := nginxSize(bad); err == nil {
+			t.Errorf("nginxSize(%q) accepted", bad)
+		}
+	}
+	times := []struct {
+		in   string
+		want time.Duration
+	}{{"60", time.Minute}, {"90s", 90 * time.Second}, {"1m30s", 90 * time.Second}, {"500ms", 500 * time.Millisecond}, {"2h", 2 * time.Hour}}
+	for _, tc := range times {
+		if got, err := nginxTime(tc.in); err != nil || got != tc.want {
+			t.Errorf("nginxTime(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "s", "1x", "m5"} {
+		if _, err := nginxTime(bad); err == nil {
+			t.Errorf("nginxTime(%q) accepted", bad)
+		}
+	}
+	formats := []struct {
+		v    any
+		want string
+	}{{90 * time.Second, "90s"}, {2 * time.Minute, "2m"}, {time.Hour, "1h"}, {1500 * time.Millisecond, "1500ms"},
+		{config.Size(75 << 20), "75Mi"}, {config.Size(1000), "1000"}, {config.Size(0), "0"}}
+	for _, tc := range formats {
+		if got := display(tc.v); got != tc.want {
+			t.Errorf("display(%v) = %q, want %q", tc.v, got, tc.want)
+		}
+	}
+}
+
+func TestDetect(t *testing.T) {
+	tests := []struct {
+		path, data string
+		want       kind
+	}{
+		{"uwsgi.ini", "", kindUwsgi},
+		{"gunicorn.conf.py", "", kindGunicorn},
+		{"app.conf", "server { listen 80; }", kindNginx},
+		{"sites-enabled/default", "# c\n\nserver {}", kindNginx},
+		{"uwsgi-config", "; comment\n[uwsgi]\n", kindUwsgi},
+	}
+	for _, tc := range tests {
+		if got, err := detect(tc.path, []byte(tc.data)); err != nil || got != tc.want {
+			t.Errorf("detect(%q) = %v, %v; want %v", tc.path, got, err, tc.want)
+		}
+	}
+	if _, err := detect("uwsgi.yaml", nil); err == nil || !strings.Contains(err.Error(), "ini") {
+		t.Errorf("uwsgi.yaml: %v, want an error saying to use ini", err)
+	}
+}
+
+// importFiles writes files into a temp dir and imports them in the given
+// order, from that directory.
+func importFiles(t *testing.T, files ...[2]string) *Result {
+	t.Helper()
+	dir := t.TempDir()
+	var names []string
+	for _, f := range files {
+		p := filepath.Join(dir, f[0])
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(f[1]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, f[0])
+	}
+	t.Chdir(dir)
+	res, err := Import(names, Options{NginxPrefix: filepath.Join(dir, "prefix")})
+	if err != nil {
+		t.Fatalf("Import: %v", err)
+	}
+	if _, err := config.Parse("berth.yaml", res.YAML); err != nil {
+		t.Fatalf("output does not pass berth check: %v\n%s", err, res.YAML)
+	}
+	return res
+}
+
+// skippedKey finds the listing of key, or fails.
+func skippedKey(t *testing.T, res *Result, key string) Skipped {
+	t.Helper()
+	for _, s := range res.Skipped {
+		if s.Key == key {
+			return s
+		}
+	}
+	t.Fatalf("%s is not listed as untranslated:\n%s", key, res.YAML)
+	return Skipped{}
+}
+
+func TestNginxListen(t *testing.T) {
+	tests := []struct {
+		listen string
+		want   []string // berth listen
+	}{
+		{"listen 80;", []string{":80"}},
+		{"listen *:8080;", []string{":8080"}},
+		{"listen 127.0.0.1:8000 default_server;", []string{"127.0.0.1:8000"}},
+		{"listen localhost;", []string{"localhost:80"}},
+		{"listen unix:/run/site.sock;", []string{"unix:/run/site.sock"}},
+		{"listen 80; listen [::]:80;", []string{":80"}},
+		{"listen [::1]:8080;", []string{"[::1]:8080"}},
+		{"listen 443 ssl; listen 8000;", []string{":8000"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.listen, func(t *testing.T) {
+			res := importFiles(t, [2]string{"site.conf", "server { " + tc.listen + " location / { proxy_pass http://127.0.0.1:9999; } }"})
+			var got []string
+			for _, l := range strings.Split(string(res.YAML), "\n") {
+				if strings.HasPrefix(l, "  - ") && !strings.HasPrefix(l, "  - url") {
+					got = append(got, strings.Trim(strings.Fields(l)[1], `'"`))
+				}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("listen = %q, want %q\n%s", got, tc.want, res.YAML)
+			}
+		})
+	}
+}
+
+// TestNginxIncludeFallback: a relative include that is not beside the file
+// is read from nginx's prefix, as nginx does for sites-enabled/* files, and
+// the comment names the file actually read.
+func TestNginxIncludeFallback(t *testing.T) {
+	res := importFiles(t,
+		[2]string{"prefix/snippets/limits.conf", "client_max_body_size 5m;\n"},
+		[2]string{"sites/app.conf", "server {\n  listen 8000;\n  include snippets/limits.conf;\n  location / { proxy_pass http://127.0.0.1:8001; }\n}\n"},
+	)
+	if !strings.Contains(string(res.YAML), "max_body_size: 5Mi") || !strings.Contains(string(res.YAML), "prefix/snippets/limits.conf:1 client_max_body_size") {
+		t.Errorf("include not followed into the prefix:\n%s", res.YAML)
+	}
+}
+
+// TestSameSettingTwice: a second value for one key is listed, never
+// silently overwriting the first; the shorter request timeout wins.
+func TestSameSettingTwice(t *testing.T) {
+	res := importFiles(t,
+		[2]string{"a.ini", "[uwsgi]\nmodule = a.wsgi\nwsgi-file = /srv/b.py\nprocesses = 2\nharakiri = 90\n"},
+		[2]string{"b.ini", "[uwsgi]\nprocesses = 4\nharakiri = 30\nprocesses = 2\n"},
+	)
+	y := string(res.YAML)
+	for _, want := range []string{"module: a.wsgi:application", "count: 2  ", "timeout: 30s"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("output lacks %q:\n%s", want, y)
+		}
+	}
+	if s := skippedKey(t, res, "wsgi-file"); s.Reason != NeedsDecision {
+		t.Errorf("second app: %v", s.Reason)
+	}
+	var reasons []Reason
+	for _, s := range res.Skipped {
+		if s.Key == "processes" || s.Key == "harakiri" {
+			reasons = append(reasons, s.Reason)
+		}
+	}
+	// In the order they were met: processes = 4 conflicts; harakiri 90 is
+	// shadowed by the shorter 30; processes = 2 again is not needed.
+	if want := []Reason{NeedsDecision, NotNeeded, NotNeeded}; !reflect.DeepEqual(reasons, want) {
+		t.Errorf("reasons %v, want %v\n%s", reasons, want, y)
+	}
+}
+
+func TestUwsgiWsgiFile(t *testing.T) {
+	tests := []struct {
+		ini, module, pythonpath string
+	}{
+		{"chdir = /srv/site\nwsgi-file = site/wsgi.py\n", "site.wsgi:application", ""},
+		{"chdir = /srv/site\nwsgi-file = /srv/site/app.py\ncallable = app\n", "app:app", ""},
+		{"wsgi-file = /opt/deploy/wsgi.py\n", "wsgi:application", "/opt/deploy"},
+		{"module = mysite.wsgi\ncallable = app\n", "mysite.wsgi:app", ""},
+	}
+	for _, tc := range tests {
+		res := importFiles(t, [2]string{"u.ini", "[uwsgi]\n" + tc.ini})
+		y := string(res.YAML)
+		if !strings.Contains(y, "module: "+tc.module+" ") {
+			t.Errorf("%q: want module %s:\n%s", tc.ini, tc.module, y)
+		}
+		if tc.pythonpath != "" && !strings.Contains(y, "- "+tc.pythonpath+" ") {
+			t.Errorf("%q: want pythonpath %s:\n%s", tc.ini, tc.pythonpath, y)
+		}
+	}
+}
+
+// TestGunicornEvaluation: the file runs in a subprocess as Gunicorn runs
+// it: what it prints does not disturb the result, and a broken file is an
+// error naming it.
+func TestGunicornEvaluation(t *testing.T) {
+	needPython(t)
+	res := importFiles(t, [2]string{"gunicorn.conf.py", "import sys\nprint('hello')\nworkers = 3\nif True:\n    threads = 2\nbind = '127.0.0.1:' + str(8000 + 1)\n"})
+	y := string(res.YAML)
+	for _, want := range []string{"count: 3  ", "# gunicorn.conf.py:3 workers", "threads: 2  ", "# gunicorn.conf.py:5 threads",
+		"127.0.0.1:8001  ", "evaluated: '127.0.0.1:' + str(8000 + 1)"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("output lacks %q:\n%s", want, y)
+		}
+	}
+
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "gunicorn.conf.py")
+	os.WriteFile(bad, []byte("workers = 1/0\n"), 0o644)
+	if _, err := Import([]string{bad}, Options{}); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "ZeroDivisionError") {
+		t.Errorf("broken file: %v", err)
+	}
+	if _, err := Import([]string{bad}, Options{Python: filepath.Join(dir, "nopython")}); err == nil || !strings.Contains(err.Error(), "--python") {
+		t.Errorf("missing interpreter: %v", err)
+	}
+}
+
+func TestCheckUntranslated(t *testing.T) {
+	clean := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmaster = true\nmodule = app\nprocesses = 2\n"})
+	if u := clean.Untranslated(); len(u) != 0 || len(clean.Skipped) != 1 {
+		t.Errorf("only not-needed settings: untranslated %v, skipped %v", u, clean.Skipped)
+	}
+	dirty := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nattach-daemon = celery worker\n"})
+	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NotYetSupported || !strings.Contains(u[0].Why, "programs:") {
+		t.Errorf("attach-daemon: %+v", u)
+	}
+}
+
+// TestOddValues: malformed values are listed as needing a decision; the
+// output still passes berth check (reload-on-rss beyond int64 once produced
+// a negative max_rss that did not).
+func TestOddValues(t *testing.T) {
+	needPython(t)
+	res := importFiles(t,
+		[2]string{"odd.conf", `server { listen ""; client_max_body_size ""; uwsgi_read_timeout ""; location / { uwsgi_pass ""; } location "" { alias ""; } }`},
+		[2]string{"odd.ini", "[uwsgi]\nprocesses =\nstatic-map = =\nenv = =x\nwsgi-file =\nharakiri = -1\nreload-on-rss = 99999999999999\n"},
+		[2]string{"odd.py", "timeout = '30'\nbind = 5\nraw_env = {'a': 1}\nworkers = 2.5\n"},
+	)
+	if res.Translated != 0 {
+		t.Errorf("translated %d odd values:\n%s", res.Translated, res.YAML)
+	}
+	if n := len(res.Untranslated()); n != 15 {
+		t.Errorf("%d listed as not translated, want 15:\n%s", n, res.YAML)
+	}
+}

@@ -1,0 +1,174 @@
+package importer
+
+import (
+	"fmt"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// line is one line of the output: YAML text and the comment that goes with it.
+type line struct{ text, comment string }
+
+// commentColumn caps how far comments are pushed right to line up.
+const commentColumn = 44
+
+// render writes the berth.yaml: a header naming the inputs, the translated
+// keys in the order of berth's config reference, each with its source, then
+// the settings that were not translated.
+func (b *builder) render(inputs []string) []byte {
+	var lines []line
+	emit := func(text string, it *item) {
+		c := ""
+		if it != nil {
+			c = it.src.String()
+			if it.note != "" {
+				c += ": " + it.note
+			}
+		}
+		lines = append(lines, line{text, c})
+	}
+	scalar := func(indent, key, path string) {
+		if it := b.scalars[path]; it != nil {
+			emit(fmt.Sprintf("%s%s: %s", indent, key, yamlScalar(it.value)), it)
+		}
+	}
+	list := func(indent, key, path string) {
+		l := b.lists[path]
+		if len(l) == 0 {
+			return
+		}
+		emit(indent+key+":", nil)
+		for i := range l {
+			emit(fmt.Sprintf("%s  - %s", indent, yamlScalar(l[i].value)), &l[i])
+		}
+	}
+	section := func(name string, keys ...string) bool {
+		for _, k := range keys {
+			if b.scalars[name+"."+k] != nil || len(b.lists[name+"."+k]) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+
+	list("", "listen", "listen")
+	if section("app", "module", "chdir", "python", "pythonpath", "user", "reload_on") || len(b.env) > 0 {
+		emit("app:", nil)
+		scalar("  ", "module", "app.module")
+		scalar("  ", "chdir", "app.chdir")
+		scalar("  ", "python", "app.python")
+		list("  ", "pythonpath", "app.pythonpath")
+		if len(b.env) > 0 {
+			emit("  env:", nil)
+			for i := range b.env {
+				e := &b.env[i]
+				emit(fmt.Sprintf("    %s: %s", yamlScalar(e.name), yamlScalar(e.value)), &e.item)
+			}
+		}
+		scalar("  ", "user", "app.user")
+		list("  ", "reload_on", "app.reload_on")
+	}
+	workerKeys := []string{"count", "threads", "preload", "max_requests", "max_requests_jitter", "max_rss", "timeout", "graceful_timeout"}
+	if section("workers", workerKeys...) {
+		emit("workers:", nil)
+		for _, k := range workerKeys {
+			scalar("  ", k, "workers."+k)
+		}
+	}
+	if len(b.static) > 0 {
+		emit("static:", nil)
+		for i := range b.static {
+			s := &b.static[i]
+			emit("  - url: "+yamlScalar(s.url.value), &s.url)
+			emit("    dir: "+yamlScalar(s.dir.value), &s.dir)
+		}
+	}
+	if section("proxy", "max_body_size", "trusted_proxies", "access_log") {
+		emit("proxy:", nil)
+		scalar("  ", "max_body_size", "proxy.max_body_size")
+		list("  ", "trusted_proxies", "proxy.trusted_proxies")
+		scalar("  ", "access_log", "proxy.access_log")
+	}
+
+	var out strings.Builder
+	out.WriteString("# berth.yaml written by `berth import` from " + strings.Join(inputs, ", ") + ".\n")
+	out.WriteString("# Each comment names the source of its setting: FILE:LINE KEY. What was not\n")
+	out.WriteString("# translated is listed at the end. Check it with `berth check --config FILE`.\n")
+	if len(lines) == 0 {
+		out.WriteString("# Nothing translated: berth's defaults apply.\n")
+	}
+	width := 0
+	for _, l := range lines {
+		if l.comment != "" && len(l.text) > width && len(l.text) < commentColumn {
+			width = len(l.text)
+		}
+	}
+	for _, l := range lines {
+		out.WriteString(l.text)
+		if l.comment != "" {
+			out.WriteString(strings.Repeat(" ", max(width-len(l.text), 0)+2))
+			out.WriteString("# ")
+			out.WriteString(firstLine(l.comment))
+		}
+		out.WriteString("\n")
+	}
+	b.renderSkipped(&out)
+	return []byte(out.String())
+}
+
+// renderSkipped lists the settings that were not translated, those that
+// change behaviour first.
+func (b *builder) renderSkipped(out *strings.Builder) {
+	var changed, notNeeded []Skipped
+	for _, s := range b.skipped {
+		if s.Reason == NotNeeded {
+			notNeeded = append(notNeeded, s)
+		} else {
+			changed = append(changed, s)
+		}
+	}
+	write := func(s Skipped, reason bool) {
+		out.WriteString("#   " + s.Source.String())
+		if s.Value != "" {
+			out.WriteString(" = " + s.Value)
+		}
+		out.WriteString("\n#       ")
+		if reason {
+			out.WriteString(s.Reason.String() + ": ")
+		}
+		out.WriteString(s.Why + "\n")
+	}
+	if len(changed) > 0 {
+		fmt.Fprintf(out, "\n# NOT TRANSLATED (%d): berth will not do these; `berth import --check` fails while\n# any is listed.\n", len(changed))
+		for _, s := range changed {
+			write(s, true)
+		}
+	}
+	if len(notNeeded) > 0 {
+		fmt.Fprintf(out, "\n# Not needed in berth (%d): berth does these by itself, or they have no effect.\n", len(notNeeded))
+		for _, s := range notNeeded {
+			write(s, false)
+		}
+	}
+}
+
+// yamlScalar writes v as one YAML scalar, quoted when YAML would read it
+// as something else.
+func yamlScalar(v any) string {
+	switch v.(type) {
+	case string:
+	default:
+		return display(v)
+	}
+	out, err := yaml.Marshal(v)
+	if err != nil {
+		return fmt.Sprintf("%q", v)
+	}
+	s := strings.TrimSuffix(string(out), "\n")
+	if strings.Contains(s, "\n") {
+		// A multi-line block scalar would break the one-line layout.
+		return fmt.Sprintf("%q", v)
+	}
+	return s
+}
