@@ -687,6 +687,23 @@ func (s *ctSuite) testDjangoExample(t *testing.T) {
 	if err != nil || css.status != 200 || !strings.Contains(string(css.body), "font-family") {
 		t.Errorf("collected static file: err %v status %d body %q", err, css.status, css.body)
 	}
+	// The entrypoint script's jobs, done by berth: migrate ran before the
+	// workers, and the Celery worker beside them runs what a view queues.
+	logs, _ := s.podman("logs", name)
+	if !strings.Contains(logs, "migrate") || !strings.Contains(logs, "Apply") && !strings.Contains(logs, "No migrations to apply") {
+		t.Errorf("no migrate output in the container's log:\n%s", logs)
+	}
+	if v, err := ctGet(base+"/visit", 10*time.Second); err != nil || v.status != 200 {
+		t.Fatalf("GET /visit: %v %+v", err, v)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(logs, "visit to /visit recorded by the Celery worker") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the Celery worker did not run the task within 60s:\n%s", logs)
+		}
+		time.Sleep(250 * time.Millisecond)
+		logs, _ = s.podman("logs", name)
+	}
 }
 
 // freshStore is a ctSuite whose podman commands use their own, empty image and
