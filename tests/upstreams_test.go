@@ -269,11 +269,15 @@ func TestUpstreamsBehindAnEdge(t *testing.T) {
 				t.Errorf("answers with status %d: %v", code, l.codes)
 			}
 		}
-		for _, s := range upstreamStatus(t, edge)["app"] {
-			if s.State != "up" {
-				t.Errorf("after the rejoin: %+v", s)
+		// /status has the proxy's stats of the last second.
+		waitFor(t, 5*time.Second, "every server up in /status", func() bool {
+			for _, s := range upstreamStatus(t, edge)["app"] {
+				if s.State != "up" {
+					return false
+				}
 			}
-		}
+			return true
+		})
 	})
 
 	t.Run("a backend rolled with a config change loses nothing", func(t *testing.T) {
