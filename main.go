@@ -280,6 +280,7 @@ func printStatus(w io.Writer, st supervisor.Status) {
 			mib(x.RSS), time.Duration(x.AgeSec*float64(time.Second)).Round(time.Second), x.Gen)
 	}
 	tw.Flush()
+	printUpstreams(w, st)
 	printCompanions(w, st)
 }
 

@@ -36,6 +36,7 @@ type stackSpec struct {
 	app         appKind
 	maxRequests int  // recycle each worker after this many requests; 0 = never
 	reloadable  bool // uWSGI: add the touch-reload file the reload scenario touches
+	workers     int  // worker processes; 0 = -workers
 }
 
 // tmplData fills the templates in bench/stacks/.
@@ -52,6 +53,7 @@ type tmplData struct {
 	MaxRequests int
 	TouchReload string
 	Env         map[string]string
+	Backends    []string // the edge scenario's upstream servers, host:port
 }
 
 // instance is one running stack.
@@ -173,6 +175,9 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 	case appDjango:
 		d.AppDir, d.Module, inst.probe = e.djangoDir, "mysite.wsgi:application", "/hello"
 		d.Env["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
+	}
+	if spec.workers > 0 {
+		d.Workers = spec.workers
 	}
 	if d.Port, err = freePort(); err != nil {
 		return nil, err

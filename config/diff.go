@@ -11,7 +11,7 @@ import (
 // The zero value means nothing running needs to change (for example only
 // shutdown.delay changed, which is read when SIGTERM arrives).
 type Changes struct {
-	// Proxy: static, proxy.*, workers.timeout, workers.graceful_timeout,
+	// Proxy: static, proxy.*, upstreams, routes, workers.timeout, workers.graceful_timeout,
 	// workers.max_requests, workers.max_requests_jitter or workers.max_rss
 	// changed. Running processes take these live (a new proxy config, new
 	// worker budgets); no worker is restarted for them.
@@ -56,7 +56,9 @@ func Diff(old, new *Config) Changes {
 			ow.GracefulTimeout != nw.GracefulTimeout ||
 			ow.MaxRequests != nw.MaxRequests ||
 			ow.MaxRequestsJitter != nw.MaxRequestsJitter ||
-			ow.MaxRSS != nw.MaxRSS,
+			ow.MaxRSS != nw.MaxRSS ||
+			!reflect.DeepEqual(old.Upstreams, new.Upstreams) && (len(old.Upstreams) > 0 || len(new.Upstreams) > 0) ||
+			!sameList(old.Routes, new.Routes),
 		Workers: oa.Module != na.Module ||
 			oa.Chdir != na.Chdir ||
 			oa.Python != na.Python ||

@@ -42,6 +42,7 @@ func (c *Config) Effective() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	ups, routes := c.upstreamNodes()
 	w, p := c.Workers, c.Proxy
 	root := mapNode(
 		"listen", strList(c.Listen),
@@ -80,6 +81,8 @@ func (c *Config) Effective() ([]byte, error) {
 		"tasks", tasks,
 		"programs", programs,
 		"cron", jobs,
+		"upstreams", ups,
+		"routes", routes,
 	)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
@@ -210,5 +213,12 @@ func (c *Config) summary() string {
 		}
 		app = "discovered in " + dir
 	}
-	return fmt.Sprintf("listen %s, %s, app %s", strings.Join(c.Listen, " "), workers, app)
+	if c.Edge() {
+		return fmt.Sprintf("listen %s, edge: no app, %d upstream group(s), %d route(s)", strings.Join(c.Listen, " "), len(c.Upstreams), len(c.Routes))
+	}
+	s := fmt.Sprintf("listen %s, %s, app %s", strings.Join(c.Listen, " "), workers, app)
+	if len(c.Routes) > 0 {
+		s += fmt.Sprintf(", %d upstream group(s), %d route(s)", len(c.Upstreams), len(c.Routes))
+	}
+	return s
 }

@@ -590,5 +590,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		}},
 		{"programs", d.programs(&c.Programs)},
 		{"cron", d.jobs(&c.Cron)},
+		{"upstreams", d.upstreams(&c.Upstreams)},
+		{"routes", d.routes(&c.Routes)},
 	})
 }

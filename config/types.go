@@ -29,6 +29,10 @@ type Config struct {
 	Tasks     Tasks     `yaml:"tasks" json:"tasks"`
 	Programs  []Program `yaml:"programs" json:"programs"`
 	Cron      []Job     `yaml:"cron" json:"cron"`
+	// Upstreams are named groups of remote servers; Routes send URL
+	// prefixes to them (upstreams.go).
+	Upstreams map[string]Upstream `yaml:"upstreams" json:"upstreams"`
+	Routes    []Route             `yaml:"routes" json:"routes"`
 
 	// Source is the file the config came from; "" for the built-in defaults.
 	Source string `yaml:"-" json:"-"`

@@ -43,6 +43,9 @@ func Default() *Config {
 		Tasks:    Tasks{BeforeStart: []Task{}, BeforeRoll: []Task{}},
 		Programs: []Program{},
 		Cron:     []Job{},
+
+		Upstreams: map[string]Upstream{},
+		Routes:    []Route{},
 	}
 }
 
@@ -205,6 +208,7 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 		bad("shutdown.delay", "must not be negative, got %s", c.Shutdown.Delay)
 	}
 	c.validateCompanions(bad)
+	c.validateUpstreams(bad)
 	return errs.asError()
 }
 

@@ -51,6 +51,51 @@ type Proxy struct {
 	// GracefulTimeout bounds how long a stopping proxy waits for in-flight
 	// requests after SIGTERM before it closes what is left.
 	GracefulTimeout Duration `json:"graceful_timeout"`
+	// Upstreams are the groups of remote servers routes may name; Routes
+	// send URL prefixes to them (first match wins, after static files);
+	// nil = everything goes to the workers.
+	Upstreams map[string]Upstream `json:"upstreams,omitempty"`
+	Routes    []Route             `json:"routes,omitempty"`
+}
+
+// Upstream is one group of remote servers, already validated (see
+// config.Upstream for each field's meaning).
+type Upstream struct {
+	Method           string           `json:"method"`   // round_robin, least_conn, hash
+	Hash             string           `json:"hash"`     // key template for hash
+	Protocol         string           `json:"protocol"` // http, uwsgi
+	Servers          []UpstreamServer `json:"servers"`
+	HealthPath       string           `json:"health_path,omitempty"` // "" = no active check
+	HealthInterval   Duration         `json:"health_interval"`
+	HealthTimeout    Duration         `json:"health_timeout"`
+	HealthFails      int              `json:"health_fails"`
+	HealthPasses     int              `json:"health_passes"`
+	Keepalive        int              `json:"keepalive"` // idle connections per server; 0 = none
+	KeepaliveTimeout Duration         `json:"keepalive_timeout"`
+	ConnectTimeout   Duration         `json:"connect_timeout"`
+	Timeout          Duration         `json:"timeout"`
+	RetryTries       int              `json:"retry_tries"`   // servers tried at most; 1 = no retry
+	RetryTimeout     Duration         `json:"retry_timeout"` // all tries together; 0 = no limit
+	RetryIdempotent  bool             `json:"retry_idempotent"`
+	RetryBudget      int              `json:"retry_budget"` // percent of requests
+	Resolve          Duration         `json:"resolve"`      // DNS re-resolution interval
+}
+
+// UpstreamServer is one server entry of an Upstream.
+type UpstreamServer struct {
+	Address     string   `json:"address"` // host:port or unix:/path
+	Weight      int      `json:"weight"`
+	MaxFails    int      `json:"max_fails"` // 0 = never taken out
+	FailTimeout Duration `json:"fail_timeout"`
+	Backup      bool     `json:"backup,omitempty"`
+	Down        bool     `json:"down,omitempty"`
+	MaxConns    int      `json:"max_conns,omitempty"` // 0 = no cap
+}
+
+// Route sends paths starting with URL to the group named Upstream.
+type Route struct {
+	URL      string `json:"url"`
+	Upstream string `json:"upstream"`
 }
 
 // Static maps a URL prefix onto a directory, as nginx `location URL { alias DIR; }`.
@@ -81,6 +126,21 @@ type Worker struct {
 type Stats struct {
 	Workers map[string]WorkerStats `json:"workers"`
 	Queue   int                    `json:"queue"` // requests waiting for a worker now
+	// Upstreams: each group's servers (one per address a name resolved
+	// to), in config order; nil when no group is configured.
+	Upstreams map[string][]UpstreamStats `json:"upstreams,omitempty"`
+}
+
+// UpstreamStats are one upstream server's counters as seen by one proxy.
+type UpstreamStats struct {
+	Server   string `json:"server"`           // the address as configured
+	Addr     string `json:"addr"`             // the address connected to (resolved)
+	State    string `json:"state"`            // up, failed, unhealthy, down, backup
+	Requests int64  `json:"requests"`         // sent to it (a retry counts on both)
+	Failures int64  `json:"failures"`         // counted by passive health
+	InFlight int    `json:"inflight"`         // requests on it now
+	Latency  int64  `json:"latency_us"`       // moving average response time, microseconds
+	Backup   bool   `json:"backup,omitempty"` // a backup server
 }
 
 // WorkerStats are one worker's counters as seen by one proxy.

@@ -4,6 +4,7 @@ package proxy
 // timeout, stats) and the housekeeping tick that feeds it.
 
 import (
+	"reflect"
 	"time"
 
 	"github.com/berth-dev/berth/control"
@@ -96,7 +97,7 @@ func (s *Server) housekeeping() {
 		select {
 		case <-s.stop:
 			s.alog.flush()
-			if st := s.rt.stats(); !statsEqual(st, last) {
+			if st := s.Stats(); !statsEqual(st, last) {
 				s.emit(control.Message{Type: control.TypeStats, Stats: &st})
 			}
 			return
@@ -107,11 +108,13 @@ func (s *Server) housekeeping() {
 		if tick%10 != 0 {
 			continue
 		}
-		if st := s.rt.stats(); !statsEqual(st, last) {
+		if st := s.Stats(); !statsEqual(st, last) {
 			s.emit(control.Message{Type: control.TypeStats, Stats: &st})
 			last = st
 		}
-		s.rt.reapIdle(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		s.rt.reapIdle(now)
+		s.up.reapIdle(now)
 	}
 }
 
@@ -124,5 +127,5 @@ func statsEqual(a, b control.Stats) bool {
 			return false
 		}
 	}
-	return true
+	return len(a.Upstreams) == 0 && len(b.Upstreams) == 0 || reflect.DeepEqual(a.Upstreams, b.Upstreams)
 }

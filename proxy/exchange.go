@@ -43,14 +43,16 @@ func (o outcome) retryReason() string {
 	return ""
 }
 
-func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
+// readBody reads the whole request body into rs.body before a worker or
+// upstream is taken, so a slow upload holds only this goroutine, and sets
+// rs.info.contentLength. ok false: the client has been answered (413,
+// 408, 400) or is gone.
+func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody, ok bool) {
 	w := &rs.rw
-	// Read the whole body before taking a worker, so a slow upload holds
-	// only this goroutine.
-	hasBody := r.Body != nil && r.Body != http.NoBody
+	hasBody = r.Body != nil && r.Body != http.NoBody
 	if hasBody && st.maxBody > 0 && r.ContentLength > st.maxBody {
 		s.tooLarge(w, st)
-		return
+		return hasBody, false
 	}
 	if hasBody {
 		rc := http.NewResponseController(w.w)
@@ -62,25 +64,33 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		switch {
 		case errors.Is(err, errBodyTooLarge):
 			s.tooLarge(w, st)
-			return
+			return hasBody, false
 		case err != nil:
 			var ne net.Error
 			w.Header().Set("Connection", "close")
 			if errors.As(err, &ne) && ne.Timeout() {
 				plainError(w, http.StatusRequestTimeout, "berth: the request body did not arrive in time\n")
-				return
+				return hasBody, false
 			}
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-				return // client gone: 499
+				return hasBody, false // client gone: 499
 			}
 			plainError(w, http.StatusBadRequest, "berth: cannot read the request body: "+err.Error()+"\n")
-			return
+			return hasBody, false
 		}
 		rs.info.contentLength = strconv.FormatInt(rs.body.size(), 10)
 	} else if _, ok := r.Header["Content-Length"]; ok {
 		rs.info.contentLength = "0"
 	}
+	return hasBody, true
+}
 
+func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
+	w := &rs.rw
+	hasBody, ok := s.readBody(rs, r, st)
+	if !ok {
+		return
+	}
 	rs.bodiless = !hasBody || rs.body.size() == 0
 	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
 	compact := s.rt.allCompact.Load()
@@ -266,7 +276,13 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
 	s.rt.release(wk, c, reuse)
+	s.relayBuffered(rs, hd)
+	return done
+}
 
+// relayBuffered sends the client a response whose body is in rs.resp.
+func (s *Server) relayBuffered(rs *reqState, hd respHead) {
+	h := rs.rw.Header()
 	w := &rs.rw
 	if !hd.noBody {
 		n := strconv.FormatInt(rs.resp.size(), 10)
@@ -278,14 +294,13 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	}
 	w.WriteHeader(hd.status)
 	if rs.resp.size() == 0 {
-		return done
+		return
 	}
 	if rs.resp.inMemory() && rs.resp.size() <= largeWrite {
 		w.Write(rs.resp.bytes())
-		return done
+		return
 	}
 	s.writeLarge(rs)
-	return done
 }
 
 // writeLarge sends a large buffered body with a send deadline pushed

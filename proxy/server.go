@@ -83,6 +83,9 @@ type Server struct {
 	reqPool sync.Pool // of *reqState
 
 	lastNoFiles atomic.Int64 // unix nanos of the last out-of-files log line
+
+	up             *upstreams   // upstream groups (upstreams.go)
+	lastNoUpstream atomic.Int64 // unix nanos of the last no-live-upstream log line
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -108,6 +111,7 @@ func New(opts Options) *Server {
 	s.metrics = newMetrics(opts.Registry)
 	s.alog = newAccessLog(opts.AccessLog, func(err error) { s.logf("access log: %v (further errors not shown)", err) })
 	s.rt = newRouter(s.metrics, s.emit, s.logf, s.handoff)
+	s.up = newUpstreams(newUpMetrics(opts.Registry), s.logf)
 	st, _ := compile(control.Proxy{})
 	s.cfg.Store(st)
 	s.reqPool.New = func() any { return new(reqState) }
@@ -129,9 +133,13 @@ func New(opts Options) *Server {
 // settings it started with. On error the old settings stay.
 func (s *Server) SetConfig(c control.Proxy) error {
 	st, err := compile(c)
+	if err == nil {
+		err = validateUpstreams(c)
+	}
 	if err != nil {
 		return err
 	}
+	st.routes = s.up.apply(c)
 	s.cfg.Store(st)
 	return nil
 }
@@ -156,6 +164,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shut.Store(true)
 	s.rt.shutdown()
+	s.up.shutdown()
 	err := s.http.Shutdown(ctx)
 	if err != nil {
 		s.http.Close()
@@ -171,7 +180,11 @@ func (s *Server) MetricsHandler() http.Handler {
 }
 
 // Stats returns the counters the stats events carry.
-func (s *Server) Stats() control.Stats { return s.rt.stats() }
+func (s *Server) Stats() control.Stats {
+	st := s.rt.stats()
+	st.Upstreams = s.up.stats()
+	return st
+}
 
 func (s *Server) logf(format string, args ...any) { s.elog.Printf(format, args...) }
 
@@ -331,5 +344,11 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 		return
 	}
 	rs.info.pathInfo = n
+	if st.routes != nil {
+		if g := st.route(n); g != nil {
+			s.proxyUpstream(rs, r, st, g)
+			return
+		}
+	}
 	s.proxy(rs, r, st)
 }

@@ -34,6 +34,7 @@ type settings struct {
 	queueTimeout time.Duration
 	timeout      time.Duration // 0: wait for workers without limit
 	graceful     time.Duration
+	routes       []route // to upstream groups, first match wins; nil = all to the workers
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/berth-dev/berth/control"
 )
 
 // adminServer serves /livez /readyz /status /metrics. Its handlers never
@@ -160,6 +162,8 @@ type Status struct {
 	Tasks    []TaskStatus    `json:"tasks,omitempty"`
 	Programs []ProgramStatus `json:"programs"`
 	Cron     []JobStatus     `json:"cron"`
+	// Upstreams are each group's servers as the serving proxy sees them.
+	Upstreams map[string][]control.UpstreamStats `json:"upstreams,omitempty"`
 }
 
 // WorkerStatus is one worker in /status.
@@ -251,6 +255,9 @@ func (s *Supervisor) status() Status {
 		}
 		ws.Memory = s.workerMemory(w)
 		st.Workers = append(st.Workers, ws)
+	}
+	if p := s.activeProxy(); p != nil {
+		st.Upstreams = p.stats.Upstreams
 	}
 	for _, p := range s.proxies {
 		st.Queue += p.stats.Queue

@@ -75,22 +75,26 @@ func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
 		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
 	}
 	c := &checker{pos: pos, id: id}
-	if py, err := pos.LookPath(cfg.App.Python); err != nil {
-		c.fail(fmt.Errorf("app.python %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err))
-	} else {
-		c.need("app.python", py, needRun)
-	}
-	// A missing app.chdir is allowed: with no app.module berth serves its
-	// demo app, and an installed module needs no directory.
-	if cfg.App.Chdir != "" {
-		if _, err := pos.Lstat(abs(cfg.App.Chdir)); err == nil {
-			c.need("app.chdir", cfg.App.Chdir, needList)
+	// In edge mode no worker runs: Python and the app's directories are
+	// not needed (a companion program checks its own command at start).
+	if !cfg.Edge() {
+		if py, err := pos.LookPath(cfg.App.Python); err != nil {
+			c.fail(fmt.Errorf("app.python %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err))
+		} else {
+			c.need("app.python", py, needRun)
 		}
+		// A missing app.chdir is allowed: with no app.module berth serves its
+		// demo app, and an installed module needs no directory.
+		if cfg.App.Chdir != "" {
+			if _, err := pos.Lstat(abs(cfg.App.Chdir)); err == nil {
+				c.need("app.chdir", cfg.App.Chdir, needList)
+			}
+		}
+		for i, p := range cfg.App.PythonPath {
+			c.needExisting(fmt.Sprintf("app.pythonpath[%d]", i), p, needList, "create it or remove it from app.pythonpath")
+		}
+		c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
 	}
-	for i, p := range cfg.App.PythonPath {
-		c.needExisting(fmt.Sprintf("app.pythonpath[%d]", i), p, needList, "create it or remove it from app.pythonpath")
-	}
-	c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
 	for i, st := range cfg.Static {
 		if len(cfg.Tasks.BeforeStart) > 0 {
 			// A before-start task (collectstatic) may create it: only

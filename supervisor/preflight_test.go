@@ -138,6 +138,12 @@ func TestPreflight(t *testing.T) {
 		{name: "interpreter not found",
 			user: "nobody", edit: func(c *config.Config) { c.App.Python = "python2" },
 			want: []string{`app.python "python2" cannot be run`}},
+		{name: "edge mode needs no interpreter",
+			user: "nobody", edit: func(c *config.Config) {
+				edgeConfig(c)
+				c.App.Python = "/opt/venv/bin/python9"
+				c.App.Chdir = "/srv/app/file-not-dir"
+			}},
 		{name: "interpreter missing",
 			user: "nobody", edit: func(c *config.Config) { c.App.Python = "/opt/venv/bin/python9" },
 			want: []string{"app.python /opt/venv/bin/python9: /opt/venv/bin/python9 does not exist"}},

@@ -33,6 +33,7 @@ func proxyConfig(cfg *config.Config) *control.Proxy {
 	for _, st := range cfg.Static {
 		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir})
 	}
+	p.Upstreams, p.Routes = upstreamConfig(cfg)
 	return p
 }
 

@@ -137,6 +137,10 @@ func (s *Supervisor) reload(r reloadRequest) {
 // stage prepares st and either commits it at once or, when it brings a new
 // worker generation, starts the roll that commits it.
 func (s *Supervisor) stage(st *staged) {
+	if st.code && s.cfg.Edge() {
+		s.log.Printf("reload (%s): berth runs as an edge (routes send / to upstreams): there is no app to re-import", st.reason)
+		return
+	}
 	st.prev, st.prevGen, st.started = s.cfg, s.gen, s.now()
 	if !st.code {
 		st.ch = config.Diff(s.cfg, st.cfg)
@@ -166,6 +170,12 @@ func (s *Supervisor) stage(st *staged) {
 // that abort releases it whichever step fails.
 func (s *Supervisor) prepare(st *staged) error {
 	cfg, ch := st.cfg, st.ch
+	if cfg.Edge() != st.prev.Edge() {
+		if cfg.Edge() {
+			return fmt.Errorf("routes now send every request (url /) to upstreams, which makes berth an edge with no worker: switching to edge mode needs a restart")
+		}
+		return fmt.Errorf("routes no longer send every request (url /) to upstreams, so berth would need workers: switching from edge mode to an app needs a restart")
+	}
 	if err := s.preflight(cfg); err != nil {
 		return err
 	}
@@ -189,7 +199,7 @@ func (s *Supervisor) prepare(st *staged) error {
 			return err
 		}
 	}
-	if ch.Workers || st.code {
+	if (ch.Workers || st.code) && !cfg.Edge() {
 		if st.gen, err = s.newGeneration(cfg, st.code); err != nil {
 			return err
 		}

@@ -23,6 +23,10 @@ import (
 func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, error) {
 	s.genSeq++
 	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, tail: &logTail{}}
+	if cfg.Edge() {
+		g.module = edgeModule // no worker: nothing to resolve
+		return g, nil
+	}
 	if _, err := exec.LookPath(cfg.App.Python); err != nil {
 		return nil, fmt.Errorf("app.python: %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err)
 	}
@@ -375,6 +379,9 @@ func (s *Supervisor) describeExit(w *worker, e Exit, cause string) string {
 // ---- pool size ----
 
 func (s *Supervisor) wantWorkers(cfg *config.Config) int {
+	if cfg.Edge() {
+		return 0
+	}
 	if cfg.Workers.Count > 0 {
 		return cfg.Workers.Count
 	}
@@ -385,7 +392,7 @@ func (s *Supervisor) wantWorkers(cfg *config.Config) int {
 
 // resize grows or shrinks the pool to n slots.
 func (s *Supervisor) resize(n int) {
-	if n < 1 {
+	if n < 1 && !s.cfg.Edge() {
 		n = 1
 	}
 	active := 0
@@ -445,6 +452,10 @@ func (s *Supervisor) removeSlot(sl *slot) {
 }
 
 func (s *Supervisor) scaleBy(d int) {
+	if s.cfg.Edge() {
+		s.log.Printf("%s: berth runs as an edge (routes send / to upstreams): there are no workers to scale; ignored", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d])
+		return
+	}
 	if !s.appStarted {
 		s.log.Printf("%s: the workers start after the before-start tasks; ignored", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d])
 		return
