@@ -41,7 +41,7 @@ func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *g
 	var req []byte
 	var err error
 	if gs.proto == protoUwsgi {
-		req, err = appendPacket(rs.pkt, r, &rs.info)
+		req, err = appendPacket(rs.pkt, r, &rs.info, false)
 	} else {
 		req = appendHTTPRequest(rs.pkt, r, &rs.info, connInfoOf(r), st)
 	}
