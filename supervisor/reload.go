@@ -209,6 +209,9 @@ func (s *Supervisor) preflight(cfg *config.Config) error {
 		return fmt.Errorf("app.chdir %s is not a directory; point it at the app's directory", cfg.App.Chdir)
 	}
 	for i, sf := range cfg.Static {
+		if sf.File != "" {
+			continue
+		}
 		if st, err := os.Stat(sf.Dir); err != nil || !st.IsDir() {
 			return fmt.Errorf("static[%d].dir %s is not a directory (%v); create it or remove the entry", i, sf.Dir, err)
 		}
