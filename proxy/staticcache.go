@@ -6,7 +6,7 @@ package proxy
 // marked immutable; other files get the mapping's `cache` max-age.
 // Compressible files are sent compressed: from a precompressed sidecar
 // (file.br, file.gz, as WhiteNoise and build steps write them) when there
-// is one no older than the file, else compressed once and kept in a
+// is one not older than the file, else compressed once and kept in a
 // bounded in-memory cache. Each variant has its own ETag, so conditional
 // requests (304) work per encoding.
 
@@ -138,7 +138,9 @@ func (s *Server) serveSidecar(w http.ResponseWriter, r *http.Request, m *mount, 
 	}
 	defer sf.Close()
 	sfi, err := sf.Stat()
-	if err != nil || !sfi.Mode().IsRegular() || sfi.ModTime().Before(fi.ModTime()) {
+	// Older than its file by more than a moment: left over from an earlier
+	// build (the same build writes both within the same second or two).
+	if err != nil || !sfi.Mode().IsRegular() || sfi.ModTime().Before(fi.ModTime().Add(-2*time.Second)) {
 		return false
 	}
 	h := w.Header()
