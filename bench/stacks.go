@@ -52,6 +52,8 @@ type tmplData struct {
 	MaxRequests int
 	TouchReload string
 	Env         map[string]string
+	TLSPort     int    // HTTPS port on 127.0.0.1 (HTTP/1.1 and HTTP/2)
+	Cert, Key   string // the bench's self-signed certificate
 }
 
 // instance is one running stack.
@@ -60,6 +62,7 @@ type instance struct {
 	stack      string
 	data       tmplData
 	url        string // http://127.0.0.1:PORT
+	tlsURL     string // https://127.0.0.1:TLSPORT
 	probe      string // path polled for readiness on peers
 	cfgPath    string // berth's config file
 	nginx      *proc
@@ -178,6 +181,11 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 		return nil, err
 	}
 	inst.url = "http://127.0.0.1:" + strconv.Itoa(d.Port)
+	if d.TLSPort, err = freePort(); err != nil {
+		return nil, err
+	}
+	inst.tlsURL = "https://127.0.0.1:" + strconv.Itoa(d.TLSPort)
+	d.Cert, d.Key = e.certFile, e.keyFile
 	ok := false
 	defer func() {
 		if !ok {

@@ -14,6 +14,7 @@ urlpatterns = [
     path("cached-cookie", views.cached_cookie),
     path("served", views.served),
     path("page", views.page),
+    path("micro", views.micro),
     path("celery/enqueue", views.enqueue),
     path("celery/result", views.result),
     path("admin/", admin.site.urls),

@@ -77,3 +77,9 @@ def page(request):
     # About 50 KB of HTML, as a real page is.
     rows = "".join("<tr><td>row %d</td><td>some text that repeats a little</td></tr>\n" % i for i in range(800))
     return HttpResponse("<!doctype html><html><body><table>\n%s</table></body></html>\n" % rows)
+
+
+@cache_control(max_age=1, public=True)
+def micro(request):
+    # The microcache bench scenario: a full Django view, fresh for 1 s.
+    return render(request, "page.html", {"title": "microcached", "items": [{"n": i, "name": "item %d" % i} for i in range(20)]})
