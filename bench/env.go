@@ -39,6 +39,8 @@ type benchEnv struct {
 	djangoDir string // the Django test site, migrated and collected
 	staticDir string // holds staticName
 	scripts   string // wrk Lua scripts
+	certFile  string // self-signed certificate every stack's HTTPS listener serves
+	keyFile   string
 	user      string // nginx `user` (the current user)
 	machine   machine
 	seq       int // instance counter for subdir names
@@ -169,6 +171,10 @@ func prepare(ctx context.Context, o options, logw io.Writer) (*benchEnv, error) 
 		data[i] = byte(rng.UintN(256))
 	}
 	if err := os.WriteFile(filepath.Join(e.staticDir, staticName), data, 0o644); err != nil {
+		return nil, err
+	}
+	e.certFile, e.keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := writeBenchCert(e.certFile, e.keyFile); err != nil {
 		return nil, err
 	}
 	if needsDjango(o.scenarios) {

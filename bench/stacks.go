@@ -54,6 +54,8 @@ type tmplData struct {
 	TouchReload string
 	Env         map[string]string
 	Backends    []string // the edge scenario's upstream servers, host:port
+	TLSPort     int      // HTTPS port on 127.0.0.1 (HTTP/1.1 and HTTP/2)
+	Cert, Key   string   // the bench's self-signed certificate
 }
 
 // instance is one running stack.
@@ -62,6 +64,7 @@ type instance struct {
 	stack      string
 	data       tmplData
 	url        string // http://127.0.0.1:PORT
+	tlsURL     string // https://127.0.0.1:TLSPORT
 	probe      string // path polled for readiness on peers
 	cfgPath    string // berth's config file
 	nginx      *proc
@@ -183,6 +186,11 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 		return nil, err
 	}
 	inst.url = "http://127.0.0.1:" + strconv.Itoa(d.Port)
+	if d.TLSPort, err = freePort(); err != nil {
+		return nil, err
+	}
+	inst.tlsURL = "https://127.0.0.1:" + strconv.Itoa(d.TLSPort)
+	d.Cert, d.Key = e.certFile, e.keyFile
 	ok := false
 	defer func() {
 		if !ok {

@@ -11,7 +11,7 @@ import (
 // The zero value means nothing running needs to change (for example only
 // shutdown.delay changed, which is read when SIGTERM arrives).
 type Changes struct {
-	// Proxy: static, proxy.*, upstreams, routes, workers.timeout, workers.graceful_timeout,
+	// Proxy: static, tls, cache, proxy.*, upstreams, routes, workers.timeout, workers.graceful_timeout,
 	// workers.max_requests, workers.max_requests_jitter or workers.max_rss
 	// changed. Running processes take these live (a new proxy config, new
 	// worker budgets); no worker is restarted for them.
@@ -48,6 +48,7 @@ func Diff(old, new *Config) Changes {
 	ow, nw := &old.Workers, &new.Workers
 	return Changes{
 		Proxy: !slices.Equal(old.Static, new.Static) ||
+			!sameEdge(old, new) ||
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
 			old.Proxy.AccessLog != new.Proxy.AccessLog ||

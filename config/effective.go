@@ -28,7 +28,10 @@ func (c *Config) Effective() ([]byte, error) {
 	}
 	static := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 	for _, s := range c.Static {
-		m := mapNode("url", strNode(s.URL), "dir", strNode(s.Dir))
+		m := mapNode("url", strNode(s.URL), "dir", strNode(s.Dir), "cache", strNode(s.Cache.String()))
+		if s.File != "" {
+			m = mapNode("url", strNode(s.URL), "file", strNode(s.File), "cache", strNode(s.Cache.String()))
+		}
 		m.Style = yaml.FlowStyle
 		static.Content = append(static.Content, m)
 	}
@@ -44,8 +47,10 @@ func (c *Config) Effective() ([]byte, error) {
 	}
 	ups, routes := c.upstreamNodes()
 	w, p := c.Workers, c.Proxy
+	tlsNode, compression, cache := c.edgeNodes()
 	root := mapNode(
 		"listen", strList(c.Listen),
+		"tls", tlsNode,
 		"admin", mapNode("listen", strNode(c.Admin.Listen)),
 		"app", mapNode(
 			"module", strNode(c.App.Module),
@@ -75,7 +80,9 @@ func (c *Config) Effective() ([]byte, error) {
 				"size", intNode(int64(p.Queue.Size)),
 				"timeout", strNode(p.Queue.Timeout.String()),
 			),
+			"compression", compression,
 		),
+		"cache", cache,
 		"shutdown", mapNode("delay", strNode(c.Shutdown.Delay.String())),
 		"resources", res,
 		"tasks", tasks,

@@ -505,6 +505,8 @@ func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 			d.section(p, item, []field{
 				{"url", d.str(&s.URL)},
 				{"dir", d.str(&s.Dir)},
+				{"file", d.str(&s.File)},
+				{"cache", d.duration(&s.Cache)},
 			})
 			out = append(out, s) // kept even when broken, so static[i] stays entry i
 			if len(d.errs) > before {
@@ -514,11 +516,13 @@ func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 			if _, ok := d.lines[join(p, "url")]; !ok {
 				missing = append(missing, "url")
 			}
-			if _, ok := d.lines[join(p, "dir")]; !ok {
+			_, hasDir := d.lines[join(p, "dir")]
+			_, hasFile := d.lines[join(p, "file")]
+			if !hasDir && !hasFile {
 				missing = append(missing, "dir")
 			}
 			if len(missing) > 0 {
-				d.errorf(item.Line, p, "missing %s; each entry needs url and dir, e.g. {url: /static/, dir: /app/static}", strings.Join(missing, " and "))
+				d.errorf(item.Line, p, "missing %s; each entry needs url and dir, e.g. {url: /static/, dir: /app/static}, or url and file, e.g. {url: /favicon.ico, file: /app/static/favicon.ico}", strings.Join(missing, " and "))
 			}
 		}
 		*dst = out
@@ -531,6 +535,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 	p := &c.Proxy
 	d.section("", root, []field{
 		{"listen", d.strs(&c.Listen)},
+		{"tls", d.tls(&c.TLS)},
 		{"admin", func(path string, n *yaml.Node) {
 			d.section(path, n, []field{{"listen", d.str(&c.Admin.Listen)}})
 		}},
@@ -569,8 +574,10 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 						{"timeout", d.duration(&p.Queue.Timeout)},
 					})
 				}},
+				{"compression", d.compression(&p.Compression)},
 			})
 		}},
+		{"cache", d.cache(&c.Cache)},
 		{"shutdown", func(path string, n *yaml.Node) {
 			d.section(path, n, []field{{"delay", d.duration(&c.Shutdown.Delay)}})
 		}},

@@ -19,11 +19,13 @@ const DefaultPath = "/etc/berth/berth.yaml"
 // Config is the whole configuration. Field comments give the YAML key.
 type Config struct {
 	Listen    []string  `yaml:"listen" json:"listen"`
+	TLS       TLS       `yaml:"tls" json:"tls"`
 	Admin     Admin     `yaml:"admin" json:"admin"`
 	App       App       `yaml:"app" json:"app"`
 	Workers   Workers   `yaml:"workers" json:"workers"`
 	Static    []Static  `yaml:"static" json:"static"`
 	Proxy     Proxy     `yaml:"proxy" json:"proxy"`
+	Cache     Cache     `yaml:"cache" json:"cache"`
 	Shutdown  Shutdown  `yaml:"shutdown" json:"shutdown"`
 	Resources Resources `yaml:"resources" json:"resources"`
 	Tasks     Tasks     `yaml:"tasks" json:"tasks"`
@@ -71,18 +73,26 @@ type Workers struct {
 	GracefulTimeout   Duration `yaml:"graceful_timeout" json:"graceful_timeout"`
 }
 
-// Static maps a URL prefix onto a directory (nginx alias semantics).
+// Static maps a URL prefix onto a directory (nginx alias semantics), or
+// one URL onto one file.
 type Static struct {
 	URL string `yaml:"url" json:"url"`
+	// Dir is the directory served below URL; "" when File is set.
 	Dir string `yaml:"dir" json:"dir"`
+	// File is the one file served at URL (/favicon.ico); "" when Dir is set.
+	File string `yaml:"file" json:"file"`
+	// Cache is the Cache-Control max-age of its files; 0 = no header.
+	// Names with a content hash get a year and immutable whatever it says.
+	Cache Duration `yaml:"cache" json:"cache"`
 }
 
 // Proxy holds the HTTP front's settings.
 type Proxy struct {
-	MaxBodySize    Size     `yaml:"max_body_size" json:"max_body_size"`
-	TrustedProxies []string `yaml:"trusted_proxies" json:"trusted_proxies"`
-	AccessLog      string   `yaml:"access_log" json:"access_log"`
-	Queue          Queue    `yaml:"queue" json:"queue"`
+	MaxBodySize    Size        `yaml:"max_body_size" json:"max_body_size"`
+	TrustedProxies []string    `yaml:"trusted_proxies" json:"trusted_proxies"`
+	AccessLog      string      `yaml:"access_log" json:"access_log"`
+	Queue          Queue       `yaml:"queue" json:"queue"`
+	Compression    Compression `yaml:"compression" json:"compression"`
 }
 
 // Queue bounds the requests waiting for a free worker.

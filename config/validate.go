@@ -16,7 +16,7 @@ import (
 // Default returns the built-in configuration, used as is when there is no
 // config file and as the base every file's keys are laid over.
 func Default() *Config {
-	return &Config{
+	c := &Config{
 		Listen: []string{":8080"},
 		Admin:  Admin{Listen: "127.0.0.1:9000"},
 		App: App{
@@ -47,6 +47,8 @@ func Default() *Config {
 		Upstreams: map[string]Upstream{},
 		Routes:    []Route{},
 	}
+	defaultEdge(c)
+	return c
 }
 
 // Validate checks a Config built in code (Parse and Load already validate)
@@ -86,7 +88,7 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 			continue
 		}
 		for j := range i {
-			if listenConflict(c.Listen[j], l) {
+			if listenConflict(ListenAddress(c.Listen[j]), ListenAddress(l)) {
 				bad(index("listen", i), "%q binds the same address as listen[%d] (%q); remove one of them", l, j, c.Listen[j])
 				break
 			}
@@ -95,11 +97,13 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	// A listen list that failed to decode still holds the default, which
 	// must not be blamed for clashing with admin.listen.
 	if c.Admin.Listen != "off" && !failed("listen") && !failed("admin.listen") {
-		if err := checkListen(c.Admin.Listen); err != nil {
+		if strings.HasPrefix(c.Admin.Listen, TLSScheme) {
+			bad("admin.listen", "the admin endpoint speaks plain HTTP; drop https:// from %s", quoteShort(c.Admin.Listen))
+		} else if err := checkListen(c.Admin.Listen); err != nil {
 			bad("admin.listen", `%v; or "off" to disable the admin endpoint`, err)
 		} else {
 			for i, l := range c.Listen {
-				if !listenConflict(c.Admin.Listen, l) {
+				if !listenConflict(c.Admin.Listen, ListenAddress(l)) {
 					continue
 				}
 				_, adminSet := lines["admin.listen"]
@@ -169,15 +173,31 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	urls := map[string]int{}
 	for i, s := range c.Static {
 		p := index("static", i)
-		if !strings.HasPrefix(s.URL, "/") || !strings.HasSuffix(s.URL, "/") {
-			bad(join(p, "url"), "%s must start and end with \"/\", e.g. /static/", quoteShort(s.URL))
-		} else if first, dup := urls[s.URL]; dup {
+		switch {
+		case s.File != "" && s.Dir != "":
+			bad(p, "has both dir and file; a mapping serves a directory (dir) or one file (file), not both")
+		case s.File != "":
+			if !strings.HasPrefix(s.URL, "/") || strings.HasSuffix(s.URL, "/") {
+				bad(join(p, "url"), "%s must start with \"/\" and name one file (no trailing \"/\"), e.g. /favicon.ico", quoteShort(s.URL))
+			}
+			if !filepath.IsAbs(s.File) {
+				bad(join(p, "file"), "%s must be an absolute path, e.g. /app/static/favicon.ico", quoteShort(s.File))
+			}
+		default:
+			if !strings.HasPrefix(s.URL, "/") || !strings.HasSuffix(s.URL, "/") {
+				bad(join(p, "url"), "%s must start and end with \"/\", e.g. /static/", quoteShort(s.URL))
+			}
+			if !filepath.IsAbs(s.Dir) {
+				bad(join(p, "dir"), "%s must be an absolute path, e.g. /app/static", quoteShort(s.Dir))
+			}
+		}
+		if first, dup := urls[s.URL]; dup && s.URL != "" {
 			bad(join(p, "url"), "%q is already mapped by static[%d]; remove one of the entries", s.URL, first)
 		} else {
 			urls[s.URL] = i
 		}
-		if !filepath.IsAbs(s.Dir) {
-			bad(join(p, "dir"), "%s must be an absolute path, e.g. /app/static", quoteShort(s.Dir))
+		if s.Cache < 0 {
+			bad(join(p, "cache"), "must not be negative (0s = no Cache-Control header), got %s", s.Cache)
 		}
 	}
 
@@ -209,14 +229,21 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	}
 	c.validateCompanions(bad)
 	c.validateUpstreams(bad)
+	c.validateEdge(bad)
 	return errs.asError()
 }
 
-const listenForms = `use host:port, :port or unix:/absolute/path`
+const listenForms = `use host:port, :port, unix:/absolute/path, or https://host:port for TLS`
 
 // checkListen validates one listen address: "host:port", ":port" or
 // "unix:/abs/path". Port 0 is allowed (the kernel picks one; tests use it).
 func checkListen(s string) error {
+	if rest, ok := strings.CutPrefix(s, TLSScheme); ok {
+		if strings.HasPrefix(rest, "unix:") {
+			return fmt.Errorf("%s: TLS listeners are TCP; use https://host:port or https://:port", quoteShort(s))
+		}
+		s = rest
+	}
 	if path, ok := strings.CutPrefix(s, "unix:"); ok {
 		switch {
 		case !filepath.IsAbs(path):

@@ -56,6 +56,12 @@ type Proxy struct {
 	// nil = everything goes to the workers.
 	Upstreams map[string]Upstream `json:"upstreams,omitempty"`
 	Routes    []Route             `json:"routes,omitempty"`
+	// TLS is nil when no listener speaks TLS and nothing redirects to one.
+	TLS *TLS `json:"tls,omitempty"`
+	// Compression of worker responses; the zero value compresses nothing.
+	Compression Compression `json:"compression"`
+	// Cache is the response cache; nil or no routes: nothing is cached.
+	Cache *Cache `json:"cache,omitempty"`
 }
 
 // Upstream is one group of remote servers, already validated (see
@@ -98,10 +104,60 @@ type Route struct {
 	Upstream string `json:"upstream"`
 }
 
-// Static maps a URL prefix onto a directory, as nginx `location URL { alias DIR; }`.
+// Static maps a URL prefix onto a directory, as nginx `location URL { alias DIR; }`,
+// or one URL onto one file (File set, Dir empty).
 type Static struct {
-	URL string `json:"url"`
-	Dir string `json:"dir"`
+	URL  string `json:"url"`
+	Dir  string `json:"dir"`
+	File string `json:"file,omitempty"`
+	// Cache is the Cache-Control max-age for its files; 0 = no header
+	// (content-hashed names get a year and immutable all the same).
+	Cache Duration `json:"cache,omitempty"`
+}
+
+// TLS is what the proxy's TLS listeners serve. The supervisor reads the
+// certificate files (as root, like nginx's master) and sends their PEM, so
+// the proxy never needs to read a private key and a renewed pair reaches
+// it as a new config.
+type TLS struct {
+	// Certificates are chosen by SNI; the first is the default.
+	Certificates []Certificate `json:"certificates"`
+	// RedirectHTTP: plain requests get 308 to https://host[:HTTPSPort].
+	RedirectHTTP bool `json:"redirect_http,omitempty"`
+	// HTTPSPort is the port the redirect names; 0 or 443: none.
+	HTTPSPort int `json:"https_port,omitempty"`
+	// HSTS is Strict-Transport-Security's max-age; 0 = no header.
+	HSTS Duration `json:"hsts,omitempty"`
+}
+
+// Certificate is one certificate chain and its key, in PEM, with the paths
+// they were read from (for messages).
+type Certificate struct {
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	CertPEM  []byte `json:"cert_pem"`
+	KeyPEM   []byte `json:"key_pem"`
+}
+
+// Compression says which worker responses are compressed.
+type Compression struct {
+	Enabled   bool     `json:"enabled"`
+	MinLength int64    `json:"min_length"` // bytes; shorter bodies go as they are
+	Types     []string `json:"types"`      // media types, "type/*" allowed
+}
+
+// Cache is the response cache for worker responses.
+type Cache struct {
+	Size   int64        `json:"size"` // bytes of cached responses, LRU beyond
+	Routes []CacheRoute `json:"routes"`
+}
+
+// CacheRoute opts a URL prefix into the cache.
+type CacheRoute struct {
+	URL            string   `json:"url"`
+	MaxTTL         Duration `json:"max_ttl"`
+	Stale          Duration `json:"stale"`
+	SessionCookies []string `json:"session_cookies"`
 }
 
 // Worker is one worker process as the proxy needs to know it.

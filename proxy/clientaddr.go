@@ -5,6 +5,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,13 +21,17 @@ type connInfo struct {
 	localHost  string
 	localPort  string      // "" for unix sockets: the scheme's default is used
 	framed     *framedConn // nil for requests that did not come through Serve
+	tls        bool        // the connection is TLS (ServeTLS), HTTP/1.1 or HTTP/2
 }
 
 type connKey struct{}
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
 	ci := newConnInfo(c.RemoteAddr(), c.LocalAddr())
-	ci.framed, _ = c.(*framedConn)
+	if fc, ok := c.(*framedConn); ok {
+		ci.framed = fc
+		_, ci.tls = fc.Conn.(*tls.Conn)
+	}
 	return context.WithValue(ctx, connKey{}, ci)
 }
 
@@ -66,7 +71,7 @@ func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) *connIn
 	ci := connInfoOf(r)
 	in := &rs.info
 	*in = reqInfo{remoteAddr: ci.remoteHost, remotePort: ci.remotePort, scheme: "http"}
-	if r.TLS != nil {
+	if r.TLS != nil || ci.tls {
 		in.scheme = "https"
 	}
 	if len(st.trusted) > 0 && st.isTrusted(ci.remoteIP) {

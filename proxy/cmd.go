@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 //	BERTH_CONTROL_FD      the control socket's fd (3)
 //	BERTH_LISTEN_FDS      how many listeners follow, from fd 4
 //	BERTH_LISTEN_NAMES    their addresses, for messages
+//	BERTH_LISTEN_TLS      "true" or "false" per listener: speak TLS on it
 //	BERTH_METRICS_SOCKET  unix socket path to serve /metrics on ("" = none)
 //	BERTH_PROXY_ID        this proxy's generation, for messages
 //
@@ -72,6 +74,7 @@ func Main() int {
 		return fail("BERTH_LISTEN_FDS: %v", err)
 	}
 	names := os.Getenv("BERTH_LISTEN_NAMES")
+	tlsFlags := strings.Split(os.Getenv("BERTH_LISTEN_TLS"), ",")
 	var listeners []net.Listener
 	for i := 0; i < nl; i++ {
 		f := os.NewFile(uintptr(4+i), fmt.Sprintf("listener-%d", i))
@@ -130,6 +133,7 @@ func Main() int {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", srv.MetricsHandler())
+		mux.Handle("/cache/purge", srv.CacheHandler())
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: elog}
 		go metricsSrv.Serve(ml)
 		defer func() {
@@ -138,9 +142,13 @@ func Main() int {
 		}()
 	}
 	serveErr := make(chan error, len(listeners))
-	for _, l := range listeners {
+	for i, l := range listeners {
+		serve := srv.Serve
+		if i < len(tlsFlags) && tlsFlags[i] == "true" {
+			serve = srv.ServeTLS
+		}
 		go func(l net.Listener) {
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err)
 			}
 		}(l)

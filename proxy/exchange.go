@@ -49,7 +49,9 @@ func (o outcome) retryReason() string {
 // 408, 400) or is gone.
 func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody, ok bool) {
 	w := &rs.rw
-	hasBody = r.Body != nil && r.Body != http.NoBody
+	// HTTP/2 gives every request a Body; one whose HEADERS ended the
+	// stream has ContentLength 0 and nothing to read.
+	hasBody = r.Body != nil && r.Body != http.NoBody && (r.ProtoMajor < 2 || r.ContentLength != 0)
 	if hasBody && st.maxBody > 0 && r.ContentLength > st.maxBody {
 		s.tooLarge(w, st)
 		return hasBody, false
@@ -259,7 +261,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	}
 	rs.rbody.reset(c.br, hd)
 	if hd.stream {
-		return s.stream(rs, st, wk, c, hd)
+		return s.stream(rs, r, st, wk, c, hd)
 	}
 
 	// Buffer the whole body, give the worker back, then feed the client.
@@ -276,14 +278,20 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
 	s.rt.release(wk, c, reuse)
-	s.relayBuffered(rs, hd)
+	s.relayBuffered(rs, r, st, hd)
 	return done
 }
 
 // relayBuffered sends the client a response whose body is in rs.resp.
-func (s *Server) relayBuffered(rs *reqState, hd respHead) {
+func (s *Server) relayBuffered(rs *reqState, r *http.Request, st *settings, hd respHead) {
 	h := rs.rw.Header()
 	w := &rs.rw
+	if rs.fill != nil {
+		s.storeResponse(rs, r, st, hd.status)
+	}
+	if st.comp != nil && !hd.noBody && s.compressBuffered(rs, r, st.comp, hd.status) {
+		return
+	}
 	if !hd.noBody {
 		n := strconv.FormatInt(rs.resp.size(), 10)
 		if v := h["Content-Length"]; len(v) == 1 {
@@ -342,8 +350,16 @@ func (s *Server) writeLarge(rs *reqState) {
 // stream relays a response as it comes (X-Accel-Buffering: no or
 // text/event-stream), flushing each chunk; the worker is held until the end.
 // st.timeout then bounds the silence between two chunks.
-func (s *Server) stream(rs *reqState, st *settings, wk *worker, c *upConn, hd respHead) outcome {
+func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, hd respHead) outcome {
 	w := &rs.rw
+	var zw encoder
+	var enc uint8
+	if st.comp != nil && !hd.noBody {
+		if zw, enc = streamEncoder(rs, r, st.comp, hd); zw != nil {
+			s.edge.compressed.WithLabelValues(encNames[enc], "worker").Inc()
+			defer putEncoder(enc, false, zw)
+		}
+	}
 	w.WriteHeader(hd.status)
 	w.Flush()
 	rc := http.NewResponseController(w.w)
@@ -359,13 +375,26 @@ func (s *Server) stream(rs *reqState, st *settings, wk *worker, c *upConn, hd re
 		n, err := rs.rbody.Read(buf)
 		if n > 0 {
 			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			var werr error
+			if zw != nil {
+				if _, werr = zw.Write(buf[:n]); werr == nil {
+					werr = zw.Flush()
+				}
+			} else {
+				_, werr = w.Write(buf[:n])
+			}
+			if werr != nil {
 				break // the client left; closing the connection tells the worker
 			}
 			w.Flush()
 		}
 		if err == io.EOF {
 			clean = true
+			if zw != nil {
+				rc.SetWriteDeadline(time.Now().Add(sendTimeout))
+				zw.Close()
+				w.Flush()
+			}
 			break
 		}
 		if err != nil {

@@ -11,6 +11,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/control"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/http2"
 )
 
 const (
@@ -86,6 +88,13 @@ type Server struct {
 
 	up             *upstreams   // upstream groups (upstreams.go)
 	lastNoUpstream atomic.Int64 // unix nanos of the last no-live-upstream log line
+	// The edge (tls.go, compress.go, cache.go).
+	tlsConf *tls.Config
+	h2      *http2.Server
+	h2c     h2conns
+	edge    *edgeMetrics
+	zips    *zipCache // compressed static files
+	cache   cacheStore
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -109,6 +118,8 @@ func New(opts Options) *Server {
 		stop:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(opts.Registry)
+	s.edge = newEdgeMetrics(opts.Registry)
+	s.zips = newZipCache(staticZipCacheSize)
 	s.alog = newAccessLog(opts.AccessLog, func(err error) { s.logf("access log: %v (further errors not shown)", err) })
 	s.rt = newRouter(s.metrics, s.emit, s.logf, s.handoff)
 	s.up = newUpstreams(newUpMetrics(opts.Registry), s.logf)
@@ -123,6 +134,7 @@ func New(opts Options) *Server {
 		ConnContext:       connContext,
 		ErrorLog:          s.elog,
 	}
+	s.newH2()
 	s.bg.Add(2)
 	go s.pump()
 	go s.housekeeping()
@@ -140,7 +152,10 @@ func (s *Server) SetConfig(c control.Proxy) error {
 		return err
 	}
 	st.routes = s.up.apply(c)
-	s.cfg.Store(st)
+	old := s.cfg.Swap(st)
+	if st.cache == nil && old.cache != nil {
+		s.clearCache() // turned off: free the memory
+	}
 	return nil
 }
 
@@ -169,6 +184,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err != nil {
 		s.http.Close()
 	}
+	if herr := s.shutdownH2(ctx); err == nil {
+		err = herr
+	}
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.bg.Wait()
 	return err
@@ -193,6 +211,8 @@ type respWriter struct {
 	w      http.ResponseWriter
 	status int
 	bytes  int64
+	hsts   []string // Strict-Transport-Security to add; nil: none
+	xcache string   // X-Cache-Status to add; "": none
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -200,13 +220,19 @@ func (rw *respWriter) Header() http.Header { return rw.w.Header() }
 func (rw *respWriter) WriteHeader(code int) {
 	if rw.status == 0 && code >= 200 {
 		rw.status = code
+		if rw.hsts != nil {
+			rw.w.Header()["Strict-Transport-Security"] = rw.hsts[:1:1]
+		}
+		if rw.xcache != "" {
+			rw.w.Header()["X-Cache-Status"] = []string{rw.xcache}
+		}
 	}
 	rw.w.WriteHeader(code)
 }
 
 func (rw *respWriter) Write(p []byte) (int, error) {
 	if rw.status == 0 {
-		rw.status = http.StatusOK
+		rw.WriteHeader(http.StatusOK)
 	}
 	n, err := rw.w.Write(p)
 	rw.bytes += int64(n)
@@ -217,7 +243,7 @@ func (rw *respWriter) Write(p []byte) (int, error) {
 // bodies.
 func (rw *respWriter) ReadFrom(r io.Reader) (int64, error) {
 	if rw.status == 0 {
-		rw.status = http.StatusOK
+		rw.WriteHeader(http.StatusOK)
 	}
 	var n int64
 	var err error
@@ -254,6 +280,7 @@ type reqState struct {
 	bodiless bool
 	worker   string
 	job      sendJob
+	fill     *fill // this request fills a cache entry (cache.go)
 }
 
 // ServeHTTP answers one request: static file, or a worker's answer.
@@ -319,6 +346,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
+	if ts := st.tls; ts != nil {
+		if rs.info.scheme != "https" {
+			if ts.redirect {
+				redirectHTTPS(&rs.rw, r, ts)
+				return
+			}
+		} else if ts.hsts != nil {
+			rs.rw.hsts = ts.hsts
+		}
+	}
 	p := r.URL.Path
 	n, ok := normalizePath(p)
 	if len(st.mounts) > 0 {
@@ -328,7 +365,7 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 				http.NotFound(&rs.rw, r)
 				return
 			}
-			s.serveStatic(&rs.rw, r, m, rel)
+			s.serveStatic(&rs.rw, r, st, m, rel)
 			return
 		}
 		if suspicious {
@@ -349,6 +386,9 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 			s.proxyUpstream(rs, r, st, g)
 			return
 		}
+	}
+	if st.cache != nil && s.proxyCached(rs, r, st) {
+		return
 	}
 	s.proxy(rs, r, st)
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -34,7 +33,11 @@ type settings struct {
 	queueTimeout time.Duration
 	timeout      time.Duration // 0: wait for workers without limit
 	graceful     time.Duration
-	routes       []route // to upstream groups, first match wins; nil = all to the workers
+	routes       []route           // to upstream groups, first match wins; nil = all to the workers
+	tls          *tlsSettings      // nil: no TLS settings (no redirect, no HSTS)
+	comp         *compressSettings // nil: worker responses are not compressed
+	sidecarTypes *compressSettings // types whose static files may have .br/.gz sidecars
+	cache        *responseCache    // nil: no response cache
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
@@ -42,6 +45,10 @@ type mount struct {
 	url string // starts with "/"
 	dir string // absolute, cleaned
 	h   atomic.Pointer[dirHandle]
+	// file: a single-file mapping (/favicon.ico); dir is then its directory.
+	file string
+	// cacheControl is the Cache-Control of its (unhashed) files; nil: none.
+	cacheControl []string
 }
 
 // compile validates p and builds its settings. The supervisor validates the
@@ -69,17 +76,14 @@ func compile(p control.Proxy) (*settings, error) {
 		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")
 	}
 	for _, s := range p.Static {
-		if !strings.HasPrefix(s.URL, "/") {
-			return nil, fmt.Errorf("proxy config: static url %q: it must start with /", s.URL)
-		}
-		if s.Dir == "" {
-			return nil, fmt.Errorf("proxy config: static url %q: dir is empty", s.URL)
-		}
-		dir, err := filepath.Abs(s.Dir)
+		m, err := compileStatic(s)
 		if err != nil {
-			return nil, fmt.Errorf("proxy config: static dir %q: %w", s.Dir, err)
+			return nil, err
 		}
-		st.mounts = append(st.mounts, &mount{url: s.URL, dir: dir})
+		st.mounts = append(st.mounts, m)
+	}
+	if err := st.compileEdge(p); err != nil {
+		return nil, err
 	}
 	sort.SliceStable(st.mounts, func(i, j int) bool { return len(st.mounts[i].url) > len(st.mounts[j].url) })
 	for _, c := range p.TrustedProxies {
@@ -132,6 +136,9 @@ func (st *settings) match(p string) (*mount, string) {
 			continue
 		}
 		rest := p[len(m.url):]
+		if m.file != "" && rest != "" {
+			continue
+		}
 		if !strings.HasSuffix(m.url, "/") {
 			if rest != "" && rest[0] != '/' {
 				continue

@@ -67,18 +67,25 @@ func contentType(name string) string {
 // for dot segments and encoded slashes) from m.dir; mount.open confines the
 // lookup to the directory, symlinks included. Directories are never listed
 // and their index.html never served.
-func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, m *mount, rel string) {
+func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, st *settings, m *mount, rel string) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		plainError(w, http.StatusMethodNotAllowed, "berth: static files answer GET and HEAD only\n")
 		return
 	}
-	rel = strings.TrimLeft(rel, "/")
-	if rel == "" || strings.HasSuffix(rel, "/") || strings.IndexByte(rel, 0) >= 0 {
-		http.NotFound(w, r)
-		return
+	var f *os.File
+	var err error
+	if m.file != "" {
+		rel = filepath.Base(m.file)
+		f, err = m.openFile()
+	} else {
+		rel = strings.TrimLeft(rel, "/")
+		if rel == "" || strings.HasSuffix(rel, "/") || strings.IndexByte(rel, 0) >= 0 {
+			http.NotFound(w, r)
+			return
+		}
+		f, err = m.open(rel)
 	}
-	f, err := m.open(rel)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
 			plainError(w, http.StatusForbidden, "403 forbidden\n")
@@ -94,10 +101,22 @@ func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, m *mount, r
 		return
 	}
 	h := w.Header()
-	h["Content-Type"] = []string{contentType(rel)}
-	// nginx's ETag: hex mtime seconds - hex size.
-	h["Etag"] = []string{`"` + strconv.FormatInt(fi.ModTime().Unix(), 16) + "-" + strconv.FormatInt(fi.Size(), 16) + `"`}
+	ct := contentType(rel)
+	h["Content-Type"] = []string{ct}
+	if m.cacheControl != nil || isHashedName(rel) {
+		cacheHeaders(h, m, rel)
+	}
+	if st.sidecarTypes.typeMatches(ct) && s.serveEncoded(w, r, st, m, rel, f, fi) {
+		return
+	}
+	h["Etag"] = []string{nginxETag(fi, "")}
 	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+// nginxETag is nginx's ETag: hex mtime seconds - hex size, and the
+// encoding of a compressed variant.
+func nginxETag(fi fs.FileInfo, suffix string) string {
+	return `"` + strconv.FormatInt(fi.ModTime().Unix(), 16) + "-" + strconv.FormatInt(fi.Size(), 16) + suffix + `"`
 }
 
 func plainError(w http.ResponseWriter, code int, body string) {

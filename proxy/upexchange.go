@@ -85,7 +85,7 @@ func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *g
 		}
 		rs.worker = p.label
 		p.obs.requests.Inc()
-		end := s.tryPeer(rs, r, gs, g, p, c, req, bodyInReq, deadline)
+		end := s.tryPeer(rs, r, st, gs, g, p, c, req, bodyInReq, deadline)
 		if end.done {
 			return
 		}
@@ -152,7 +152,7 @@ func idempotent(m string) bool {
 
 // tryPeer sends the request to p (on c, or a new connection) and relays
 // its answer. It always releases p.
-func (s *Server) tryPeer(rs *reqState, r *http.Request, gs *groupSet, g *group, p *peer, c *pconn, req []byte, bodyInReq bool, deadline time.Time) tryEnd {
+func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupSet, g *group, p *peer, c *pconn, req []byte, bodyInReq bool, deadline time.Time) tryEnd {
 	start := time.Now()
 	end := start.Add(time.Duration(gs.cfg.Timeout))
 	if !deadline.IsZero() && deadline.Before(end) {
@@ -267,7 +267,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, gs *groupSet, g *group, 
 		c.c.SetDeadline(time.Time{})
 	}
 	g.release(p, c, reuse, resOK, took)
-	s.relayBuffered(rs, hd)
+	s.relayBuffered(rs, r, st, hd)
 	return tryEnd{done: true}
 }
 

@@ -93,6 +93,23 @@ func (s *Supervisor) newAdmin(addr string) (*adminServer, error) {
 			}
 		}
 	})
+	// The response cache lives in the proxy: the purge goes to its
+	// internal socket (POST /cache/purge?path=/page or ?prefix=/blog/).
+	mux.HandleFunc("/cache/purge", func(w http.ResponseWriter, r *http.Request) {
+		v, ok := s.ask("proxy-metrics", 2*time.Second)
+		if !ok || v.(string) == "" {
+			http.Error(w, "no proxy is ready\n", http.StatusServiceUnavailable)
+			return
+		}
+		code, b, err := postUnix(v.(string), r.Method, "/cache/purge?"+r.URL.RawQuery)
+		if err != nil {
+			http.Error(w, "proxy: "+err.Error()+"\n", http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		w.Write(b)
+	})
 	return &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
 }
 
@@ -136,6 +153,25 @@ func fetchUnix(sock, path string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	return io.ReadAll(resp.Body)
+}
+
+// postUnix sends a request with method to the proxy's internal socket.
+func postUnix(sock, method, path string) (int, []byte, error) {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	req, err := http.NewRequest(method, "http://proxy"+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
 }
 
 // Status is what /status returns and `berth status` prints.

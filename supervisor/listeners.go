@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/berth-dev/berth/config"
 	"github.com/coreos/go-systemd/v22/activation"
 )
 
@@ -25,7 +26,7 @@ func openListeners(addrs []string) ([]*listener, error) {
 	}
 	var out []*listener
 	for _, a := range addrs {
-		l, err := openListener(a)
+		l, err := openListener(config.ListenAddress(a))
 		if err != nil {
 			for _, o := range out {
 				o.close()
@@ -131,6 +132,7 @@ func (s *Supervisor) socketActivated() bool {
 func (s *Supervisor) reuseOrOpen(addrs []string) ([]*listener, error) {
 	var out []*listener
 	for _, a := range addrs {
+		a = config.ListenAddress(a) // https:// is how the proxy speaks, not another socket
 		var found *listener
 		for _, l := range s.listeners {
 			if l.configured == a {

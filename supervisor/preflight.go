@@ -96,6 +96,9 @@ func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
 		c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
 	}
 	for i, st := range cfg.Static {
+		if st.File != "" {
+			continue // one file: missing, it is a 404, as with nginx
+		}
 		if len(cfg.Tasks.BeforeStart) > 0 {
 			// A before-start task (collectstatic) may create it: only
 			// one that exists is checked now; appStart logs one that

@@ -19,8 +19,9 @@ import (
 	"github.com/berth-dev/berth/control"
 )
 
-// proxyConfig is the part of cfg the proxy applies.
-func proxyConfig(cfg *config.Config) *control.Proxy {
+// proxyConfig is the part of cfg the proxy applies, with the certificates
+// read for it.
+func (s *Supervisor) proxyConfig(cfg *config.Config) *control.Proxy {
 	p := &control.Proxy{
 		MaxBodySize:     int64(cfg.Proxy.MaxBodySize),
 		TrustedProxies:  cfg.Proxy.TrustedProxies,
@@ -31,9 +32,10 @@ func proxyConfig(cfg *config.Config) *control.Proxy {
 		GracefulTimeout: control.Duration(cfg.Workers.GracefulTimeout),
 	}
 	for _, st := range cfg.Static {
-		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir})
+		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir, File: st.File, Cache: control.Duration(st.Cache)})
 	}
 	p.Upstreams, p.Routes = upstreamConfig(cfg)
+	s.edgeConfig(cfg, p)
 	return p
 }
 
@@ -51,10 +53,11 @@ func (s *Supervisor) startProxy() error {
 	theirs := os.NewFile(uintptr(fds[1]), "proxy-ctl-child")
 	defer theirs.Close()
 	files := []*os.File{theirs}
-	var names []string
+	var names, tlsFlags []string
 	for _, l := range s.listeners {
 		files = append(files, l.file)
 		names = append(names, l.addr)
+		tlsFlags = append(tlsFlags, strconv.FormatBool(listenerTLS(s.cfg.Listen, l.configured, l.addr)))
 	}
 	cred, err := credentialFor(s.cfg.App.User)
 	if err != nil {
@@ -69,6 +72,7 @@ func (s *Supervisor) startProxy() error {
 			"BERTH_CONTROL_FD":     "3",
 			"BERTH_LISTEN_FDS":     strconv.Itoa(len(s.listeners)),
 			"BERTH_LISTEN_NAMES":   strings.Join(names, ","),
+			"BERTH_LISTEN_TLS":     strings.Join(tlsFlags, ","),
 			"BERTH_METRICS_SOCKET": p.metrics,
 			"BERTH_PROXY_ID":       strconv.Itoa(p.n),
 		}),
@@ -96,7 +100,7 @@ func (s *Supervisor) startProxy() error {
 	s.placeProxy(p)
 	go readControl(p, s.ctlCh)
 	go writeControl(p)
-	s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(s.cfg)})
+	s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(s.cfg)})
 	s.sendWorkers()
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,10 +43,11 @@ type staged struct {
 
 	// Built, not yet in use; nil when unchanged.
 	listeners []*listener
-	admin     *adminServer // bound, not serving until commit
-	adminSet  bool         // admin.listen changed (admin nil: moved to "off")
-	cgroupsUp bool         // cgroup limits were written for cfg: abort writes prev's back
-	gen       *generation  // rolling in; nil when the workers stay
+	admin     *adminServer          // bound, not serving until commit
+	adminSet  bool                  // admin.listen changed (admin nil: moved to "off")
+	cgroupsUp bool                  // cgroup limits were written for cfg: abort writes prev's back
+	certs     []control.Certificate // cfg's certificates, read and checked
+	gen       *generation           // rolling in; nil when the workers stay
 
 	prevGen  *generation
 	started  time.Time
@@ -71,6 +73,14 @@ type RollStatus struct {
 func (s *Supervisor) reload(r reloadRequest) {
 	if s.phase != running || s.fatal != nil {
 		return
+	}
+	if r.certs || r.reason == "SIGHUP" {
+		// Certificates do not wait for a roll: the proxies take them now
+		// (SIGHUP re-reads them too, as nginx -s reload does).
+		s.reloadCertificates(r.reason)
+		if r.certs {
+			return
+		}
 	}
 	if s.pending != nil || s.preRoll != nil || !s.appStarted {
 		// A roll is still importing or starting workers (or waits for
@@ -180,6 +190,9 @@ func (s *Supervisor) prepare(st *staged) error {
 		return err
 	}
 	var err error
+	if st.certs, err = loadCertificates(cfg); err != nil {
+		return err
+	}
 	if ch.Listen && !s.socketActivated() {
 		if st.listeners, err = s.reuseOrOpen(cfg.Listen); err != nil {
 			return err
@@ -219,6 +232,9 @@ func (s *Supervisor) preflight(cfg *config.Config) error {
 		return fmt.Errorf("app.chdir %s is not a directory; point it at the app's directory", cfg.App.Chdir)
 	}
 	for i, sf := range cfg.Static {
+		if sf.File != "" {
+			continue
+		}
 		if st, err := os.Stat(sf.Dir); err != nil || !st.IsDir() {
 			return fmt.Errorf("static[%d].dir %s is not a directory (%v); create it or remove the entry", i, sf.Dir, err)
 		}
@@ -237,9 +253,13 @@ func (s *Supervisor) commit(st *staged) {
 		s.cfg, s.cfgHash = cfg, st.hash
 		s.generation++
 	}
-	if ch.Proxy {
+	certsChanged := !st.code && !sameCertificates(s.certs, st.certs)
+	if !st.code {
+		s.certs = st.certs
+	}
+	if ch.Proxy || certsChanged {
 		for _, p := range s.proxies {
-			s.send(p, control.Message{Type: control.TypeConfig, Config: proxyConfig(cfg)})
+			s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(cfg)})
 		}
 		did = append(did, "proxy settings swapped")
 	}
@@ -289,7 +309,7 @@ func (s *Supervisor) commit(st *staged) {
 			s.resize(want)
 		}
 	}
-	if ch.ReloadOn {
+	if ch.ReloadOn || !slices.Equal(certFiles(prev), certFiles(cfg)) {
 		s.restartWatch()
 		did = append(did, "reload_on watch updated")
 	}

@@ -109,6 +109,7 @@ type Supervisor struct {
 	procs   map[int]child // pid → its child (child.go)
 
 	listeners      []*listener
+	certs          []control.Certificate // tls.certificates as read and checked
 	proxies        []*proxyProc
 	proxySeq       int
 	proxyFail      int
@@ -176,6 +177,7 @@ type ctlEvent struct {
 type reloadRequest struct {
 	reason string // "SIGHUP", "file changed", "code changed"
 	code   bool   // reload_on: same config, fresh import
+	certs  bool   // only the TLS certificate files changed
 }
 
 type adminRequest struct {
@@ -283,6 +285,9 @@ func (s *Supervisor) boot() error {
 	}
 	if err := preflight(realPreflightOS{}, s.cfg, dir); err != nil {
 		return err
+	}
+	if s.certs, err = loadCertificates(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
 	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err

@@ -137,7 +137,7 @@ func (s *Supervisor) beginApp() {
 func (s *Supervisor) appStart() {
 	s.appStarted = true
 	for i, st := range s.cfg.Static {
-		if fi, err := os.Stat(st.Dir); err != nil || !fi.IsDir() {
+		if fi, err := os.Stat(st.Dir); st.File == "" && (err != nil || !fi.IsDir()) {
 			s.log.Printf("static[%d].dir %s does not exist after the before-start tasks: %s answers 404 until it does (run collectstatic, or fix static.dir)", i, st.Dir, st.URL)
 		}
 	}

@@ -26,18 +26,33 @@ type watcher struct {
 	cfgDir   string
 	cfgName  string
 	codeDirs map[string]bool
+	certs    map[string]bool // TLS certificate and key files
+	certDirs map[string]bool
 	out      chan<- reloadRequest
 	log      *log.Logger
 	done     chan struct{}
 	once     sync.Once
 }
 
-func newWatcher(cfgPath string, reloadOn []string, chdir string, out chan<- reloadRequest, lg *log.Logger) (*watcher, error) {
+func newWatcher(cfgPath string, reloadOn []string, chdir string, certs []string, out chan<- reloadRequest, lg *log.Logger) (*watcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
-	w := &watcher{fs: fw, out: out, log: lg, done: make(chan struct{}), codeDirs: map[string]bool{}}
+	w := &watcher{fs: fw, out: out, log: lg, done: make(chan struct{}), codeDirs: map[string]bool{},
+		certs: map[string]bool{}, certDirs: map[string]bool{}}
+	for _, c := range certs {
+		// The directory, like the config: a Secret's files are symlinks
+		// into a `..data` directory swapped at renewal.
+		w.certs[c] = true
+		if d := filepath.Dir(c); !w.certDirs[d] {
+			if err := fw.Add(d); err != nil {
+				fw.Close()
+				return nil, fmt.Errorf("watch %s (tls.certificates): %w", d, err)
+			}
+			w.certDirs[d] = true
+		}
+	}
 	if cfgPath != "" {
 		abs, _ := filepath.Abs(cfgPath)
 		w.cfgDir, w.cfgName = filepath.Dir(abs), filepath.Base(abs)
@@ -65,11 +80,11 @@ func (s *Supervisor) restartWatch() {
 		s.watch.close()
 		s.watch = nil
 	}
-	if s.opts.ConfigPath == "" && len(s.cfg.App.ReloadOn) == 0 {
+	if s.opts.ConfigPath == "" && len(s.cfg.App.ReloadOn) == 0 && len(s.cfg.TLS.Certificates) == 0 {
 		s.watchFails, s.watchRetryAt = 0, time.Time{}
 		return
 	}
-	w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, s.reloadCh, s.log)
+	w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, certFiles(s.cfg), s.reloadCh, s.log)
 	if err != nil {
 		s.watchFails++
 		d := backoff(s.watchFails)
@@ -118,7 +133,7 @@ func ignoredName(name string) bool {
 }
 
 func (w *watcher) run() {
-	var cfgTimer, codeTimer <-chan time.Time
+	var cfgTimer, codeTimer, certTimer <-chan time.Time
 	for {
 		select {
 		case <-w.done:
@@ -133,6 +148,9 @@ func (w *watcher) run() {
 				return
 			}
 			dir, name := filepath.Dir(ev.Name), filepath.Base(ev.Name)
+			if w.certs[ev.Name] || w.certDirs[dir] && name == "..data" {
+				certTimer = time.After(debounce)
+			}
 			if dir == w.cfgDir && (name == w.cfgName || name == "..data") {
 				cfgTimer = time.After(debounce)
 				continue
@@ -151,6 +169,9 @@ func (w *watcher) run() {
 		case <-cfgTimer:
 			cfgTimer = nil
 			w.send(reloadRequest{reason: "config file changed"})
+		case <-certTimer:
+			certTimer = nil
+			w.send(reloadRequest{reason: "certificate files changed", certs: true})
 		case <-codeTimer:
 			codeTimer = nil
 			w.send(reloadRequest{reason: "code changed (app.reload_on)", code: true})

@@ -47,3 +47,39 @@ def result(request):
     from mysite.celery_app import app
     r = app.AsyncResult(request.GET["id"])
     return HttpResponse("%s %s" % (r.state, r.result if r.ready() else ""), content_type="text/plain")
+
+
+# The response cache and compression (tests/edge_test.go).
+from django.views.decorators.cache import cache_control  # noqa: E402
+
+_served = {"n": 0}
+
+
+@cache_control(max_age=60, public=True)
+def cached(request):
+    _served["n"] += 1
+    return HttpResponse("cached view, rendered %d times by pid %d\n" % (_served["n"], os.getpid()), content_type="text/plain")
+
+
+@cache_control(max_age=60)
+def cached_cookie(request):
+    _served["n"] += 1
+    resp = HttpResponse("sets a cookie %d\n" % _served["n"], content_type="text/plain")
+    resp.set_cookie("flavour", "oat")
+    return resp
+
+
+def served(request):
+    return HttpResponse("%d\n" % _served["n"], content_type="text/plain")
+
+
+def page(request):
+    # About 50 KB of HTML, as a real page is.
+    rows = "".join("<tr><td>row %d</td><td>some text that repeats a little</td></tr>\n" % i for i in range(800))
+    return HttpResponse("<!doctype html><html><body><table>\n%s</table></body></html>\n" % rows)
+
+
+@cache_control(max_age=1, public=True)
+def micro(request):
+    # The microcache bench scenario: a full Django view, fresh for 1 s.
+    return render(request, "page.html", {"title": "microcached", "items": [{"n": i, "name": "item %d" % i} for i in range(20)]})

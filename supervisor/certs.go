@@ -1,0 +1,149 @@
+// TLS certificates: the supervisor reads the files (as root, like nginx's
+// master process), checks each pair, and sends the PEM to the proxies in
+// their config. The files are watched like the config: a renewed pair
+// (cert-manager, a Kubernetes Secret's `..data` symlink swap) reaches the
+// proxies without a restart; a broken or mismatched one is refused with a
+// message and the pair in use keeps serving.
+package supervisor
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
+)
+
+// loadCertificates reads and checks every pair of cfg's tls.certificates.
+func loadCertificates(cfg *config.Config) ([]control.Certificate, error) {
+	var out []control.Certificate
+	for i, c := range cfg.TLS.Certificates {
+		cert, err := os.ReadFile(c.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("tls.certificates[%d].cert: %w", i, err)
+		}
+		key, err := os.ReadFile(c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls.certificates[%d].key: %w", i, err)
+		}
+		pair, err := tls.X509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("tls.certificates[%d]: %s and %s are not a usable pair: %w; give a PEM certificate chain and its own PEM private key", i, c.Cert, c.Key, err)
+		}
+		leaf := pair.Leaf
+		if leaf == nil {
+			if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+				return nil, fmt.Errorf("tls.certificates[%d]: %s: %w", i, c.Cert, err)
+			}
+		}
+		if time.Now().After(leaf.NotAfter) {
+			// Served all the same: refusing would take the site down
+			// harder than an expired certificate does.
+			fmt.Fprintf(os.Stderr, "berth: warning: tls.certificates[%d] %s expired on %s\n", i, c.Cert, leaf.NotAfter.Format(time.RFC3339))
+		}
+		out = append(out, control.Certificate{CertFile: c.Cert, KeyFile: c.Key, CertPEM: cert, KeyPEM: key})
+	}
+	return out, nil
+}
+
+func sameCertificates(a, b []control.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].CertFile != b[i].CertFile || a[i].KeyFile != b[i].KeyFile ||
+			!bytes.Equal(a[i].CertPEM, b[i].CertPEM) || !bytes.Equal(a[i].KeyPEM, b[i].KeyPEM) {
+			return false
+		}
+	}
+	return true
+}
+
+// tlsControl is the TLS part of the proxies' config; nil without TLS.
+func (s *Supervisor) tlsControl(cfg *config.Config) *control.TLS {
+	if len(cfg.TLS.Certificates) == 0 && !cfg.TLS.RedirectHTTP {
+		return nil
+	}
+	t := &control.TLS{Certificates: s.certs, RedirectHTTP: cfg.TLS.RedirectHTTP, HSTS: control.Duration(cfg.TLS.HSTS)}
+	// The redirect names the first TLS listener's port, as bound.
+	for _, l := range s.listeners {
+		if listenerTLS(cfg.Listen, l.configured, l.addr) {
+			if _, port, err := net.SplitHostPort(l.addr); err == nil {
+				t.HTTPSPort, _ = strconv.Atoi(port)
+			}
+			break
+		}
+	}
+	return t
+}
+
+// reloadCertificates re-reads the certificate files after they changed.
+func (s *Supervisor) reloadCertificates(reason string) {
+	certs, err := loadCertificates(s.cfg)
+	if err != nil {
+		s.log.Printf("tls (%s): %v; the certificates in use keep serving", reason, err)
+		s.reloadState = reloadStatus{At: s.now(), OK: false, Message: err.Error(), Reason: reason}
+		s.metrics.reloads.WithLabelValues("failed").Inc()
+		return
+	}
+	if sameCertificates(certs, s.certs) {
+		return
+	}
+	s.certs = certs
+	for _, p := range s.proxies {
+		s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(s.cfg)})
+	}
+	var names []string
+	for _, c := range certs {
+		names = append(names, c.CertFile)
+	}
+	msg := "certificates reloaded: " + strings.Join(names, ", ")
+	s.log.Printf("tls (%s): %s; new connections get them, open ones keep theirs", reason, msg)
+	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: msg, Reason: reason}
+	s.metrics.reloads.WithLabelValues("ok").Inc()
+}
+
+// certFiles are the files whose change reloads the certificates.
+func certFiles(cfg *config.Config) []string {
+	var out []string
+	for _, c := range cfg.TLS.Certificates {
+		out = append(out, c.Cert, c.Key)
+	}
+	return out
+}
+
+// listenerTLS says whether a listen entry (or socket-activated fd name)
+// stands for a TLS listener on addr.
+func listenerTLS(listen []string, configured, addr string) bool {
+	if configured == "" {
+		// Socket activation: FileDescriptorName=https… marks TLS.
+		return strings.HasPrefix(addr, "fd:https")
+	}
+	for _, l := range listen {
+		if strings.HasPrefix(l, config.TLSScheme) && config.ListenAddress(l) == configured {
+			return true
+		}
+	}
+	return false
+}
+
+// edgeConfig fills the TLS, compression and cache parts of a proxy config.
+func (s *Supervisor) edgeConfig(cfg *config.Config, p *control.Proxy) {
+	p.TLS = s.tlsControl(cfg)
+	c := cfg.Proxy.Compression
+	p.Compression = control.Compression{Enabled: c.Enabled, MinLength: int64(c.MinLength), Types: c.Types}
+	if len(cfg.Cache.Routes) > 0 {
+		p.Cache = &control.Cache{Size: int64(cfg.Cache.Size)}
+		for _, r := range cfg.Cache.Routes {
+			p.Cache.Routes = append(p.Cache.Routes, control.CacheRoute{URL: r.URL, MaxTTL: control.Duration(r.MaxTTL),
+				Stale: control.Duration(r.Stale), SessionCookies: r.SessionCookies})
+		}
+	}
+}
