@@ -83,6 +83,10 @@ type Server struct {
 	reqPool sync.Pool // of *reqState
 
 	lastNoFiles atomic.Int64 // unix nanos of the last out-of-files log line
+	last503     atomic.Int64 // unix nanos of the last 503 log line
+	more503     atomic.Int64 // 503s not logged since then
+
+	ids *idGen // request IDs
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -104,6 +108,7 @@ func New(opts Options) *Server {
 		events:   make(chan control.Message),
 		evNotify: make(chan struct{}, 1),
 		stop:     make(chan struct{}),
+		ids:      newIDGen(),
 	}
 	s.metrics = newMetrics(opts.Registry)
 	s.alog = newAccessLog(opts.AccessLog, func(err error) { s.logf("access log: %v (further errors not shown)", err) })
@@ -175,11 +180,21 @@ func (s *Server) Stats() control.Stats { return s.rt.stats() }
 
 func (s *Server) logf(format string, args ...any) { s.elog.Printf(format, args...) }
 
-// respWriter counts what was sent, for the log and the metrics.
+// respWriter counts what was sent, for the log and the metrics, and puts
+// the request ID on every response, whichever path answers it.
 type respWriter struct {
 	w      http.ResponseWriter
 	status int
 	bytes  int64
+	reqID  string // "" when proxy.request_id is off
+}
+
+// stamp adds X-Request-ID as the response starts; it replaces one the app
+// set, which can only differ if the app ignored HTTP_X_REQUEST_ID.
+func (rw *respWriter) stamp() {
+	if rw.reqID != "" {
+		rw.w.Header()["X-Request-Id"] = []string{rw.reqID}
+	}
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -187,6 +202,7 @@ func (rw *respWriter) Header() http.Header { return rw.w.Header() }
 func (rw *respWriter) WriteHeader(code int) {
 	if rw.status == 0 && code >= 200 {
 		rw.status = code
+		rw.stamp()
 	}
 	rw.w.WriteHeader(code)
 }
@@ -194,6 +210,7 @@ func (rw *respWriter) WriteHeader(code int) {
 func (rw *respWriter) Write(p []byte) (int, error) {
 	if rw.status == 0 {
 		rw.status = http.StatusOK
+		rw.stamp()
 	}
 	n, err := rw.w.Write(p)
 	rw.bytes += int64(n)
@@ -205,6 +222,7 @@ func (rw *respWriter) Write(p []byte) (int, error) {
 func (rw *respWriter) ReadFrom(r io.Reader) (int64, error) {
 	if rw.status == 0 {
 		rw.status = http.StatusOK
+		rw.stamp()
 	}
 	var n int64
 	var err error
@@ -240,6 +258,9 @@ type reqState struct {
 	// all of its packet never called the app.
 	bodiless bool
 	worker   string
+	wsock    string // the worker's socket, for $upstream_addr
+	reqID    string // "" when proxy.request_id is off
+	up       upTimes
 	job      sendJob
 }
 
@@ -250,8 +271,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := s.reqPool.Get().(*reqState)
 	rs.rw = respWriter{w: w}
 	rs.abort = false
-	rs.worker = ""
+	rs.worker, rs.wsock, rs.reqID = "", "", ""
+	rs.up = upTimes{}
 	ci := s.clientInfo(rs, r, st)
+	if st.requestID {
+		rs.reqID = s.requestID(r, st, ci)
+		rs.rw.reqID = rs.reqID
+		rs.info.requestID = rs.reqID
+	}
 	method, uri, proto := r.Method, r.RequestURI, r.Proto
 	if rej := refusal(ci, r); rej != nil {
 		method, uri, proto = rej.line, "", ""
@@ -283,10 +310,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			when: end, remote: rs.info.remoteAddr, method: method, uri: uri, proto: proto,
 			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
 			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
+			reqID: rs.reqID, wsock: rs.wsock, in: &rs.info, r: r,
 		}
-		if st.log == logJSON {
+		if st.logUp {
+			e.up = &rs.up
+		}
+		switch st.log {
+		case logJSON:
 			rs.line = appendJSON(rs.line[:0], &e)
-		} else {
+		case logCustom:
+			e.resp = rs.rw.Header()
+			rs.line = appendCustom(rs.line[:0], st.format, &e)
+		default:
 			rs.line = appendCombined(rs.line[:0], &e)
 		}
 		s.alog.write(rs.line)

@@ -23,6 +23,7 @@ type reqInfo struct {
 	serverName    string
 	serverPort    string
 	contentLength string // "" when the request has no body
+	requestID     string // HTTP_X_REQUEST_ID in place of the client's; "" passes the client's on
 }
 
 // appendPacket appends a complete uwsgi request packet for r to b[:0] and
@@ -49,10 +50,13 @@ func appendPacket(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
 		b = appendVar(b, "HTTP_HOST", r.Host)
 	}
 	for name, vals := range r.Header {
-		if skipRequestHeader(name) {
+		if skipRequestHeader(name) || in.requestID != "" && name == "X-Request-Id" {
 			continue
 		}
 		b = appendHeaderVar(b, name, vals)
+	}
+	if in.requestID != "" {
+		b = appendVar(b, "HTTP_X_REQUEST_ID", in.requestID)
 	}
 	b = appendVar(b, "BERTH_KEEPALIVE", "1")
 	n := len(b) - 4
