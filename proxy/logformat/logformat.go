@@ -8,8 +8,8 @@ package logformat
 import (
 	"fmt"
 	"maps"
-	"slices"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strings"
 )
