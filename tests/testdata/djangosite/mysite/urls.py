@@ -10,6 +10,7 @@ urlpatterns = [
     path("echo", views.echo),
     path("slow", views.slow),
     path("pid", views.pid),
+    path("request-id", views.request_id),
     path("celery/enqueue", views.enqueue),
     path("celery/result", views.result),
     path("admin/", admin.site.urls),

@@ -47,3 +47,11 @@ def result(request):
     from mysite.celery_app import app
     r = app.AsyncResult(request.GET["id"])
     return HttpResponse("%s %s" % (r.state, r.result if r.ready() else ""), content_type="text/plain")
+
+
+def request_id(request):
+    # What the app sees of request tracing: berth's ID and the W3C context.
+    return JsonResponse({
+        "request_id": request.META.get("HTTP_X_REQUEST_ID"),
+        "traceparent": request.META.get("HTTP_TRACEPARENT"),
+    })
