@@ -74,6 +74,10 @@ type Worker struct {
 	// 0 means unlimited. When the proxy has sent it this many requests it
 	// sends TypeDue once and keeps routing to it until told it drains.
 	MaxRequests int64 `json:"max_requests,omitempty"`
+	// Compact workers read berth's compact vars (modifier1 0xBE: the vars
+	// as NUL-separated strings, decoded by one split in Python); false
+	// means plain uwsgi vars, as any uwsgi server reads them.
+	Compact bool `json:"compact,omitempty"`
 }
 
 // Stats are the proxy's counters since it started.

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -217,4 +219,44 @@ func TestRequestIDIn503Log(t *testing.T) {
 	if n := strings.Count(h.elog.String(), ": 503: "); n != 1 {
 		t.Errorf("%d 503 lines within a second, want 1:\n%s", n, h.elog.String())
 	}
+}
+
+// TestRequestIDVar: in both packet encodings the app gets the request's
+// ID once, never the client's beside it.
+func TestRequestIDVar(t *testing.T) {
+	for _, compact := range []bool{false, true} {
+		r, _ := http.NewRequest("GET", "http://h/x", nil)
+		r.RequestURI = "/x"
+		r.Header.Set("X-Request-Id", "from-client")
+		pkt, err := appendPacket(nil, r, &reqInfo{pathInfo: "/x", requestID: "ours"}, compact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vars map[string]string
+		if compact {
+			vars, err = decodeCompact(pkt)
+		} else {
+			vars, err = decodeClassic(pkt)
+		}
+		if err != nil || vars["HTTP_X_REQUEST_ID"] != "ours" {
+			t.Errorf("compact %v: HTTP_X_REQUEST_ID %q, %v", compact, vars["HTTP_X_REQUEST_ID"], err)
+		}
+	}
+}
+
+// decodeClassic decodes a modifier1 0 packet, refusing a repeated var.
+func decodeClassic(pkt []byte) (map[string]string, error) {
+	vars := map[string]string{}
+	v := pkt[4:]
+	for len(v) >= 4 {
+		kl := int(v[0]) | int(v[1])<<8
+		k := string(v[2 : 2+kl])
+		vl := int(v[2+kl]) | int(v[3+kl])<<8
+		if _, dup := vars[k]; dup {
+			return nil, fmt.Errorf("%s twice", k)
+		}
+		vars[k] = string(v[4+kl : 4+kl+vl])
+		v = v[4+kl+vl:]
+	}
+	return vars, nil
 }

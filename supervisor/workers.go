@@ -547,6 +547,7 @@ func (s *Supervisor) sendWorkers() {
 			Capacity:    w.gen.cfg.Workers.Threads,
 			Draining:    w.state == wDraining,
 			MaxRequests: w.budget,
+			Compact:     true, // berth_worker.py reads modifier1 0xBE
 		})
 	}
 	for _, p := range s.proxies {
