@@ -16,7 +16,7 @@ func TestImportExitCodes(t *testing.T) {
 	clean := filepath.Join(dir, "clean.ini")
 	dirty := filepath.Join(dir, "dirty.ini")
 	os.WriteFile(clean, []byte("[uwsgi]\nmaster = true\nmodule = mysite.wsgi\nprocesses = 2\n"), 0o644)
-	os.WriteFile(dirty, []byte("[uwsgi]\nmodule = mysite.wsgi\ncron = 0 3 -1 -1 -1 ./manage.py clearsessions\n"), 0o644)
+	os.WriteFile(dirty, []byte("[uwsgi]\nmodule = mysite.wsgi\nstatic-expires = /* 3600\n"), 0o644)
 	tests := []struct {
 		args       []string
 		code       int
@@ -26,7 +26,7 @@ func TestImportExitCodes(t *testing.T) {
 		{[]string{"import", clean}, 0, "module: mysite.wsgi:application", "1 not needed"},
 		{[]string{"import", "--check", clean}, 0, "count: 2", "0 not translated"},
 		{[]string{"import", dirty}, 0, "# NOT TRANSLATED (1)", "1 not translated"},
-		{[]string{"import", "--check", dirty}, 1, "module: mysite.wsgi:application", "not yet supported: needs cron:"},
+		{[]string{"import", "--check", dirty}, 1, "module: mysite.wsgi:application", "not yet supported: needs static caching"},
 		{[]string{"import"}, 2, "", "usage: berth import"},
 		{[]string{"import", filepath.Join(dir, "missing.ini")}, 2, "", "missing.ini"},
 	}

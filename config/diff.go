@@ -52,6 +52,7 @@ func Diff(old, new *Config) Changes {
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
 			old.Proxy.AccessLog != new.Proxy.AccessLog ||
+			old.Proxy.RequestID != new.Proxy.RequestID ||
 			old.Proxy.Queue != new.Proxy.Queue ||
 			ow.Timeout != nw.Timeout ||
 			ow.GracefulTimeout != nw.GracefulTimeout ||

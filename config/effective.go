@@ -76,6 +76,7 @@ func (c *Config) Effective() ([]byte, error) {
 			"max_body_size", intNode(int64(p.MaxBodySize)),
 			"trusted_proxies", strList(p.TrustedProxies),
 			"access_log", strNode(p.AccessLog),
+			"request_id", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(p.RequestID)},
 			"queue", mapNode(
 				"size", intNode(int64(p.Queue.Size)),
 				"timeout", strNode(p.Queue.Timeout.String()),

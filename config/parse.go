@@ -568,6 +568,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 				{"max_body_size", d.size(&p.MaxBodySize)},
 				{"trusted_proxies", d.strs(&p.TrustedProxies)},
 				{"access_log", d.str(&p.AccessLog)},
+				{"request_id", d.boolean(&p.RequestID)},
 				{"queue", func(path string, n *yaml.Node) {
 					d.section(path, n, []field{
 						{"size", d.int(&p.Queue.Size)},

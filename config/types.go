@@ -88,11 +88,16 @@ type Static struct {
 
 // Proxy holds the HTTP front's settings.
 type Proxy struct {
-	MaxBodySize    Size        `yaml:"max_body_size" json:"max_body_size"`
-	TrustedProxies []string    `yaml:"trusted_proxies" json:"trusted_proxies"`
-	AccessLog      string      `yaml:"access_log" json:"access_log"`
-	Queue          Queue       `yaml:"queue" json:"queue"`
-	Compression    Compression `yaml:"compression" json:"compression"`
+	MaxBodySize    Size     `yaml:"max_body_size" json:"max_body_size"`
+	TrustedProxies []string `yaml:"trusted_proxies" json:"trusted_proxies"`
+	// AccessLog is "combined", "json", "off" or a format with nginx-style
+	// $variables (proxy/logformat), checked when the file is read.
+	AccessLog string `yaml:"access_log" json:"access_log"`
+	// RequestID gives every request an ID: X-Request-ID kept from trusted
+	// proxies, else generated. false passes X-Request-ID on untouched.
+	RequestID   bool        `yaml:"request_id" json:"request_id"`
+	Queue       Queue       `yaml:"queue" json:"queue"`
+	Compression Compression `yaml:"compression" json:"compression"`
 }
 
 // Queue bounds the requests waiting for a free worker.

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/logformat"
 )
 
 // Default returns the built-in configuration, used as is when there is no
@@ -38,6 +40,7 @@ func Default() *Config {
 			MaxBodySize:    1 << 20, // nginx's client_max_body_size 1m
 			TrustedProxies: []string{},
 			AccessLog:      "combined",
+			RequestID:      true,
 			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
 		},
 		Tasks:    Tasks{BeforeStart: []Task{}, BeforeRoll: []Task{}},
@@ -216,7 +219,11 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	switch pr.AccessLog {
 	case "combined", "json", "off":
 	default:
-		bad("proxy.access_log", "must be one of combined, json, off; got %s", quoteShort(pr.AccessLog))
+		if !strings.Contains(pr.AccessLog, "$") {
+			bad("proxy.access_log", "must be combined, json, off or a format with $variables, e.g. '$remote_addr \"$request\" $status $request_id'; got %s", quoteShort(pr.AccessLog))
+		} else if _, err := logformat.Parse(pr.AccessLog); err != nil {
+			bad("proxy.access_log", "%v", err)
+		}
 	}
 	if pr.Queue.Size < 0 {
 		bad("proxy.queue.size", "must not be negative (0 = no queue: 503 when every worker is busy), got %d", pr.Queue.Size)

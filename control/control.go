@@ -44,10 +44,13 @@ type Proxy struct {
 	Static         []Static `json:"static"`
 	MaxBodySize    int64    `json:"max_body_size"`   // bytes; 0 means no limit
 	TrustedProxies []string `json:"trusted_proxies"` // CIDRs, already validated
-	AccessLog      string   `json:"access_log"`      // "combined", "json" or "off"
-	QueueSize      int      `json:"queue_size"`      // requests waiting for a worker; beyond it 503
-	QueueTimeout   Duration `json:"queue_timeout"`   // longest wait for a worker, then 503
-	Timeout        Duration `json:"timeout"`         // a worker's answer takes longer: 504, worker reported
+	AccessLog      string   `json:"access_log"`      // "combined", "json", "off" or a format with nginx-style $variables
+	// RequestID gives every request an ID (X-Request-ID from a trusted
+	// proxy, else a new one); false passes X-Request-ID on untouched.
+	RequestID    bool     `json:"request_id"`
+	QueueSize    int      `json:"queue_size"`    // requests waiting for a worker; beyond it 503
+	QueueTimeout Duration `json:"queue_timeout"` // longest wait for a worker, then 503
+	Timeout      Duration `json:"timeout"`       // a worker's answer takes longer: 504, worker reported
 	// GracefulTimeout bounds how long a stopping proxy waits for in-flight
 	// requests after SIGTERM before it closes what is left.
 	GracefulTimeout Duration `json:"graceful_timeout"`

@@ -46,6 +46,8 @@ type builder struct {
 	env     []envItem
 	static  []staticItem
 	skipped []Skipped
+	// companions are tasks.before_start, programs and cron, by list.
+	companions map[string][]companion
 }
 
 func newBuilder() *builder {
@@ -166,6 +168,9 @@ func (b *builder) translated() int {
 		}
 	}
 	for _, l := range b.lists {
+		n += len(l)
+	}
+	for _, l := range b.companions {
 		n += len(l)
 	}
 	return n + len(b.env) + len(b.static)

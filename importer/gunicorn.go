@@ -101,20 +101,19 @@ var gunicornNoEquivalent = map[string]string{
 
 // gunicornNotYet are settings whose berth feature is planned.
 var gunicornNotYet = map[string]string{
-	"certfile":          "needs TLS (tls: and https:// listeners)",
-	"keyfile":           "needs TLS (tls: and https:// listeners)",
-	"ca_certs":          "needs TLS (tls: and https:// listeners)",
-	"cert_reqs":         "needs TLS (tls: and https:// listeners)",
-	"ssl_version":       "needs TLS (tls: and https:// listeners)",
-	"ciphers":           "needs TLS (tls: and https:// listeners)",
-	"access_log_format": "needs custom access-log formats (proxy.access_log with $variables)",
+	"certfile":    "needs TLS (tls: and https:// listeners)",
+	"keyfile":     "needs TLS (tls: and https:// listeners)",
+	"ca_certs":    "needs TLS (tls: and https:// listeners)",
+	"cert_reqs":   "needs TLS (tls: and https:// listeners)",
+	"ssl_version": "needs TLS (tls: and https:// listeners)",
+	"ciphers":     "needs TLS (tls: and https:// listeners)",
 }
 
 // gunicornHandled are the settings translateGunicorn turns into keys.
 var gunicornHandled = []string{
 	"wsgi_app", "chdir", "pythonpath", "raw_env", "bind", "workers", "worker_class", "threads",
 	"timeout", "graceful_timeout", "keepalive", "max_requests", "max_requests_jitter",
-	"preload_app", "forwarded_allow_ips", "accesslog", "user", "group", "reload",
+	"preload_app", "forwarded_allow_ips", "accesslog", "access_log_format", "user", "group", "reload",
 	"reload_extra_files",
 }
 
@@ -213,7 +212,7 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 		note = "evaluated: " + g.Expr
 	}
 	if gunicornHooks[name] {
-		b.skip(src, "def "+name+"(…)", NoEquivalent, "berth runs no server hooks; move the work into the app, or into tasks.before_start:/programs: once berth has them")
+		b.skip(src, "def "+name+"(…)", NoEquivalent, "berth runs no server hooks; move the work into the app, or into a tasks.before_start: command or a programs: entry")
 		return
 	}
 	if why, ok := gunicornNotNeeded[name]; ok {
@@ -344,8 +343,18 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 		}
 	case "forwarded_allow_ips":
 		translateForwardedAllowIPs(b, src, shown, v)
+	case "access_log_format":
+		gunicornAccessLog(b, src, shown, v)
 	case "accesslog":
+		old := b.scalars["proxy.access_log"]
+		fromFormat := old != nil && old.src.Key == "access_log_format"
 		switch s, _ := v.(string); {
+		case fromFormat && v == nil:
+			b.skip(old.src, old.src.raw, NotNeeded, "accesslog is None: Gunicorn logged no requests")
+			delete(b.scalars, "proxy.access_log")
+			b.set("proxy.access_log", "off", src, "Gunicorn logged no requests")
+		case fromFormat && s == "-":
+			b.skip(src, shown, NotNeeded, "to stdout, berth's only access log; the format is access_log_format's")
 		case v == nil:
 			b.set("proxy.access_log", "off", src, "Gunicorn logged no requests")
 		case s == "-":

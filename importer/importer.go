@@ -51,8 +51,8 @@ const (
 	NoEquivalent
 	// NeedsDecision: a translation exists but would guess; the user decides.
 	NeedsDecision
-	// NotYetSupported: a planned berth feature (TLS, compression, programs,
-	// cron, upstreams, ...) that does not exist yet.
+	// NotYetSupported: a planned berth feature (TLS, compression, static
+	// caching, upstreams, ...) that does not exist yet.
 	NotYetSupported
 )
 

@@ -279,9 +279,9 @@ func TestCheckUntranslated(t *testing.T) {
 	if u := clean.Untranslated(); len(u) != 0 || len(clean.Skipped) != 1 {
 		t.Errorf("only not-needed settings: untranslated %v, skipped %v", u, clean.Skipped)
 	}
-	dirty := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nattach-daemon = celery worker\n"})
-	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NotYetSupported || !strings.Contains(u[0].Why, "programs:") {
-		t.Errorf("attach-daemon: %+v", u)
+	dirty := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nstatic-expires = /* 3600\n"})
+	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NotYetSupported || !strings.Contains(u[0].Why, "static caching") {
+		t.Errorf("static-expires: %+v", u)
 	}
 }
 

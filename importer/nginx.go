@@ -57,6 +57,8 @@ type nginxImport struct {
 	used      map[*ndir]bool // upstreams some pass names
 	pending   []pending
 	appLocs   []appLoc
+	// logFormats are the log_format definitions by name.
+	logFormats map[string]*ndir
 	// rootUsed marks root directives that a static location translated.
 	rootUsed map[*ndir]bool
 	site     bool // an app server block was translated
@@ -68,9 +70,10 @@ func importNginx(b *builder, file, prefix string) error {
 	if err != nil {
 		return err
 	}
-	n := &nginxImport{b: b, upstreams: map[string]*ndir{}, used: map[*ndir]bool{}, rootUsed: map[*ndir]bool{}}
+	n := &nginxImport{b: b, upstreams: map[string]*ndir{}, used: map[*ndir]bool{}, rootUsed: map[*ndir]bool{}, logFormats: map[string]*ndir{}}
 	root := &nginxScope{where: "", vals: map[string]*ndir{}}
 	n.collectUpstreams(dirs)
+	n.collectLogFormats(dirs)
 	n.http(dirs, root, "")
 	n.resolve()
 	for _, u := range sortedUpstreams(n.upstreams) {

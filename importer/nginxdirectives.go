@@ -16,7 +16,6 @@ const (
 	whyBuffers = "berth's proxy buffers bodies itself, in memory and spilled to disk when large"
 	whyTLS     = "needs TLS (tls: and https:// listeners)"
 	whyGzip    = "needs compression (proxy.compression)"
-	whyLogFmt  = "needs custom access-log formats (proxy.access_log with $variables)"
 	whyCache   = "needs the response cache (cache:)"
 	whyRewrite = "berth has no rewrite or routing rules; do it in the app"
 	whyAccess  = "berth has no access rules; check access in the app"
@@ -65,7 +64,7 @@ var nginxRules = map[string]nginxRule{
 	"uwsgi_next_upstream":   {NotNeeded, "berth retries a request once on another worker when that is safe"},
 	"proxy_next_upstream":   {NotNeeded, "berth retries a request once on another worker when that is safe"},
 	"real_ip_recursive":     {NotNeeded, "berth skips every trusted proxy in X-Forwarded-For"},
-	"log_format":            {NotYetSupported, whyLogFmt},
+	"log_format":            {NotNeeded, "a format definition: the access_log naming it becomes proxy.access_log"},
 	"ssl_certificate":       {NotYetSupported, whyTLS}, "ssl_certificate_key": {NotYetSupported, whyTLS},
 	"ssl_protocols": {NotYetSupported, whyTLS}, "ssl_ciphers": {NotYetSupported, whyTLS},
 	"ssl_prefer_server_ciphers": {NotYetSupported, whyTLS}, "ssl_session_cache": {NotYetSupported, whyTLS},
@@ -132,7 +131,7 @@ func (n *nginxImport) directive(d *ndir, where string, static bool) {
 		case arg(0) == "off":
 			b.set("proxy.access_log", "off", src, "")
 		case arg(1) != "" && arg(1) != "combined":
-			b.skip(src, text, NotYetSupported, whyLogFmt)
+			n.accessLog(d, src, text)
 		default:
 			b.skip(src, text, NotNeeded, "berth writes the access log in the combined format to stdout, where the container runtime collects it")
 		}

@@ -1,7 +1,9 @@
 package importer
 
 import (
+	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -90,6 +92,34 @@ func (b *builder) render(inputs []string) []byte {
 		list("  ", "trusted_proxies", "proxy.trusted_proxies")
 		scalar("  ", "access_log", "proxy.access_log")
 	}
+	// One line per entry, so its source comment sits on every value.
+	comp := func(indent string, list string) {
+		for i := range b.companions[list] {
+			c := &b.companions[list][i]
+			words := make([]string, len(c.command))
+			for j, w := range c.command {
+				words[j] = flowScalar(w)
+			}
+			sched := ""
+			if c.schedule != "" {
+				sched = ", schedule: " + flowScalar(c.schedule)
+			}
+			emit(fmt.Sprintf("%s- {name: %s%s, command: [%s]}", indent, flowScalar(c.name), sched, strings.Join(words, ", ")), &item{src: c.src, note: c.note})
+		}
+	}
+	if len(b.companions[listTasks]) > 0 {
+		emit("tasks:", nil)
+		emit("  before_start:", nil)
+		comp("    ", listTasks)
+	}
+	if len(b.companions[listPrograms]) > 0 {
+		emit("programs:", nil)
+		comp("  ", listPrograms)
+	}
+	if len(b.companions[listCron]) > 0 {
+		emit("cron:", nil)
+		comp("  ", listCron)
+	}
 
 	var out strings.Builder
 	out.WriteString("# berth.yaml written by `berth import` from " + strings.Join(inputs, ", ") + ".\n")
@@ -151,6 +181,23 @@ func (b *builder) renderSkipped(out *strings.Builder) {
 			write(s, false)
 		}
 	}
+}
+
+// plainWord is a string YAML reads as itself inside a flow sequence.
+var plainWord = regexp.MustCompile(`^[A-Za-z_./%+@-][A-Za-z0-9_./%+@=:-]*$`)
+
+// flowScalar writes s for a flow sequence ([a, b]): plain when YAML reads
+// it back as the same string, else double-quoted (JSON's quoting is
+// YAML's).
+func flowScalar(s string) string {
+	if plainWord.MatchString(s) && !strings.HasSuffix(s, ":") && yamlScalar(s) == s {
+		return s
+	}
+	var q strings.Builder
+	enc := json.NewEncoder(&q)
+	enc.SetEscapeHTML(false) // > and & read better as themselves
+	enc.Encode(s)
+	return strings.TrimSuffix(q.String(), "\n")
 }
 
 // yamlScalar writes v as one YAML scalar, quoted when YAML would read it

@@ -85,19 +85,14 @@ var uwsgiNoEquivalent = map[string]string{
 	"static-skip-ext":           "berth serves every file under a static: directory",
 	"static-safe":               "berth serves only files under a static: directory",
 	"optimize":                  "berth starts Python without -O",
+	"mule":                      "a mule runs Python inside uWSGI, with its APIs; a script that runs on its own can be a programs: entry",
+	"attach-control-daemon":     "uWSGI stopped with this daemon; a programs: entry with required: true does that, write it by hand",
+	"log-format":                "uWSGI's log variables (%(addr), %(msecs), …) are not nginx's; write proxy.access_log with $variables by hand",
+	"logformat":                 "uWSGI's log variables (%(addr), %(msecs), …) are not nginx's; write proxy.access_log with $variables by hand",
 }
 
 // uwsgiNotYet are uWSGI options whose berth feature is planned.
 var uwsgiNotYet = map[string]string{
-	"attach-daemon":             "needs programs: (companion processes supervised by berth)",
-	"attach-daemon2":            "needs programs: (companion processes supervised by berth)",
-	"smart-attach-daemon":       "needs programs: (companion processes supervised by berth)",
-	"smart-attach-daemon2":      "needs programs: (companion processes supervised by berth)",
-	"attach-control-daemon":     "needs programs: (companion processes supervised by berth)",
-	"mule":                      "needs programs: (companion processes supervised by berth)",
-	"cron":                      "needs cron: (scheduled commands run by berth)",
-	"cron2":                     "needs cron: (scheduled commands run by berth)",
-	"unique-cron":               "needs cron: (scheduled commands run by berth)",
 	"https":                     "needs TLS (tls: and https:// listeners)",
 	"https-socket":              "needs TLS (tls: and https:// listeners)",
 	"http-to-https":             "needs TLS (tls.redirect_http)",
@@ -109,12 +104,10 @@ var uwsgiNotYet = map[string]string{
 	"static-gzip-all":           "needs compression (.gz sidecars for static files)",
 	"static-gzip-dir":           "needs compression (.gz sidecars for static files)",
 	"static-gzip-ext":           "needs compression (.gz sidecars for static files)",
-	"log-format":                "needs custom access-log formats (proxy.access_log with $variables)",
-	"logformat":                 "needs custom access-log formats (proxy.access_log with $variables)",
 }
 
 // uwsgiHookRE matches uWSGI's hooks and exec-* options; those that run
-// before the app loads become tasks.before_start once berth has it.
+// before the app loads become tasks.before_start (companions.go).
 var uwsgiHookRE = regexp.MustCompile(`^(hook|exec|call)-(.*)$`)
 
 // uwsgiApp gathers what names the app, resolved once the whole file is read.
@@ -287,16 +280,15 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 				b.skip(src, v, NotNeeded, "berth logs every request by default")
 			}
 		}
+	case "attach-daemon", "attach-daemon2", "smart-attach-daemon", "smart-attach-daemon2":
+		uwsgiDaemon(b, k, v, o.raw, src)
+	case "cron", "cron2", "unique-cron":
+		uwsgiCron(b, k, v, o.raw, src)
 	case "ini", "include", "yaml", "json", "xml", "inherit":
 		b.skip(src, v, NeedsDecision, "berth import does not follow uWSGI's includes: pass %s to berth import too", v)
 	default:
 		if m := uwsgiHookRE.FindStringSubmatch(k); m != nil {
-			phase := m[2]
-			if strings.Contains(phase, "post-app") || strings.Contains(phase, "accepting") || strings.Contains(phase, "atexit") || strings.Contains(phase, "reload") {
-				b.skip(src, v, NoEquivalent, "berth has no hook at this point of a worker's life")
-			} else {
-				b.skip(src, v, NotYetSupported, "needs tasks.before_start: (commands run before the first worker starts)")
-			}
+			uwsgiHook(b, m[1], m[2], v, o.raw, src)
 			return
 		}
 		if o.placeholder {

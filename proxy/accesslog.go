@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"io"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -60,6 +61,12 @@ type logEntry struct {
 	worker  string
 	referer string
 	ua      string
+	reqID   string   // "" when proxy.request_id is off
+	up      *upTimes // nil when the format shows no upstream time
+	wsock   string   // the worker's socket; "" when no worker was asked
+	in      *reqInfo // client address, scheme, host, path
+	r       *http.Request
+	resp    http.Header // the response's headers
 }
 
 // appendCombined formats nginx's "combined" log format exactly:
@@ -71,8 +78,10 @@ func appendCombined(b []byte, e *logEntry) []byte {
 	b = e.when.AppendFormat(b, "02/Jan/2006:15:04:05 -0700")
 	b = append(b, "] \""...)
 	b = appendNginxEsc(b, e.method)
-	b = append(b, ' ')
-	b = appendNginxEsc(b, e.uri)
+	if e.uri != "" { // a refused request's line is all in method
+		b = append(b, ' ')
+		b = appendNginxEsc(b, e.uri)
+	}
 	if e.proto != "" {
 		b = append(b, ' ')
 		b = appendNginxEsc(b, e.proto)
@@ -111,7 +120,9 @@ func appendNginxEsc(b []byte, s string) []byte {
 	return b
 }
 
-// appendJSON formats one JSON object per line.
+// appendJSON formats one JSON object per line. Its field names are a
+// contract (README, "Access log"): fields are added, never renamed or
+// removed.
 func appendJSON(b []byte, e *logEntry) []byte {
 	b = append(b, `{"time":"`...)
 	b = e.when.AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
@@ -133,12 +144,31 @@ func appendJSON(b []byte, e *logEntry) []byte {
 	b = appendJSONString(b, e.worker)
 	b = append(b, `,"ua":`...)
 	b = appendJSONString(b, e.ua)
+	b = append(b, `,"referer":`...)
+	b = appendJSONString(b, e.referer)
+	b = append(b, `,"host":`...)
+	b = appendJSONString(b, e.in.serverName)
+	b = append(b, `,"request_id":`...)
+	b = appendJSONString(b, e.reqID)
+	b = append(b, `,"upstream_duration_ms":`...)
+	if e.up == nil || e.up.n == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = strconv.AppendFloat(b, float64(e.up.total().Microseconds())/1000, 'f', 3, 64)
+	}
 	return append(b, "}\n"...)
 }
 
 func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
 	b = append(b, '"')
+	b = appendJSONEsc(b, s)
+	return append(b, '"')
+}
+
+// appendJSONEsc writes s escaped for the inside of a JSON string; bytes
+// that are not UTF-8 become U+FFFD, so the line stays valid JSON.
+func appendJSONEsc(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
@@ -167,5 +197,5 @@ func appendJSONString(b []byte, s string) []byte {
 		}
 		i += size
 	}
-	return append(b, '"')
+	return b
 }

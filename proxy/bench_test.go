@@ -101,11 +101,31 @@ func benchConfig() control.Proxy {
 // BenchmarkServeHTTP measures the proxy's own handler (vars, pool,
 // response parse and copy, access log line) without net/http's server:
 // its allocs/op are what this package adds per request.
-func BenchmarkServeHTTP(b *testing.B) {
+func BenchmarkServeHTTP(b *testing.B) { benchServeHTTP(b, benchConfig()) }
+
+// BenchmarkServeHTTPRequestID is BenchmarkServeHTTP with proxy.request_id
+// on (the config's default): what an ID costs per request.
+func BenchmarkServeHTTPRequestID(b *testing.B) {
+	cfg := benchConfig()
+	cfg.RequestID = true
+	benchServeHTTP(b, cfg)
+}
+
+// BenchmarkServeHTTPCustomLog writes a custom format with upstream times.
+func BenchmarkServeHTTPCustomLog(b *testing.B) {
+	cfg := benchConfig()
+	cfg.RequestID = true
+	cfg.AccessLog = `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time $upstream_response_time $request_id $worker`
+	benchServeHTTP(b, cfg)
+}
+
+func benchServeHTTP(b *testing.B, cfg control.Proxy) {
 	fw := startFastWorker(b, 4)
 	s := New(Options{AccessLog: io.Discard, ErrorLog: io.Discard})
 	defer s.Shutdown(context.Background())
-	s.SetConfig(benchConfig())
+	if err := s.SetConfig(cfg); err != nil {
+		b.Fatal(err)
+	}
 	s.SetWorkers([]control.Worker{{ID: "w1", Socket: fw.path, Capacity: 4}})
 	req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader([]byte(
 		"GET /hello?x=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"))))

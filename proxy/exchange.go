@@ -114,10 +114,10 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			s.metrics.queueWait.Observe(waited.Seconds())
 		}
 		if err != nil {
-			s.unavailable(w, st, err)
+			s.unavailable(rs, st, err)
 			return
 		}
-		rs.worker = g.w.id
+		rs.worker, rs.wsock = g.w.id, g.w.socket
 		if g.w.compact != compact {
 			// The worker set changed between building the packet and the
 			// grant (handoff skips such a grant): rebuild it. Rare.
@@ -129,11 +129,14 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			}
 		}
 		out := s.exchange(rs, r, st, g, pkt, bodyInPkt)
+		if st.logUp && rs.up.open {
+			rs.up.end(time.Now())
+		}
 		if out == done {
 			return
 		}
 		if out == outOfFiles {
-			s.unavailable(w, st, errOutOfFiles)
+			s.unavailable(rs, st, errOutOfFiles)
 			return
 		}
 		// Only a request the worker never had is sent to another one. One
@@ -166,18 +169,23 @@ func (s *Server) tooLarge(w http.ResponseWriter, st *settings) {
 		fmt.Sprintf("berth: the request body is larger than max_body_size (%d bytes)\n", st.maxBody))
 }
 
-func (s *Server) unavailable(w http.ResponseWriter, st *settings, err error) {
+func (s *Server) unavailable(rs *reqState, st *settings, err error) {
+	w := &rs.rw
 	var kind, msg string
 	switch err {
 	case errNoWorker:
+		// The router logs these, every 5 s with a count: the cause is
+		// the workers, not one request.
 		kind, msg = kindNoWorker, "berth: no worker is ready to serve this request; retry later\n"
 	case errQueueFull:
 		kind, msg = kindQueueFull, "berth: every worker is busy and the queue is full; retry later\n"
+		s.log503(rs, "every worker is busy and the queue is full (proxy.queue.size)")
 	case errOutOfFiles:
 		kind, msg = kindNoFiles, "berth: the proxy has no file descriptor left (raise ulimit -n); retry later\n"
-		s.noFilesLog()
+		s.noFilesLog(rs)
 	case errQueueTimeout:
 		kind, msg = kindQueueTimeout, fmt.Sprintf("berth: no worker became free within %s; retry later\n", st.queueTimeout)
+		s.log503(rs, "no worker became free within proxy.queue.timeout")
 	default: // the client left while queued: nothing to answer
 		return
 	}
@@ -188,13 +196,13 @@ func (s *Server) unavailable(w http.ResponseWriter, st *settings, err error) {
 
 // noFilesLog says, at most every 5 seconds, that the proxy ran out of
 // file descriptors: the cause of a burst of 503s an operator must see.
-func (s *Server) noFilesLog() {
+func (s *Server) noFilesLog(rs *reqState) {
 	now := time.Now().UnixNano()
 	last := s.lastNoFiles.Load()
 	if now-last < int64(5*time.Second) || !s.lastNoFiles.CompareAndSwap(last, now) {
 		return
 	}
-	s.logf("out of file descriptors: answering 503 to requests that need a worker connection; raise the proxy's ulimit -n (RLIMIT_NOFILE)")
+	s.reqLogf(rs, "out of file descriptors: answering 503 to requests that need a worker connection; raise the proxy's ulimit -n (RLIMIT_NOFILE)")
 }
 
 // exchange sends the request on g's worker and relays its answer. It
@@ -207,6 +215,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	if sent {
 		start = g.start
 	}
+	rs.up.begin(start)
 	h := rs.rw.Header()
 	var hd respHead
 	var err error
@@ -228,7 +237,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		var malformed *badResponse
 		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
-			s.logf("worker %s: bad response: %v", wk.id, err)
+			s.reqLogf(rs, "worker %s: bad response: %v", wk.id, err)
 			s.rt.release(wk, c, false)
 			return failed502
 		}
@@ -245,17 +254,17 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		// one whose reader took everything reports EOF. A bodiless
 		// request that is partly unread never reached the app.
 		if errors.Is(err, syscall.ECONNRESET) && rs.bodiless {
-			s.logf("worker %s: closed the connection before reading %s %s; retrying it on another worker", wk.id, r.Method, r.URL.Path)
+			s.reqLogf(rs, "worker %s: closed the connection before reading %s %s; retrying it on another worker", wk.id, r.Method, r.URL.Path)
 			return retryUnread
 		}
 		s.metrics.notRetried.Inc()
-		s.logf("worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
+		s.reqLogf(rs, "worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
 		return failed502
 	}
 	if hd.status == http.StatusSwitchingProtocols {
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
-		s.logf("worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
+		s.reqLogf(rs, "worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
 		s.rt.release(wk, c, false)
 		return failed502
 	}
@@ -272,9 +281,12 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 			return s.timedOut(rs, wk, c, st)
 		}
 		s.metrics.upstreamError(kindBadResponse)
-		s.logf("worker %s: reading the response body: %v", wk.id, err)
+		s.reqLogf(rs, "worker %s: reading the response body: %v", wk.id, err)
 		s.rt.release(wk, c, false)
 		return failed502
+	}
+	if st.logUp {
+		rs.up.end(time.Now())
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
 	s.rt.release(wk, c, reuse)
@@ -333,7 +345,7 @@ func (s *Server) writeLarge(rs *reqState) {
 	}
 	f, err := rs.resp.file()
 	if err != nil {
-		s.logf("%v", err)
+		s.reqLogf(rs, "%v", err)
 		rs.abort = true
 		return
 	}
@@ -400,14 +412,17 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 		if err != nil {
 			if isTimeout(err) {
 				s.metrics.upstreamError(kindTimeout)
-				s.logf("worker %s: streamed response silent for %s; cut", wk.id, st.timeout)
+				s.reqLogf(rs, "worker %s: streamed response silent for %s; cut", wk.id, st.timeout)
 			} else {
 				s.metrics.upstreamError(kindBadResponse)
-				s.logf("worker %s: streamed response broke: %v", wk.id, err)
+				s.reqLogf(rs, "worker %s: streamed response broke: %v", wk.id, err)
 			}
 			rs.abort = true
 			break
 		}
+	}
+	if st.logUp {
+		rs.up.end(time.Now())
 	}
 	s.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
 	return done
@@ -417,7 +432,7 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 // routing: the supervisor dumps and replaces it.
 func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) outcome {
 	s.metrics.upstreamError(kindTimeout)
-	s.logf("worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
+	s.reqLogf(rs, "worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
 	s.rt.noteTimeout(wk)
 	s.rt.release(wk, c, false)
 	plainError(&rs.rw, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
@@ -475,7 +490,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 				return nil, outOfFiles
 			}
 			s.metrics.upstreamError(kindDial)
-			s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
+			s.reqLogf(rs, "worker %s: connect %s: %v", wk.id, wk.socket, err)
 			s.rt.noteDialFailure(wk)
 			s.rt.release(wk, nil, false)
 			return nil, retryDial
@@ -507,7 +522,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 			s.rt.release(wk, c, false)
 			if out == failed502 {
 				s.metrics.notRetried.Inc()
-				s.logf("worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
+				s.reqLogf(rs, "worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
 			}
 			return nil, out
 		}

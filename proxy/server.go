@@ -95,6 +95,11 @@ type Server struct {
 	edge    *edgeMetrics
 	zips    *zipCache // compressed static files
 	cache   cacheStore
+
+	last503 atomic.Int64 // unix nanos of the last 503 log line
+	more503 atomic.Int64 // 503s not logged since then
+
+	ids *idGen // request IDs
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -116,6 +121,7 @@ func New(opts Options) *Server {
 		events:   make(chan control.Message),
 		evNotify: make(chan struct{}, 1),
 		stop:     make(chan struct{}),
+		ids:      newIDGen(),
 	}
 	s.metrics = newMetrics(opts.Registry)
 	s.edge = newEdgeMetrics(opts.Registry)
@@ -206,13 +212,31 @@ func (s *Server) Stats() control.Stats {
 
 func (s *Server) logf(format string, args ...any) { s.elog.Printf(format, args...) }
 
-// respWriter counts what was sent, for the log and the metrics.
+// respWriter counts what was sent, for the log and the metrics, and puts
+// the request ID on every response, whichever path answers it.
 type respWriter struct {
 	w      http.ResponseWriter
 	status int
 	bytes  int64
 	hsts   []string // Strict-Transport-Security to add; nil: none
 	xcache string   // X-Cache-Status to add; "": none
+	reqID  string   // "" when proxy.request_id is off
+}
+
+// stamp adds the proxy's own response fields as the response starts:
+// X-Request-ID (replacing one the app set, which can only differ if the app
+// ignored HTTP_X_REQUEST_ID), HSTS and X-Cache-Status.
+func (rw *respWriter) stamp() {
+	h := rw.w.Header()
+	if rw.reqID != "" {
+		h["X-Request-Id"] = []string{rw.reqID}
+	}
+	if rw.hsts != nil {
+		h["Strict-Transport-Security"] = rw.hsts[:1:1]
+	}
+	if rw.xcache != "" {
+		h["X-Cache-Status"] = []string{rw.xcache}
+	}
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -220,12 +244,7 @@ func (rw *respWriter) Header() http.Header { return rw.w.Header() }
 func (rw *respWriter) WriteHeader(code int) {
 	if rw.status == 0 && code >= 200 {
 		rw.status = code
-		if rw.hsts != nil {
-			rw.w.Header()["Strict-Transport-Security"] = rw.hsts[:1:1]
-		}
-		if rw.xcache != "" {
-			rw.w.Header()["X-Cache-Status"] = []string{rw.xcache}
-		}
+		rw.stamp()
 	}
 	rw.w.WriteHeader(code)
 }
@@ -279,6 +298,9 @@ type reqState struct {
 	// all of its packet never called the app.
 	bodiless bool
 	worker   string
+	wsock    string // the worker's socket, for $upstream_addr
+	reqID    string // "" when proxy.request_id is off
+	up       upTimes
 	job      sendJob
 	fill     *fill // this request fills a cache entry (cache.go)
 }
@@ -290,8 +312,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rs := s.reqPool.Get().(*reqState)
 	rs.rw = respWriter{w: w}
 	rs.abort = false
-	rs.worker = ""
+	rs.worker, rs.wsock, rs.reqID = "", "", ""
+	rs.up = upTimes{}
 	ci := s.clientInfo(rs, r, st)
+	if st.requestID {
+		rs.reqID = s.requestID(r, st, ci)
+		rs.rw.reqID = rs.reqID
+		rs.info.requestID = rs.reqID
+	}
 	method, uri, proto := r.Method, r.RequestURI, r.Proto
 	if rej := refusal(ci, r); rej != nil {
 		method, uri, proto = rej.line, "", ""
@@ -323,10 +351,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			when: end, remote: rs.info.remoteAddr, method: method, uri: uri, proto: proto,
 			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
 			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
+			reqID: rs.reqID, wsock: rs.wsock, in: &rs.info, r: r,
 		}
-		if st.log == logJSON {
+		if st.logUp {
+			e.up = &rs.up
+		}
+		switch st.log {
+		case logJSON:
 			rs.line = appendJSON(rs.line[:0], &e)
-		} else {
+		case logCustom:
+			e.resp = rs.rw.Header()
+			rs.line = appendCustom(rs.line[:0], st.format, &e)
+		default:
 			rs.line = appendCombined(rs.line[:0], &e)
 		}
 		s.alog.write(rs.line)

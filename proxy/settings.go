@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/control"
+	"github.com/berth-dev/berth/proxy/logformat"
 )
 
 // logMode is the access log format.
@@ -18,6 +19,7 @@ const (
 	logOff logMode = iota
 	logCombined
 	logJSON
+	logCustom // format, a user's nginx-style $variables
 )
 
 // settings is a control.Proxy compiled for the hot path. It is immutable
@@ -28,8 +30,11 @@ type settings struct {
 	mounts       []*mount // longest URL first, so /static/img/ wins over /static/
 	trusted      []netip.Prefix
 	log          logMode
-	maxBody      int64 // 0: no limit
-	queueSize    int   // 0: no queue, 503 at once when every worker is busy
+	format       *logformat.Format // for logCustom
+	logUp        bool              // the log shows upstream times: measure them
+	requestID    bool              // proxy.request_id
+	maxBody      int64             // 0: no limit
+	queueSize    int               // 0: no queue, 503 at once when every worker is busy
 	queueTimeout time.Duration
 	timeout      time.Duration // 0: wait for workers without limit
 	graceful     time.Duration
@@ -61,6 +66,7 @@ func compile(p control.Proxy) (*settings, error) {
 		queueTimeout: time.Duration(p.QueueTimeout),
 		timeout:      time.Duration(p.Timeout),
 		graceful:     time.Duration(p.GracefulTimeout),
+		requestID:    p.RequestID,
 	}
 	switch p.AccessLog {
 	case "", "off":
@@ -69,8 +75,17 @@ func compile(p control.Proxy) (*settings, error) {
 		st.log = logCombined
 	case "json":
 		st.log = logJSON
+		st.logUp = true
 	default:
-		return nil, fmt.Errorf("proxy config: access_log %q: use combined, json or off", p.AccessLog)
+		if !strings.Contains(p.AccessLog, "$") {
+			return nil, fmt.Errorf("proxy config: access_log %q: use combined, json, off or a format with $variables", p.AccessLog)
+		}
+		f, err := logformat.Parse(p.AccessLog)
+		if err != nil {
+			return nil, fmt.Errorf("proxy config: access_log: %w", err)
+		}
+		st.log, st.format = logCustom, f
+		st.logUp = f.Uses(logformat.UpstreamResponseTime)
 	}
 	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 {
 		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")

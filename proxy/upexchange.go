@@ -180,7 +180,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 			if c, err = p.dial(min(time.Duration(gs.cfg.ConnectTimeout), time.Until(end))); err != nil {
 				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 					g.release(p, nil, false, resNeutral, 0)
-					s.unavailable(&rs.rw, nil, errOutOfFiles)
+					s.unavailable(rs, nil, errOutOfFiles)
 					return tryEnd{done: true}
 				}
 				s.metrics.upstreamError(kindDial)

@@ -33,6 +33,7 @@ type reqInfo struct {
 	serverName    string
 	serverPort    string
 	contentLength string // "" when the request has no body
+	requestID     string // HTTP_X_REQUEST_ID in place of the client's; "" passes the client's on
 }
 
 // appendPacket appends a complete uwsgi request packet for r to b[:0] and
@@ -62,10 +63,13 @@ func appendPacket(b []byte, r *http.Request, in *reqInfo, compact bool) ([]byte,
 		b = appendVar(b, "HTTP_HOST", r.Host)
 	}
 	for name, vals := range r.Header {
-		if skipRequestHeader(name) {
+		if skipRequestHeader(name) || in.requestID != "" && name == "X-Request-Id" {
 			continue
 		}
 		b = appendHeaderVar(b, name, vals)
+	}
+	if in.requestID != "" {
+		b = appendVar(b, "HTTP_X_REQUEST_ID", in.requestID)
 	}
 	b = appendVar(b, "BERTH_KEEPALIVE", "1")
 	n := len(b) - 4
@@ -178,7 +182,7 @@ func appendCompact(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
 		kv("HTTP_HOST", r.Host)
 	}
 	for name, vals := range r.Header {
-		if skipRequestHeader(name) {
+		if skipRequestHeader(name) || in.requestID != "" && name == "X-Request-Id" {
 			continue
 		}
 		b = append(b, "HTTP_"...)
@@ -204,6 +208,9 @@ func appendCompact(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
 			b = append(b, v...)
 		}
 		b = append(b, 0)
+	}
+	if in.requestID != "" {
+		kv("HTTP_X_REQUEST_ID", in.requestID)
 	}
 	kv("BERTH_KEEPALIVE", "1")
 	n := len(b) - 4

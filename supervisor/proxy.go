@@ -26,6 +26,7 @@ func (s *Supervisor) proxyConfig(cfg *config.Config) *control.Proxy {
 		MaxBodySize:     int64(cfg.Proxy.MaxBodySize),
 		TrustedProxies:  cfg.Proxy.TrustedProxies,
 		AccessLog:       cfg.Proxy.AccessLog,
+		RequestID:       cfg.Proxy.RequestID,
 		QueueSize:       cfg.Proxy.Queue.Size,
 		QueueTimeout:    control.Duration(cfg.Proxy.Queue.Timeout),
 		Timeout:         control.Duration(cfg.Workers.Timeout),

@@ -15,6 +15,7 @@ urlpatterns = [
     path("served", views.served),
     path("page", views.page),
     path("micro", views.micro),
+    path("request-id", views.request_id),
     path("celery/enqueue", views.enqueue),
     path("celery/result", views.result),
     path("admin/", admin.site.urls),

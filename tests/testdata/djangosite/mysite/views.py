@@ -83,3 +83,11 @@ def page(request):
 def micro(request):
     # The microcache bench scenario: a full Django view, fresh for 1 s.
     return render(request, "page.html", {"title": "microcached", "items": [{"n": i, "name": "item %d" % i} for i in range(20)]})
+
+
+def request_id(request):
+    # What the app sees of request tracing: berth's ID and the W3C context.
+    return JsonResponse({
+        "request_id": request.META.get("HTTP_X_REQUEST_ID"),
+        "traceparent": request.META.get("HTTP_TRACEPARENT"),
+    })
