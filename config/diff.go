@@ -12,12 +12,12 @@ import (
 // shutdown.delay changed, which is read when SIGTERM arrives).
 type Changes struct {
 	// Proxy: static, proxy.*, workers.timeout, workers.graceful_timeout,
-	// workers.max_requests, workers.max_requests_jitter or workers.max_rss
+	// workers.drain_timeout, workers.concurrency, workers.max_requests, workers.max_requests_jitter or workers.max_rss
 	// changed. Running processes take these live (a new proxy config, new
 	// worker budgets); no worker is restarted for them.
 	Proxy bool
 	// Workers: app.module, app.chdir, app.python, app.pythonpath, app.env,
-	// app.user, workers.threads or workers.preload changed. Only a new worker
+	// app.user, app.interface, workers.threads or workers.preload changed. Only a new worker
 	// generation (and zygote) can take these; it is started at the new
 	// workers.count.
 	Workers bool
@@ -54,6 +54,8 @@ func Diff(old, new *Config) Changes {
 			old.Proxy.Queue != new.Proxy.Queue ||
 			ow.Timeout != nw.Timeout ||
 			ow.GracefulTimeout != nw.GracefulTimeout ||
+			ow.DrainTimeout != nw.DrainTimeout ||
+			ow.Concurrency != nw.Concurrency ||
 			ow.MaxRequests != nw.MaxRequests ||
 			ow.MaxRequestsJitter != nw.MaxRequestsJitter ||
 			ow.MaxRSS != nw.MaxRSS,
@@ -63,6 +65,7 @@ func Diff(old, new *Config) Changes {
 			!slices.Equal(oa.PythonPath, na.PythonPath) ||
 			!maps.Equal(oa.Env, na.Env) ||
 			oa.User != na.User ||
+			oa.Interface != na.Interface ||
 			ow.Threads != nw.Threads ||
 			ow.Preload != nw.Preload,
 		WorkerCount: ow.Count != nw.Count,

@@ -51,6 +51,11 @@ type Proxy struct {
 	// GracefulTimeout bounds how long a stopping proxy waits for in-flight
 	// requests after SIGTERM before it closes what is left.
 	GracefulTimeout Duration `json:"graceful_timeout"`
+	// DrainTimeout is how long websockets and streamed responses on an ASGI
+	// worker that drains (or on a stopping proxy) may go on; then they are
+	// closed, websockets with 1012 (drain) or 1001 (proxy stop). 0 = at
+	// once.
+	DrainTimeout Duration `json:"drain_timeout,omitempty"`
 }
 
 // Static maps a URL prefix onto a directory, as nginx `location URL { alias DIR; }`.
@@ -71,6 +76,9 @@ type Worker struct {
 	// 0 means unlimited. When the proxy has sent it this many requests it
 	// sends TypeDue once and keeps routing to it until told it drains.
 	MaxRequests int64 `json:"max_requests,omitempty"`
+	// Interface is the protocol on Socket: "" or "wsgi" for uwsgi, "asgi"
+	// for berth's multiplexed ASGI framing (docs/internals.md).
+	Interface string `json:"interface,omitempty"`
 }
 
 // Stats are the proxy's counters since it started.

@@ -104,6 +104,7 @@ func (s *Server) housekeeping() {
 		}
 		s.alog.flush()
 		s.rt.kick()
+		s.sweepDrains()
 		if tick%10 != 0 {
 			continue
 		}

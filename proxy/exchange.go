@@ -110,7 +110,12 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			return
 		}
 		rs.worker = g.w.id
-		out := s.exchange(rs, r, st, g, pkt, bodyInPkt)
+		var out outcome
+		if g.w.asgi {
+			out = s.asgiExchange(rs, r, st, g)
+		} else {
+			out = s.exchange(rs, r, st, g, pkt, bodyInPkt)
+		}
 		if out == done {
 			return
 		}
@@ -458,6 +463,9 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 // it, from the goroutine that freed the worker. Any failure leaves the
 // work to the waiter (sent false, c nil when c was broken).
 func (s *Server) handoff(job *sendJob, g grant) grant {
+	if g.w.asgi {
+		return g // the job is a uwsgi packet: the waiter speaks ASGI itself
+	}
 	start := time.Now()
 	c, err := writeRequest(g.w, g.c, job.pkt, job.timeout, start)
 	if err != nil {

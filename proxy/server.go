@@ -81,6 +81,9 @@ type Server struct {
 	bg       sync.WaitGroup
 
 	reqPool sync.Pool // of *reqState
+	// wsOpen counts accepted websockets: hijacked connections that
+	// http.Server.Shutdown does not wait for.
+	wsOpen sync.WaitGroup
 
 	lastNoFiles atomic.Int64 // unix nanos of the last out-of-files log line
 }
@@ -156,9 +159,21 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shut.Store(true)
 	s.rt.shutdown()
+	cancelDrain := s.drainOnStop(ctx)
+	defer cancelDrain()
 	err := s.http.Shutdown(ctx)
+	if err == nil {
+		err = s.waitWebsockets(ctx)
+	}
 	if err != nil {
 		s.http.Close()
+		// Past graceful_timeout: what is left ends now, websockets with
+		// their closing handshake (bounded by drainGrace and the
+		// library's own close timeout).
+		s.drainAll(closeGoingAway, "shutdown")
+		wctx, wcancel := context.WithTimeout(context.Background(), drainGrace+6*time.Second)
+		s.waitWebsockets(wctx)
+		wcancel()
 	}
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.bg.Wait()

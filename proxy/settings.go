@@ -34,6 +34,7 @@ type settings struct {
 	queueTimeout time.Duration
 	timeout      time.Duration // 0: wait for workers without limit
 	graceful     time.Duration
+	drain        time.Duration // ASGI websockets and streams on a draining worker; then closed
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
@@ -53,6 +54,7 @@ func compile(p control.Proxy) (*settings, error) {
 		queueTimeout: time.Duration(p.QueueTimeout),
 		timeout:      time.Duration(p.Timeout),
 		graceful:     time.Duration(p.GracefulTimeout),
+		drain:        time.Duration(p.DrainTimeout),
 	}
 	switch p.AccessLog {
 	case "", "off":
@@ -64,7 +66,7 @@ func compile(p control.Proxy) (*settings, error) {
 	default:
 		return nil, fmt.Errorf("proxy config: access_log %q: use combined, json or off", p.AccessLog)
 	}
-	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 {
+	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 || p.DrainTimeout < 0 {
 		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")
 	}
 	for _, s := range p.Static {

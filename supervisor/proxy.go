@@ -29,6 +29,7 @@ func proxyConfig(cfg *config.Config) *control.Proxy {
 		QueueTimeout:    control.Duration(cfg.Proxy.Queue.Timeout),
 		Timeout:         control.Duration(cfg.Workers.Timeout),
 		GracefulTimeout: control.Duration(cfg.Workers.GracefulTimeout),
+		DrainTimeout:    control.Duration(cfg.Workers.DrainTimeout),
 	}
 	for _, st := range cfg.Static {
 		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir})

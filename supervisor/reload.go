@@ -233,6 +233,9 @@ func (s *Supervisor) commit(st *staged) {
 		}
 		did = append(did, "proxy settings swapped")
 	}
+	if prev.Workers.Concurrency != cfg.Workers.Concurrency {
+		s.sendWorkers() // ASGI workers' capacity is the current config's
+	}
 	if prev.Workers.MaxRequests != cfg.Workers.MaxRequests || prev.Workers.MaxRequestsJitter != cfg.Workers.MaxRequestsJitter {
 		// Running workers take the new budget at once; one already past
 		// it is reported due by the proxy and replaced.

@@ -56,6 +56,10 @@ type worker struct {
 	pid    int
 	socket string
 	state  workerState
+	// iface is what the worker said it speaks in its READY message:
+	// "asgi", or "" for WSGI over uwsgi (app.interface auto decides in
+	// the worker, after the import).
+	iface string
 
 	started time.Time
 	readyAt time.Time
@@ -109,6 +113,7 @@ type generation struct {
 	n         int
 	cfg       *config.Config
 	module    string   // resolved module:callable
+	iface     string   // BERTH_INTERFACE: app.interface, "wsgi" for the demo app
 	pypath    []string // sys.path additions, resolved
 	zygote    *zygote  // nil when preload is off
 	everReady bool     // one of its workers (or its zygote) got ready

@@ -22,17 +22,18 @@ import (
 // at reload time, with the old workers untouched.
 func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, error) {
 	s.genSeq++
-	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, tail: &logTail{}}
+	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, iface: cfg.App.Interface, tail: &logTail{}}
 	if _, err := exec.LookPath(cfg.App.Python); err != nil {
 		return nil, fmt.Errorf("app.python: %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err)
 	}
 	if g.module == "" {
-		m, err := pyworker.Discover(cfg.App.Chdir)
+		m, err := pyworker.DiscoverInterface(cfg.App.Chdir, cfg.App.Interface)
 		if err != nil {
 			return nil, fmt.Errorf("app: %w", err)
 		}
 		if m == "" {
 			m = pyworker.DemoModule
+			g.iface = "wsgi" // whatever app.interface says: the demo is WSGI
 			g.pypath = append(g.pypath, s.runDir)
 			if !code {
 				s.log.Printf("no WSGI app found in %s: serving the built-in demo app (mount your app at %s or set app.module)", cfg.App.Chdir, cfg.App.Chdir)
@@ -70,6 +71,7 @@ func (s *Supervisor) pythonEnv(g *generation, chdir string, extra map[string]str
 	env["BERTH_CHDIR"] = chdir
 	env["BERTH_PYTHONPATH"] = strings.Join(g.pypath, string(os.PathListSeparator))
 	env["BERTH_THREADS"] = strconv.Itoa(g.cfg.Workers.Threads)
+	env["BERTH_INTERFACE"] = g.iface
 	env["NOTIFY_SOCKET"] = filepath.Join(s.runDir, "notify.sock")
 	for k, v := range extra {
 		env[k] = v
@@ -541,13 +543,19 @@ func (s *Supervisor) sendWorkers() {
 		if w.state != wReady && w.state != wDraining {
 			continue
 		}
-		set = append(set, control.Worker{
+		cw := control.Worker{
 			ID:          w.id,
 			Socket:      w.socket,
 			Capacity:    w.gen.cfg.Workers.Threads,
 			Draining:    w.state == wDraining,
 			MaxRequests: w.budget,
-		})
+		}
+		if w.iface == "asgi" {
+			// One event loop takes many at once; the current config's
+			// limit, so a reload that changes only it applies live.
+			cw.Interface, cw.Capacity = "asgi", s.cfg.Workers.Concurrency
+		}
+		set = append(set, cw)
 	}
 	for _, p := range s.proxies {
 		s.send(p, control.Message{Type: control.TypeWorkers, Workers: set})
