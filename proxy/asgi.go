@@ -27,7 +27,7 @@ const (
 	fText       = 4  // both: a websocket text message
 	fBinary     = 5  // both: a websocket binary message
 	fWindow     = 6  // both: u32 credit for data payload bytes
-	fDisconnect = 7  // proxy → worker: u16 code: the client is gone, the stream forgotten
+	fDisconnect = 7  // proxy → worker: u16 code, reason: the client is gone, the stream forgotten
 	fGoaway     = 8  // proxy → worker: u16 code: end this websocket/stream (drain)
 	fStart      = 9  // worker → proxy: u16 status, NUL-separated header names and values
 	fAccept     = 10 // worker → proxy: subprotocol, NUL-separated header names and values

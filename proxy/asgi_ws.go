@@ -17,6 +17,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -125,11 +126,17 @@ func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
 			typ, data, err := conn.Read(ctx)
 			if err != nil {
 				if !draining.Load() {
-					code := websocket.CloseStatus(err)
-					if code < 0 {
-						code = 1006 // gone without a close frame
+					// The client's code and reason reach the app's
+					// websocket.disconnect.
+					var b []byte
+					var ce websocket.CloseError
+					if errors.As(err, &ce) {
+						b = binary.BigEndian.AppendUint16(b, uint16(ce.Code))
+						b = append(b, ce.Reason...)
+					} else {
+						b = binary.BigEndian.AppendUint16(b, 1006) // gone without a close frame
 					}
-					stream.sendCode(fDisconnect, uint16(code))
+					stream.send(fDisconnect, b)
 				}
 				return
 			}

@@ -23,7 +23,7 @@ END = 3         # both: the last data of the sender's half
 TEXT = 4        # both: one websocket text message (UTF-8)
 BINARY = 5      # both: one websocket binary message
 WINDOW = 6      # both: u32 credit, bytes of BODY/END/TEXT/BINARY payload the peer may send more
-DISCONNECT = 7  # proxy -> worker: u16 code: the client went away; the proxy forgot the stream
+DISCONNECT = 7  # proxy -> worker: u16 code + reason: the client went away; the proxy forgot the stream
 GOAWAY = 8      # proxy -> worker: u16 code: end this websocket or stream (a drain), answer CLOSE/END
 START = 9       # worker -> proxy: u16 status, then NUL-separated header names and values
 ACCEPT = 10     # worker -> proxy: subprotocol, then NUL-separated header names and values
@@ -135,13 +135,13 @@ class Stream:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def lost(self, code):
+    def lost(self, code, reason=''):
         """The client is gone: the app's next receive() says so, its sends are dropped."""
         if self.gone:
             return
         self.gone = True
         if self.ws:
-            self.push({'type': 'websocket.disconnect', 'code': code})
+            self.push({'type': 'websocket.disconnect', 'code': code, 'reason': reason})
         else:
             self.push(HTTP_DISCONNECT)
         w = self.credit_waiter
@@ -458,7 +458,10 @@ class Mux(asyncio.Protocol):
             s.push((typ, payload))
         elif typ == DISCONNECT:
             self.streams.pop(sid, None)
-            s.lost(_u16.unpack(payload)[0] if len(payload) >= 2 else 1006)
+            if len(payload) >= 2:
+                s.lost(_u16.unpack_from(payload)[0], payload[2:].decode('utf-8', 'replace'))
+            else:
+                s.lost(1006)
         elif typ == GOAWAY:
             code = _u16.unpack(payload)[0] if len(payload) >= 2 else 1012
             s.goaway = code
