@@ -377,8 +377,8 @@ type echoClient struct {
 	url      string
 	mu       sync.Mutex
 	byConn   map[string]int64 // tag → answers received on it
-	sent     atomic.Int64 // messages written
-	answered atomic.Int64 // echoes received, each checked in order
+	sent     atomic.Int64     // messages written
+	answered atomic.Int64     // echoes received, each checked in order
 	resent   atomic.Int64
 	closes   sync.Map // close code → count
 	gens     sync.Map // generation → connections
