@@ -48,6 +48,7 @@ func Diff(old, new *Config) Changes {
 	ow, nw := &old.Workers, &new.Workers
 	return Changes{
 		Proxy: !slices.Equal(old.Static, new.Static) ||
+			!mountURLsEqual(old.Mounts, new.Mounts) ||
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
 			old.Proxy.AccessLog != new.Proxy.AccessLog ||
@@ -67,8 +68,9 @@ func Diff(old, new *Config) Changes {
 			oa.User != na.User ||
 			oa.Interface != na.Interface ||
 			ow.Threads != nw.Threads ||
-			ow.Preload != nw.Preload,
-		WorkerCount: ow.Count != nw.Count,
+			ow.Preload != nw.Preload ||
+			!mountAppsEqual(old.Mounts, new.Mounts),
+		WorkerCount: ow.Count != nw.Count || !mountCountsEqual(old.Mounts, new.Mounts),
 		Resources:   !reflect.DeepEqual(old.Resources, new.Resources),
 		Listen:      !slices.Equal(old.Listen, new.Listen),
 		Admin:       old.Admin.Listen != new.Admin.Listen,
@@ -78,6 +80,50 @@ func Diff(old, new *Config) Changes {
 			!sameList(old.Programs, new.Programs) ||
 			!sameList(old.Cron, new.Cron),
 	}
+}
+
+// mountURLsEqual compares the routing part of the mounts (names and URLs).
+func mountURLsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || !slices.Equal(a[i].URLs, b[i].URLs) {
+			return false
+		}
+	}
+	return true
+}
+
+// mountAppsEqual compares what the mounts' workers run: a change needs a
+// new generation. Their counts, concurrency and budgets are taken live.
+func mountAppsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Name != y.Name || x.Module != y.Module || x.Interface != y.Interface ||
+			x.Workers.Threads != y.Workers.Threads || x.Workers.Preload != y.Workers.Preload {
+			return false
+		}
+	}
+	return true
+}
+
+// mountCountsEqual compares the mounts' worker counts and the settings the
+// proxy takes live (concurrency, request budgets).
+func mountCountsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i].Workers, b[i].Workers
+		if x.Count != y.Count || x.Concurrency != y.Concurrency || x.MaxRequests != y.MaxRequests || x.MaxRequestsJitter != y.MaxRequestsJitter {
+			return false
+		}
+	}
+	return true
 }
 
 // sameList compares two lists deeply, a nil list equal to an empty one.

@@ -69,6 +69,7 @@ func (c *Config) Effective() ([]byte, error) {
 			"drain_timeout", strNode(w.DrainTimeout.String()),
 		),
 		"static", static,
+		"mounts", c.mountsNode(),
 		"proxy", mapNode(
 			"max_body_size", intNode(int64(p.MaxBodySize)),
 			"trusted_proxies", strList(p.TrustedProxies),

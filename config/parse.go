@@ -561,6 +561,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 			})
 		}},
 		{"static", d.static(&c.Static)},
+		{"mounts", d.mounts(&c.Mounts)},
 		{"proxy", func(path string, n *yaml.Node) {
 			d.section(path, n, []field{
 				{"max_body_size", d.size(&p.MaxBodySize)},

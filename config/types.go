@@ -23,6 +23,7 @@ type Config struct {
 	App       App       `yaml:"app" json:"app"`
 	Workers   Workers   `yaml:"workers" json:"workers"`
 	Static    []Static  `yaml:"static" json:"static"`
+	Mounts    []Mount   `yaml:"mounts" json:"mounts"`
 	Proxy     Proxy     `yaml:"proxy" json:"proxy"`
 	Shutdown  Shutdown  `yaml:"shutdown" json:"shutdown"`
 	Resources Resources `yaml:"resources" json:"resources"`

@@ -37,6 +37,7 @@ func Default() *Config {
 			DrainTimeout:    Duration(30 * time.Second), // = GracefulTimeout, see validate
 		},
 		Static: []Static{},
+		Mounts: []Mount{},
 		Proxy: Proxy{
 			MaxBodySize:    1 << 20, // nginx's client_max_body_size 1m
 			TrustedProxies: []string{},
@@ -226,6 +227,8 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 		bad("shutdown.delay", "must not be negative, got %s", c.Shutdown.Delay)
 	}
 	c.validateCompanions(bad)
+	c.inheritMountWorkers(lines)
+	c.validateMounts(bad)
 	return errs.asError()
 }
 

@@ -56,6 +56,15 @@ type Proxy struct {
 	// closed, websockets with 1012 (drain) or 1001 (proxy stop). 0 = at
 	// once.
 	DrainTimeout Duration `json:"drain_timeout,omitempty"`
+	// Mounts route URL prefixes to other worker pools (config mounts);
+	// the rest goes to the main pool.
+	Mounts []Mount `json:"mounts,omitempty"`
+}
+
+// Mount routes URL prefixes to the workers whose Pool is Pool.
+type Mount struct {
+	Pool string   `json:"pool"`
+	URLs []string `json:"urls"`
 }
 
 // Static maps a URL prefix onto a directory, as nginx `location URL { alias DIR; }`.
@@ -79,6 +88,8 @@ type Worker struct {
 	// Interface is the protocol on Socket: "" or "wsgi" for uwsgi, "asgi"
 	// for berth's multiplexed ASGI framing (docs/internals.md).
 	Interface string `json:"interface,omitempty"`
+	// Pool is the mount the worker serves ("" = the main app).
+	Pool string `json:"pool,omitempty"`
 }
 
 // Stats are the proxy's counters since it started.

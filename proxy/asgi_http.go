@@ -29,29 +29,29 @@ const drainGrace = 2 * time.Second
 func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g grant) outcome {
 	wk := g.w
 	if g.c != nil {
-		s.rt.release(wk, g.c, true) // a pooled uwsgi connection: not ours to use
+		wk.rt.release(wk, g.c, true) // a pooled uwsgi connection: not ours to use
 	}
 	mc, err := s.dialMux(wk)
 	if err != nil {
 		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-			s.rt.release(wk, nil, false)
+			wk.rt.release(wk, nil, false)
 			return outOfFiles
 		}
 		s.metrics.upstreamError(kindDial)
 		s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
-		s.rt.noteDialFailure(wk)
-		s.rt.release(wk, nil, false)
+		wk.rt.noteDialFailure(wk)
+		wk.rt.release(wk, nil, false)
 		return retryDial
 	}
 	ws := isWebsocket(r)
 	stream, err := mc.open(ws)
 	if err != nil {
-		s.rt.release(wk, nil, false)
+		wk.rt.release(wk, nil, false)
 		return retryWrite
 	}
 	defer func() {
 		mc.forget(stream)
-		s.rt.release(wk, nil, false)
+		wk.rt.release(wk, nil, false)
 	}()
 	var flags byte
 	hasBody := rs.body.size() > 0

@@ -21,10 +21,13 @@ const (
 // drain_timeout. housekeeping calls it on every tick.
 func (s *Server) sweepDrains() {
 	st := s.cfg.Load()
-	for _, w := range s.rt.drainDue(time.Now().UnixNano(), st.drain) {
-		if n := w.drainStreams(closeServiceRestart); n > 0 {
-			s.metrics.drained.WithLabelValues("roll").Add(float64(n))
-			s.logf("worker %s: drained for %s: %d websocket(s) and stream(s) told to end (1012)", w.id, st.drain, n)
+	now := time.Now().UnixNano()
+	for _, rt := range s.routers() {
+		for _, w := range rt.drainDue(now, st.drain) {
+			if n := w.drainStreams(closeServiceRestart); n > 0 {
+				s.metrics.drained.WithLabelValues("roll").Add(float64(n))
+				s.logf("worker %s: drained for %s: %d websocket(s) and stream(s) told to end (1012)", w.id, st.drain, n)
+			}
 		}
 	}
 }
@@ -60,8 +63,10 @@ func (rt *router) asgiWorkers() []*worker {
 // drainAll tells every stream on every ASGI worker to end with code.
 func (s *Server) drainAll(code uint16, reason string) {
 	n := 0
-	for _, w := range s.rt.asgiWorkers() {
-		n += w.drainStreams(code)
+	for _, rt := range s.routers() {
+		for _, w := range rt.asgiWorkers() {
+			n += w.drainStreams(code)
+		}
 	}
 	if n > 0 {
 		s.metrics.drained.WithLabelValues(reason).Add(float64(n))

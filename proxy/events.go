@@ -96,23 +96,27 @@ func (s *Server) housekeeping() {
 		select {
 		case <-s.stop:
 			s.alog.flush()
-			if st := s.rt.stats(); !statsEqual(st, last) {
+			if st := s.poolStats(); !statsEqual(st, last) {
 				s.emit(control.Message{Type: control.TypeStats, Stats: &st})
 			}
 			return
 		case <-t.C:
 		}
 		s.alog.flush()
-		s.rt.kick()
+		for _, rt := range s.routers() {
+			rt.kick()
+		}
 		s.sweepDrains()
 		if tick%10 != 0 {
 			continue
 		}
-		if st := s.rt.stats(); !statsEqual(st, last) {
+		if st := s.poolStats(); !statsEqual(st, last) {
 			s.emit(control.Message{Type: control.TypeStats, Stats: &st})
 			last = st
 		}
-		s.rt.reapIdle(time.Now().UnixNano())
+		for _, rt := range s.routers() {
+			rt.reapIdle(time.Now().UnixNano())
+		}
 	}
 }
 

@@ -101,7 +101,7 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			rs.job = sendJob{pkt: pkt, timeout: st.timeout}
 			job = &rs.job
 		}
-		g, waited, err := s.rt.acquire(r.Context().Done(), st, avoid, job)
+		g, waited, err := rs.rt.acquire(r.Context().Done(), st, avoid, job)
 		if waited > 0 {
 			s.metrics.queueWait.Observe(waited.Seconds())
 		}
@@ -205,10 +205,10 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
 			s.logf("worker %s: bad response: %v", wk.id, err)
-			s.rt.release(wk, c, false)
+			wk.rt.release(wk, c, false)
 			return failed502
 		}
-		if c.reused && !s.rt.provenKeepalive(wk) {
+		if c.reused && !wk.rt.provenKeepalive(wk) {
 			// A worker that never answered on a reused connection (plain
 			// uWSGI closes after each response, even a framed one) closed
 			// this one as we wrote: stale, whatever the method.
@@ -216,7 +216,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 			continue
 		}
 		s.metrics.upstreamError(kindReset)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		// A unix socket closed with data still unread reports ECONNRESET,
 		// one whose reader took everything reports EOF. A bodiless
 		// request that is partly unread never reached the app.
@@ -232,7 +232,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.logf("worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		return failed502
 	}
 	rs.rbody.reset(c.br, hd)
@@ -249,11 +249,11 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		}
 		s.metrics.upstreamError(kindBadResponse)
 		s.logf("worker %s: reading the response body: %v", wk.id, err)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		return failed502
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
-	s.rt.release(wk, c, reuse)
+	wk.rt.release(wk, c, reuse)
 
 	w := &rs.rw
 	if !hd.noBody {
@@ -353,7 +353,7 @@ func (s *Server) stream(rs *reqState, st *settings, wk *worker, c *upConn, hd re
 			break
 		}
 	}
-	s.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
+	wk.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
 	return done
 }
 
@@ -362,8 +362,8 @@ func (s *Server) stream(rs *reqState, st *settings, wk *worker, c *upConn, hd re
 func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) outcome {
 	s.metrics.upstreamError(kindTimeout)
 	s.logf("worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
-	s.rt.noteTimeout(wk)
-	s.rt.release(wk, c, false)
+	wk.rt.noteTimeout(wk)
+	wk.rt.release(wk, c, false)
 	plainError(&rs.rw, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
 	return done
 }
@@ -415,13 +415,13 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				// The proxy's limit, not the worker's fault: the worker
 				// stays in routing.
-				s.rt.release(wk, nil, false)
+				wk.rt.release(wk, nil, false)
 				return nil, outOfFiles
 			}
 			s.metrics.upstreamError(kindDial)
 			s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
-			s.rt.noteDialFailure(wk)
-			s.rt.release(wk, nil, false)
+			wk.rt.noteDialFailure(wk)
+			wk.rt.release(wk, nil, false)
 			return nil, retryDial
 		}
 		if err != nil && c.reused && !isTimeout(err) {
@@ -448,7 +448,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 				return nil, s.timedOut(rs, wk, c, st)
 			}
 			s.metrics.upstreamError(kindWrite)
-			s.rt.release(wk, c, false)
+			wk.rt.release(wk, c, false)
 			if out == failed502 {
 				s.metrics.notRetried.Inc()
 				s.logf("worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
@@ -472,7 +472,7 @@ func (s *Server) handoff(job *sendJob, g grant) grant {
 		if c != nil {
 			if c.reused {
 				s.metrics.upstreamError(kindStale)
-				s.rt.noteStale(g.w)
+				g.w.rt.noteStale(g.w)
 			}
 			c.close()
 		}
@@ -488,8 +488,8 @@ func (s *Server) handoff(job *sendJob, g grant) grant {
 func (s *Server) staleConn(wk *worker, c *upConn) *upConn {
 	s.metrics.upstreamError(kindStale)
 	c.close()
-	s.rt.noteStale(wk)
-	return s.rt.takeIdle(wk)
+	wk.rt.noteStale(wk)
+	return wk.rt.takeIdle(wk)
 }
 
 // upConn is one connection to a worker, owned by one request at a time.

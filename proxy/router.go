@@ -57,6 +57,7 @@ type worker struct {
 	// asgi: the worker speaks the ASGI framing (asgi.go); immutable, like
 	// id and socket (a worker's process never changes its protocol).
 	asgi bool
+	rt   *router // the pool's router; immutable
 	// drainAt is when the worker began to drain (unix nanos; 0 = it does
 	// not), drainCut whether its websockets and streams were told to end.
 	drainAt  int64
@@ -496,7 +497,7 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			w = nil
 		}
 		if w == nil {
-			w = &worker{id: cw.ID, socket: cw.Socket, asgi: cw.Interface == "asgi", reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
+			w = &worker{id: cw.ID, socket: cw.Socket, asgi: cw.Interface == "asgi", rt: rt, reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
 			rt.byID[cw.ID] = w
 		}
 		w.capacity = capacity

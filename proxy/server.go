@@ -63,7 +63,8 @@ type Options struct {
 type Server struct {
 	opts    Options
 	cfg     atomic.Pointer[settings]
-	rt      *router
+	rt      *router // the main app's pool
+	pools   poolSet // mounted pools (pools.go)
 	http    *http.Server
 	metrics *metrics
 	alog    *accessLog
@@ -144,7 +145,7 @@ func (s *Server) SetConfig(c control.Proxy) error {
 // is missing is no longer routed to, and its in-flight requests finish.
 // Entries without ID or socket are skipped and reported in the error.
 func (s *Server) SetWorkers(ws []control.Worker) error {
-	return s.rt.setWorkers(ws)
+	return s.setPoolWorkers(ws)
 }
 
 // Serve accepts HTTP/1.1 connections on l until Shutdown; it then returns
@@ -158,7 +159,9 @@ func (s *Server) Serve(l net.Listener) error {
 // and returns ctx's error. Events() is closed when Shutdown returns.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shut.Store(true)
-	s.rt.shutdown()
+	for _, rt := range s.routers() {
+		rt.shutdown()
+	}
 	cancelDrain := s.drainOnStop(ctx)
 	defer cancelDrain()
 	err := s.http.Shutdown(ctx)
@@ -186,7 +189,7 @@ func (s *Server) MetricsHandler() http.Handler {
 }
 
 // Stats returns the counters the stats events carry.
-func (s *Server) Stats() control.Stats { return s.rt.stats() }
+func (s *Server) Stats() control.Stats { return s.poolStats() }
 
 func (s *Server) logf(format string, args ...any) { s.elog.Printf(format, args...) }
 
@@ -256,6 +259,7 @@ type reqState struct {
 	bodiless bool
 	worker   string
 	job      sendJob
+	rt       *router // the pool the request goes to
 }
 
 // ServeHTTP answers one request: static file, or a worker's answer.
@@ -309,6 +313,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	abort := rs.abort
 	rs.rw = respWriter{}
 	rs.job = sendJob{}
+	rs.rt = nil
 	rs.body.release()
 	rs.resp.release()
 	if cap(rs.line) > 4<<10 {
@@ -346,5 +351,11 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 		return
 	}
 	rs.info.pathInfo = n
+	rs.rt = s.rt
+	if len(st.routes) > 0 {
+		if pool := st.route(n); pool != "" {
+			rs.rt = s.poolRouter(pool)
+		}
+	}
 	s.proxy(rs, r, st)
 }

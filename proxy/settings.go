@@ -35,6 +35,7 @@ type settings struct {
 	timeout      time.Duration // 0: wait for workers without limit
 	graceful     time.Duration
 	drain        time.Duration // ASGI websockets and streams on a draining worker; then closed
+	routes       []mountRoute  // mounted pools, longest URL first (pools.go)
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
@@ -83,6 +84,18 @@ func compile(p control.Proxy) (*settings, error) {
 		st.mounts = append(st.mounts, &mount{url: s.URL, dir: dir})
 	}
 	sort.SliceStable(st.mounts, func(i, j int) bool { return len(st.mounts[i].url) > len(st.mounts[j].url) })
+	for _, m := range p.Mounts {
+		if m.Pool == "" {
+			return nil, fmt.Errorf("proxy config: a mount without a pool name")
+		}
+		for _, u := range m.URLs {
+			if !strings.HasPrefix(u, "/") {
+				return nil, fmt.Errorf("proxy config: mount url %q: it must start with /", u)
+			}
+			st.routes = append(st.routes, mountRoute{url: u, pool: m.Pool})
+		}
+	}
+	sort.SliceStable(st.routes, func(i, j int) bool { return len(st.routes[i].url) > len(st.routes[j].url) })
 	for _, c := range p.TrustedProxies {
 		pfx, err := parsePrefix(c)
 		if err != nil {

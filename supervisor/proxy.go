@@ -34,6 +34,9 @@ func proxyConfig(cfg *config.Config) *control.Proxy {
 	for _, st := range cfg.Static {
 		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir})
 	}
+	for _, m := range cfg.Mounts {
+		p.Mounts = append(p.Mounts, control.Mount{Pool: m.Name, URLs: m.URLs})
+	}
 	return p
 }
 

@@ -593,3 +593,48 @@ func TestASGIRollAndSIGTERMWithOpenWebsockets(t *testing.T) {
 	}
 	checkHanded(t, marks, clients)
 }
+
+// TestASGIBesideWSGI mounts the Starlette app's websocket and events URLs
+// on an ASGI pool of its own beside a WSGI app serving the rest.
+func TestASGIBesideWSGI(t *testing.T) {
+	needPython(t, "starlette")
+	files := asgiApp(t, "starlette_app.py")
+	files["wsgi.py"] = "def application(environ, start_response):\n" +
+		"    start_response('200 OK', [('Content-Type', 'text/plain')])\n" +
+		"    return [b'wsgi ' + environ['PATH_INFO'].encode()]\n"
+	b := startBerth(t, berthOpts{app: files, config: `app: {module: "wsgi:application", chdir: $APP, python: $PY, env: {GEN: "m"}}
+workers: {count: 2}
+mounts:
+  - name: realtime
+    urls: [/ws, /events]
+    module: "starlette_app:app"
+    workers: {count: 1, concurrency: 50}
+`})
+	for path, want := range map[string]string{"/": "wsgi /", "/json": "wsgi /json", "/wsx": "wsgi /wsx"} {
+		if code, body := b.get(path); code != 200 || body != want {
+			t.Errorf("GET %s: %d %q, want the WSGI app's %q", path, code, body, want)
+		}
+	}
+	if code, body := b.get("/events?n=2&every=0.1"); code != 200 || strings.Count(body, "data: ") != 2 {
+		t.Errorf("GET /events: %d %q, want 2 events from the ASGI pool", code, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dialWS(ctx, "ws://"+b.addr+"/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.c.Write(ctx, websocket.MessageText, []byte("over the mount")); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, err := c.c.Read(ctx); err != nil || string(got) != "over the mount" || c.gen != "m" {
+		t.Fatalf("echo: %q %v (gen %q)", got, err, c.gen)
+	}
+	c.c.Close(websocket.StatusNormalClosure, "")
+	st := b.status()
+	for _, id := range []string{`"id": "1.1"`, `"id": "2.1"`, `"id": "realtime.1.1"`} {
+		if !strings.Contains(st, id) {
+			t.Errorf("/status lacks worker %s:\n%s", id, st)
+		}
+	}
+}
