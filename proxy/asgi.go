@@ -8,6 +8,7 @@ package proxy
 // hands frames to their streams, and writing frames.
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -144,8 +145,11 @@ func (mc *muxConn) forget(st *astream) {
 func (mc *muxConn) readLoop(s *Server) {
 	var hdr [frameHeader]byte
 	var err error
+	// Buffered: a response's START and END (and many frames under load)
+	// arrive in one read.
+	br := bufio.NewReaderSize(mc.c, 32<<10)
 	for {
-		if _, err = io.ReadFull(mc.c, hdr[:]); err != nil {
+		if _, err = io.ReadFull(br, hdr[:]); err != nil {
 			break
 		}
 		n := binary.BigEndian.Uint32(hdr[0:4])
@@ -155,7 +159,7 @@ func (mc *muxConn) readLoop(s *Server) {
 		}
 		typ, id := hdr[4], binary.BigEndian.Uint32(hdr[5:9])
 		p := make([]byte, n-5)
-		if _, err = io.ReadFull(mc.c, p); err != nil {
+		if _, err = io.ReadFull(br, p); err != nil {
 			break
 		}
 		mc.mu.Lock()

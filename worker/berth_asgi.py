@@ -631,9 +631,24 @@ class Lifespan:
             log('lifespan shutdown did not finish within 30s')
 
 
+def loop_policy():
+    """uvloop's event loop when the app's Python has it (as Uvicorn's loop "auto" does), else
+    asyncio's; BERTH_ASGI_LOOP=asyncio keeps asyncio's. berth itself needs only the stdlib."""
+    if os.environ.get('BERTH_ASGI_LOOP', 'auto') == 'asyncio':
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.EventLoopPolicy()
+
+
 def serve(app, wid, lsock, notify):
     """Serve on the bound, listening socket lsock until SIGTERM; never returns."""
     lsock.setblocking(False)
+    policy = loop_policy()
+    if policy is not None:
+        asyncio.set_event_loop_policy(policy)
     worker = Worker(app, wid, lsock)
     try:
         asyncio.run(worker.run(notify))
