@@ -90,6 +90,10 @@ type Worker struct {
 	Interface string `json:"interface,omitempty"`
 	// Pool is the mount the worker serves ("" = the main app).
 	Pool string `json:"pool,omitempty"`
+	// Compact workers read berth's compact vars (modifier1 0xBE: the vars
+	// as NUL-separated strings, decoded by one split in Python); false
+	// means plain uwsgi vars, as any uwsgi server reads them.
+	Compact bool `json:"compact,omitempty"`
 }
 
 // Stats are the proxy's counters since it started.

@@ -82,23 +82,19 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 	}
 
 	rs.bodiless = !hasBody || rs.body.size() == 0
-	pkt, err := appendPacket(rs.pkt, r, &rs.info)
-	rs.pkt = pkt
+	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
+	compact := rs.rt.allCompact.Load()
+	pkt, err := s.packet(rs, r, compact, hasBody && bodyInPkt)
 	if err != nil {
 		plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
 		return
-	}
-	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
-	if hasBody && bodyInPkt {
-		pkt = append(pkt, rs.body.bytes()...)
-		rs.pkt = pkt
 	}
 
 	var avoid *worker
 	for attempt := 0; ; attempt++ {
 		var job *sendJob
 		if bodyInPkt {
-			rs.job = sendJob{pkt: pkt, timeout: st.timeout}
+			rs.job = sendJob{pkt: pkt, timeout: st.timeout, compact: compact}
 			job = &rs.job
 		}
 		g, waited, err := rs.rt.acquire(r.Context().Done(), st, avoid, job)
@@ -114,6 +110,16 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		if g.w.asgi {
 			out = s.asgiExchange(rs, r, st, g)
 		} else {
+			if g.w.compact != compact {
+				// The worker set changed between building the packet and
+				// the grant (handoff skips such a grant): rebuild it. Rare.
+				compact = g.w.compact
+				if pkt, err = s.packet(rs, r, compact, hasBody && bodyInPkt); err != nil {
+					g.w.rt.release(g.w, g.c, true)
+					plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
+					return
+				}
+			}
 			out = s.exchange(rs, r, st, g, pkt, bodyInPkt)
 		}
 		if out == done {
@@ -134,6 +140,17 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 		plainError(w, http.StatusBadGateway, "berth: the worker failed to answer\n")
 		return
 	}
+}
+
+// packet builds the request packet for a worker of the given kind in
+// rs.pkt, with the buffered body appended when withBody.
+func (s *Server) packet(rs *reqState, r *http.Request, compact, withBody bool) ([]byte, error) {
+	pkt, err := appendPacket(rs.pkt, r, &rs.info, compact)
+	if err == nil && withBody {
+		pkt = append(pkt, rs.body.bytes()...)
+	}
+	rs.pkt = pkt
+	return pkt, err
 }
 
 func (s *Server) tooLarge(w http.ResponseWriter, st *settings) {
@@ -463,8 +480,10 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 // it, from the goroutine that freed the worker. Any failure leaves the
 // work to the waiter (sent false, c nil when c was broken).
 func (s *Server) handoff(job *sendJob, g grant) grant {
-	if g.w.asgi {
-		return g // the job is a uwsgi packet: the waiter speaks ASGI itself
+	if g.w.asgi || job.compact != g.w.compact {
+		// An ASGI worker: the job is a uwsgi packet, the waiter speaks
+		// ASGI itself. Another encoding: the waiter rebuilds its packet.
+		return g
 	}
 	start := time.Now()
 	c, err := writeRequest(g.w, g.c, job.pkt, job.timeout, start)

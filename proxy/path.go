@@ -7,9 +7,12 @@ import (
 
 // normalizePath resolves "." and ".." segments and merges repeated slashes
 // in a decoded URL path, as nginx does for $uri (merge_slashes on). A
-// trailing slash is kept. ok is false when ".." climbs above the root or
-// the path is not absolute ("*" of OPTIONS * is passed as is).
+// trailing slash is kept. ok is false when ".." climbs above the root, the
+// path holds a NUL, or it is not absolute ("*" of OPTIONS * is passed as is).
 func normalizePath(p string) (string, bool) {
+	if strings.IndexByte(p, 0) >= 0 {
+		return "", false // %00: nginx refuses it too, and no var may hold a NUL (modCompact)
+	}
 	if p == "" {
 		return "/", true
 	}

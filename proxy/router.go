@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berth-dev/berth/control"
@@ -48,6 +49,7 @@ type worker struct {
 	dueSent     bool
 	drainedSent bool
 	timeoutSent bool
+	compact     bool // reads modCompact packets (control.Worker.Compact); immutable
 	noKeepalive bool // its connections are close-delimited: do not pool
 	keepaliveOK bool // a reused connection carried a whole response: it keeps connections alive
 	staleStreak int
@@ -89,6 +91,7 @@ var waiters = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)
 type sendJob struct {
 	pkt     []byte // vars and the whole body
 	timeout time.Duration
+	compact bool // pkt is modCompact: only a compact worker may take it
 }
 
 const (
@@ -125,6 +128,9 @@ type router struct {
 	queued  int // live waiters in queue
 	rr      int
 	closing bool // shutting down: close connections instead of pooling
+	// allCompact: every worker in the set reads modCompact packets, so a
+	// request builds one before it knows its worker.
+	allCompact atomic.Bool
 
 	lastNoWorkerLog time.Time
 	noWorkerCount   int
@@ -489,15 +495,17 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			capacity = 1
 		}
 		w := rt.byID[cw.ID]
-		if w != nil && w.socket != cw.Socket {
+		if w != nil && (w.socket != cw.Socket || w.compact != cw.Compact) {
 			// Another process behind the same id: start afresh (id,
-			// socket and asgi are immutable, read without the lock).
+			// socket, compact and asgi are immutable, read without the
+			// lock).
 			w.removed = true
 			rt.closeIdleLocked(w)
 			w = nil
 		}
 		if w == nil {
-			w = &worker{id: cw.ID, socket: cw.Socket, asgi: cw.Interface == "asgi", rt: rt, reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
+			w = &worker{id: cw.ID, socket: cw.Socket, compact: cw.Compact, asgi: cw.Interface == "asgi", rt: rt,
+				reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
 			rt.byID[cw.ID] = w
 		}
 		w.capacity = capacity
@@ -525,6 +533,11 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 		}
 	}
 	rt.list = list
+	all := len(list) > 0
+	for _, w := range list {
+		all = all && w.compact
+	}
+	rt.allCompact.Store(all)
 	rt.dispatchLocked(nil, false)
 	return bad
 }

@@ -103,7 +103,7 @@ func TestAppendPacket(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := &reqInfo{remoteAddr: "1.2.3.4", remotePort: "5", scheme: "https", pathInfo: "/x", serverName: "h", serverPort: "443"}
-	pkt, err := appendPacket(nil, r, in)
+	pkt, err := appendPacket(nil, r, in, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestAppendPacket(t *testing.T) {
 	// Vars past 64 KiB are refused, not truncated into a corrupt packet.
 	r.Header.Set("X-Huge", strings.Repeat("a", 40000))
 	r.Header.Set("X-Huge2", strings.Repeat("b", 40000))
-	if _, err := appendPacket(nil, r, in); err != errVarsTooLarge {
+	if _, err := appendPacket(nil, r, in, false); err != errVarsTooLarge {
 		t.Errorf("oversized vars: %v", err)
 	}
 }

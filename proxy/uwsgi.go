@@ -12,6 +12,16 @@ import (
 
 const uwsgiMaxVars = 0xffff
 
+// modCompact is the modifier1 of berth's compact vars: the same 4-byte
+// header, then every key and value as latin-1 bytes, each followed by a
+// NUL. A berth worker decodes them with one split (a Python loop over
+// length prefixes cost several microseconds per request); a uwsgi server
+// rejects the unknown modifier rather than misreading it. Only workers the
+// supervisor marks Compact get them. No key or value can hold a NUL: keys
+// are constants or field names, net/http refuses NUL in field values and
+// the request line, and handle refuses a path that decodes to one.
+const modCompact = 0xBE
+
 var errVarsTooLarge = errors.New("the request's headers do not fit the uwsgi protocol's 64 KiB of vars")
 
 // reqInfo holds what the vars need beyond the *http.Request itself.
@@ -27,8 +37,11 @@ type reqInfo struct {
 
 // appendPacket appends a complete uwsgi request packet for r to b[:0] and
 // returns it.
-func appendPacket(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
+func appendPacket(b []byte, r *http.Request, in *reqInfo, compact bool) ([]byte, error) {
 	b = append(b[:0], 0, 0, 0, 0)
+	if compact {
+		return appendCompact(b, r, in)
+	}
 	b = appendVar(b, "QUERY_STRING", r.URL.RawQuery)
 	b = appendVar(b, "REQUEST_METHOD", r.Method)
 	b = appendVar(b, "CONTENT_TYPE", headerValue(r.Header, "Content-Type"))
@@ -134,4 +147,70 @@ func appendHeaderVar(b []byte, name string, vals []string) []byte {
 		b = append(b, v...)
 	}
 	return b[:start+n]
+}
+
+// appendCompact is appendPacket for modCompact; b holds the header.
+func appendCompact(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
+	b[0] = modCompact
+	kv := func(k, v string) {
+		b = append(b, k...)
+		b = append(b, 0)
+		b = append(b, v...)
+		b = append(b, 0)
+	}
+	kv("QUERY_STRING", r.URL.RawQuery)
+	kv("REQUEST_METHOD", r.Method)
+	kv("CONTENT_TYPE", headerValue(r.Header, "Content-Type"))
+	kv("CONTENT_LENGTH", in.contentLength)
+	kv("REQUEST_URI", r.RequestURI)
+	kv("PATH_INFO", in.pathInfo)
+	kv("DOCUMENT_ROOT", "")
+	kv("SERVER_PROTOCOL", r.Proto)
+	kv("REQUEST_SCHEME", in.scheme)
+	if in.scheme == "https" {
+		kv("HTTPS", "on")
+	}
+	kv("REMOTE_ADDR", in.remoteAddr)
+	kv("REMOTE_PORT", in.remotePort)
+	kv("SERVER_PORT", in.serverPort)
+	kv("SERVER_NAME", in.serverName)
+	if r.Host != "" {
+		kv("HTTP_HOST", r.Host)
+	}
+	for name, vals := range r.Header {
+		if skipRequestHeader(name) {
+			continue
+		}
+		b = append(b, "HTTP_"...)
+		for i := 0; i < len(name); i++ {
+			c := name[i]
+			switch {
+			case c >= 'a' && c <= 'z':
+				c -= 'a' - 'A'
+			case c == '-':
+				c = '_'
+			}
+			b = append(b, c)
+		}
+		b = append(b, 0)
+		sep := ", "
+		if name == "Cookie" {
+			sep = "; "
+		}
+		for i, v := range vals {
+			if i > 0 {
+				b = append(b, sep...)
+			}
+			b = append(b, v...)
+		}
+		b = append(b, 0)
+	}
+	kv("BERTH_KEEPALIVE", "1")
+	n := len(b) - 4
+	if n > uwsgiMaxVars {
+		return b, errVarsTooLarge
+	}
+	b[1] = byte(n)
+	b[2] = byte(n >> 8)
+	return b, nil
 }

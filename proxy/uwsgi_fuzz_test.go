@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -75,7 +77,7 @@ func FuzzUwsgiPacket(f *testing.F) {
 		}
 
 		var pkt []byte
-		allocated := allocatedBy(func() { pkt, err = appendPacket(nil, r, in) })
+		allocated := allocatedBy(func() { pkt, err = appendPacket(nil, r, in, false) })
 		if limit := 3*uint64(len(pkt)) + 4096; allocated > limit {
 			t.Errorf("appendPacket allocated %d bytes for a %d-byte packet (limit %d)", allocated, len(pkt), limit)
 		}
@@ -114,7 +116,44 @@ func FuzzUwsgiPacket(f *testing.F) {
 		if err := workerRefuses(got.vars); err != nil {
 			t.Errorf("the worker would refuse this packet: %v", err)
 		}
+
+		// The compact encoding carries exactly the same vars.
+		cpkt, err := appendPacket(nil, r, in, true)
+		if err != nil {
+			t.Fatalf("compact: %v", err)
+		}
+		cvars, err := decodeCompact(cpkt)
+		if err != nil {
+			t.Fatalf("compact packet %q: %v", cpkt, err)
+		}
+		if !maps.Equal(cvars, got.vars) {
+			t.Errorf("compact vars %q, plain vars %q", cvars, got.vars)
+		}
 	})
+}
+
+// decodeCompact decodes a modCompact packet as berth_worker.py does: one
+// split on NUL; every key and value is followed by a NUL.
+func decodeCompact(pkt []byte) (map[string]string, error) {
+	if len(pkt) < 4 || pkt[0] != modCompact || pkt[3] != 0 {
+		return nil, fmt.Errorf("header % x", pkt[:min(4, len(pkt))])
+	}
+	n := int(pkt[1]) | int(pkt[2])<<8
+	if len(pkt) < 4+n {
+		return nil, fmt.Errorf("datasize %d, %d bytes", n, len(pkt)-4)
+	}
+	parts := strings.Split(string(pkt[4:4+n]), "\x00")
+	if len(parts)%2 != 1 || parts[len(parts)-1] != "" {
+		return nil, fmt.Errorf("%d strings: not key/value pairs ending in NUL", len(parts)-1)
+	}
+	vars := map[string]string{}
+	for i := 0; i+1 < len(parts); i += 2 {
+		if _, dup := vars[parts[i]]; dup {
+			return nil, fmt.Errorf("%s twice", parts[i])
+		}
+		vars[parts[i]] = parts[i+1]
+	}
+	return vars, nil
 }
 
 // promisedVars restates, apart from appendPacket, the vars docs/internals.md

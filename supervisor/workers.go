@@ -568,6 +568,7 @@ func (s *Supervisor) sendWorkers() {
 			Draining:    w.state == wDraining,
 			MaxRequests: w.budget,
 			Pool:        w.slot.pool,
+			Compact:     true, // berth_worker.py reads modifier1 0xBE
 		}
 		if w.iface == "asgi" {
 			// One event loop takes many at once; the current config's

@@ -290,8 +290,18 @@ func (s *ctSuite) testDemo(t *testing.T) {
 		t.Errorf("no python process in the container:\n%s", procs)
 	}
 
-	if out, err := s.podman("healthcheck", "run", name); err != nil {
-		t.Errorf("podman healthcheck run (berth status --quiet): %v\n%s", err, out)
+	// The demo answers as soon as one worker is ready; the healthcheck
+	// (readiness: every worker ready) may take a moment longer.
+	var hcOut string
+	var hcErr error
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if hcOut, hcErr = s.podman("healthcheck", "run", name); hcErr == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if hcErr != nil {
+		t.Errorf("podman healthcheck run (berth status --quiet): %v\n%s", hcErr, hcOut)
 	}
 }
 

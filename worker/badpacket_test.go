@@ -99,6 +99,19 @@ func packet(edits ...varEdit) []byte {
 	return append(header(0, len(b), 0), b...)
 }
 
+// compactPacket is vs in berth's compact encoding (modifier1 0xBE), with
+// extra strings appended (to break the pairing).
+func compactPacket(vs []kv, extra ...string) []byte {
+	var b []byte
+	for _, p := range vs {
+		b = append(append(append(append(b, p[0]...), 0), p[1]...), 0)
+	}
+	for _, e := range extra {
+		b = append(append(b, e...), 0)
+	}
+	return append(header(0xBE, len(b), 0), b...)
+}
+
 // withHeader is packet with the header replaced (modifiers, datasize).
 func withHeader(mod1 byte, sizeDelta int, mod2 byte, edits ...varEdit) []byte {
 	p := packet(edits...)
@@ -185,6 +198,21 @@ func TestMalformedPackets(t *testing.T) {
 		{name: "plain HTTP on the uwsgi socket", raw: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), want: rejected},
 		{name: "modifier1 30 (nginx's SCRIPT_NAME strip)", raw: withHeader(30, 0, 0), want: served},
 		{name: "modifier2 is ignored", raw: withHeader(0, 0, 7), want: served},
+
+		// berth's compact vars (modifier1 0xBE): every key and value followed by a NUL.
+		{name: "compact", raw: compactPacket(goodVars()), want: served,
+			check: func(t *testing.T, env map[string]string) {
+				if env["PATH_INFO"] != "/rec" || env["QUERY_STRING"] != "a=1" || env["HTTP_HOST"] != "test.local" {
+					t.Errorf("compact vars decoded to %v", env)
+				}
+			}},
+		{name: "compact without the last NUL", raw: func() []byte {
+			p := compactPacket(goodVars())
+			return append(header(0xBE, len(p)-5, 0), p[4:len(p)-1]...)
+		}(), want: rejected},
+		{name: "compact with a key and no value", raw: compactPacket(append(goodVars(), kv{"HTTP_X", ""}), "HTTP_Y"), want: rejected},
+		{name: "compact with a key twice", raw: compactPacket(append(goodVars(), kv{"HTTP_X", "1"}, kv{"HTTP_X", "2"})), want: rejected},
+		{name: "compact with CR in a value", raw: compactPacket(append(goodVars(), kv{"HTTP_X", "a\rb"})), want: rejected},
 
 		// Var names.
 		{name: "empty key", raw: packet(add("", "x")), want: rejected},

@@ -45,6 +45,8 @@ HOP_BY_HOP = frozenset((
 ))
 
 _unpack_head = struct.Struct('<BHB').unpack_from
+# modifier1 of berth's compact vars: every key and value followed by a NUL (proxy/uwsgi.go).
+MOD_COMPACT = 0xBE
 
 # An HTTP field name is a token (RFC 9110 5.1).
 _token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
@@ -686,8 +688,9 @@ class Worker:
         if not conn.fill(4):
             return None
         mod1, size, mod2 = _unpack_head(conn.buf, conn.pos)
-        # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
-        if mod1 != 0 and mod1 != 30:
+        # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does;
+        # MOD_COMPACT is berth's proxy's NUL-separated vars (docs/internals.md).
+        if mod1 != 0 and mod1 != 30 and mod1 != MOD_COMPACT:
             raise BadRequest('uwsgi modifier1 %d is not WSGI (want 0)' % mod1)
         if not conn.fill(4 + size):
             raise ClientGone('closed in request head')
@@ -695,21 +698,32 @@ class Worker:
         conn.pos = p + size
         data = bytes(conn.mv[p:p + size])
         s = data.decode('latin-1')  # PEP 3333: environ strings are bytes-as-latin-1
-        d = {}
-        i = n = 0
-        try:
-            while i < size:
-                j = i + 2 + (data[i] | data[i + 1] << 8)
-                e = j + 2 + (data[j] | data[j + 1] << 8)
-                d[s[i + 2:j]] = s[j + 2:e]
-                i = e
-                n += 1
-        except IndexError:
-            i = -1
-        if i != size:
-            raise BadRequest('uwsgi var %d runs past the end of the %d-byte vars block' % (n + 1, size))
-        if len(d) != n:
-            d = _merge_repeated(data, s)
+        if mod1 == MOD_COMPACT:
+            parts = s.split('\0')
+            n = len(parts) >> 1
+            if len(parts) & 1 == 0 or parts[-1]:
+                raise BadRequest('compact vars: %d strings, not key/value pairs each ending in NUL'
+                                 % (len(parts) - 1))
+            it = iter(parts)
+            d = dict(zip(it, it))
+            if len(d) != n:
+                raise BadRequest('compact vars: a key is given twice')
+        else:
+            d = {}
+            i = n = 0
+            try:
+                while i < size:
+                    j = i + 2 + (data[i] | data[i + 1] << 8)
+                    e = j + 2 + (data[j] | data[j + 1] << 8)
+                    d[s[i + 2:j]] = s[j + 2:e]
+                    i = e
+                    n += 1
+            except IndexError:
+                i = -1
+            if i != size:
+                raise BadRequest('uwsgi var %d runs past the end of the %d-byte vars block' % (n + 1, size))
+            if len(d) != n:
+                d = _merge_repeated(data, s)
         _check_vars(d)
         env = self.base.copy()
         env.update(d)
