@@ -37,7 +37,11 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("bench: %v\n%s", err, logs.String())
 	}
 	for _, stack := range stackNames {
-		s := rep.find("hello", stack)
+		scenario := "hello"
+		if stack == "uvicorn" {
+			scenario = "asgi-hello" // nginx + Uvicorn serves the ASGI scenarios only
+		}
+		s := rep.find(scenario, stack)
 		if s == nil {
 			t.Errorf("%s: no successful round:\n%s", stack, logs.String())
 			continue
@@ -55,7 +59,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: no berth/peer ratio", stack)
 		}
 	}
-	if !strings.Contains(out.String(), "| hello    | gunicorn |") {
+	if !strings.Contains(out.String(), "| hello      | gunicorn |") {
 		t.Errorf("table lacks the gunicorn hello row:\n%s", out.String())
 	}
 	b, err := os.ReadFile(resultsFile(o.out))
@@ -63,7 +67,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back report
-	if err := json.Unmarshal(b, &back); err != nil || len(back.Runs) != len(stackNames) {
+	// hello on the three WSGI stacks, asgi-hello on berth and uvicorn.
+	if err := json.Unmarshal(b, &back); err != nil || len(back.Runs) != len(stackNames)+1 {
 		t.Errorf("results.json: %v, %d runs", err, len(back.Runs))
 	}
 	f, err := os.Open(chartFile(o.out))
@@ -88,7 +93,7 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("parsed %+v", o)
 	}
 	o, err = parseFlags([]string{"-smoke", "-repeat", "9"}, os.Stderr)
-	if err != nil || o.repeat != 1 || o.duration != time.Second || strings.Join(o.scenarios, ",") != "hello" {
+	if err != nil || o.repeat != 1 || o.duration != time.Second || strings.Join(o.scenarios, ",") != "hello,asgi-hello" {
 		t.Errorf("-smoke: %+v, %v", o, err)
 	}
 	var sink bytes.Buffer

@@ -92,6 +92,10 @@ func missingTools(stacks []string) []string {
 			checks = append(checks,
 				check{"nginx", []string{"nginx", "-v"}},
 				check{"gunicorn for " + systemPython, []string{systemPython, "-m", "gunicorn", "--version"}})
+		case "uvicorn":
+			checks = append(checks,
+				check{"nginx", []string{"nginx", "-v"}},
+				check{"uvicorn with uvloop and httptools for " + systemPython, []string{systemPython, "-c", "import uvicorn, uvloop, httptools, starlette"}})
 		}
 	}
 	var missing []string
@@ -119,7 +123,7 @@ func missingTools(stacks []string) []string {
 
 func prepare(ctx context.Context, o options, logw io.Writer) (*benchEnv, error) {
 	if m := missingTools(o.stacks); len(m) > 0 {
-		return nil, fmt.Errorf("missing %s: install the Debian packages (nginx, uwsgi, uwsgi-plugin-python3, gunicorn, python3-django, wrk) or drop the stack with -stacks", strings.Join(m, ", "))
+		return nil, fmt.Errorf("missing %s: install the Debian packages (nginx, uwsgi, uwsgi-plugin-python3, gunicorn, python3-django, wrk, python3-uvicorn, python3-uvloop, python3-httptools, python3-starlette) or drop the stack with -stacks", strings.Join(m, ", "))
 	}
 	dir, err := os.MkdirTemp("", "bench")
 	if err != nil {
@@ -300,6 +304,7 @@ func describeMachine(ctx context.Context, berthBin string) machine {
 	version("nginx", `nginx/(\S+)`, "nginx", "-v")
 	version("uwsgi", `^(\S+)`, "uwsgi", "--version")
 	version("gunicorn", `version ([\d.]+)`, systemPython, "-m", "gunicorn", "--version")
+	version("uvicorn", `uvicorn ([\d.]+)`, systemPython, "-m", "uvicorn", "--version")
 	version("python", `Python (\S+)`, systemPython, "--version")
 	version("django", `^(\S+)`, systemPython, "-c", "import django; print(django.get_version())")
 	version("wrk", `wrk (\S+)`, "wrk", "-v")

@@ -55,7 +55,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.berth, "berth", "", "berth binary to use; empty builds one from the module root with CGO_ENABLED=0")
 	fs.StringVar(&o.out, "out", "", "directory to write results.json and chart.png into (empty: print the table only)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir with every generated config and log")
-	smoke := fs.Bool("smoke", false, "tiny run for tests: 1 round, 1s, hello only (overrides -repeat, -duration, -warmup, -scenarios)")
+	smoke := fs.Bool("smoke", false, "tiny run for tests: 1 round, 1s, hello and asgi-hello only (overrides -repeat, -duration, -warmup, -scenarios)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -65,7 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	o.scenarios = splitList(*scen)
 	o.stacks = splitList(*stacks)
 	if *smoke {
-		o.repeat, o.duration, o.warmup, o.scenarios = 1, time.Second, time.Second, []string{"hello"}
+		o.repeat, o.duration, o.warmup, o.scenarios = 1, time.Second, time.Second, []string{"hello", "asgi-hello"}
 	}
 	for _, s := range o.scenarios {
 		if findScenario(s) == nil {
@@ -135,6 +135,9 @@ func run(ctx context.Context, o options, stdout, logw io.Writer) (*report, error
 		for _, name := range o.scenarios {
 			sc := findScenario(name)
 			for _, stack := range o.stacks {
+				if !sc.serves(stack) {
+					continue
+				}
 				if err := ctx.Err(); err != nil {
 					return nil, fmt.Errorf("interrupted: %w", err)
 				}

@@ -116,6 +116,9 @@ func summarize(o options, m machine, runs []runResult, elapsed time.Duration) *r
 		sc := findScenario(name)
 		ss := scenarioSummary{scenario: *sc}
 		for _, stack := range o.stacks {
+			if !sc.serves(stack) {
+				continue
+			}
 			st := stackSummary{Stack: stack}
 			var rps, p50, p99, base, kept, pids, reloads, slow, pssW, pssT, startup, ratio, cores []float64
 			cpu := map[string][]float64{}

@@ -40,6 +40,18 @@ type scenario struct {
 	edge bool
 	tls  bool // over the stack's HTTPS listener
 	h2   bool // HTTP/2 with h2load instead of wrk (implies tls)
+	asgi   bool    // an ASGI app: berth and uvicorn serve it, not uWSGI or Gunicorn
+	ws     bool    // measured with websockets (ws.go), not wrk
+}
+
+// serves says whether stack takes part in the scenario: WSGI scenarios
+// compare berth with nginx + uWSGI and nginx + Gunicorn, ASGI ones with
+// nginx + Uvicorn.
+func (sc *scenario) serves(stack string) bool {
+	if stack == "berth" {
+		return true
+	}
+	return sc.asgi == (stack == "uvicorn")
 }
 
 var scenarios = []*scenario{
@@ -59,7 +71,14 @@ var scenarios = []*scenario{
 	{Name: "maxreq", Desc: "Django view with every worker recycled after 100 requests", Kind: kindRecycle, app: appDjango, path: "/hello"},
 	{Name: "memory", Desc: "PSS of the Django workers after warm-up on /template", Kind: kindMemory, app: appDjango, path: "/template"},
 	{Name: "startup", Desc: "Django, start of the app server to ready", Kind: kindStartup, app: appDjango, path: "/hello"},
+	{Name: "asgi-hello", Desc: "raw ASGI hello world (14-byte body)", Kind: kindThroughput, app: appASGI, path: "/", asgi: true},
+	{Name: "asgi-json", Desc: "Starlette JSON endpoint (/json, JSONResponse)", Kind: kindThroughput, app: appStarlette, path: "/json", asgi: true},
+	{Name: "ws-echo", Desc: "websocket echo round trips/s (Starlette; -c connections, one 32-byte message in flight on each)", Kind: kindThroughput, app: appStarlette, path: "/ws", asgi: true, ws: true},
+	{Name: "ws-memory", Desc: "PSS growth when 1,000 idle websockets are open (raw ASGI app)", Kind: kindMemory, app: appASGI, path: "/ws", asgi: true, ws: true},
 }
+
+// idleWebsocketCount is how many websockets ws-memory holds open.
+const idleWebsocketCount = 1000
 
 func scenarioNames() []string {
 	var n []string
@@ -210,6 +229,9 @@ func (sc *scenario) wrk(ctx context.Context, e *benchEnv, in *instance, d time.D
 	}
 	if sc.tls {
 		return runWrk(ctx, e.o.threads, e.o.conns, d, "", in.tlsURL+sc.path)
+	}
+	if sc.ws {
+		return runWSEcho(ctx, e.o.conns, d, in.url+sc.path)
 	}
 	script := ""
 	if sc.script != "" {
@@ -392,8 +414,26 @@ func (sc *scenario) memory(ctx context.Context, e *benchEnv, stack string, res *
 	if res.PSSWorkersKiB, err = sumPSS(workers); err != nil {
 		return err
 	}
-	res.PSSTotalKiB, err = sumPSS(all)
-	return err
+	if res.PSSTotalKiB, err = sumPSS(all); err != nil || !sc.ws {
+		return err
+	}
+	// ws-memory: the figures are what 1,000 idle websockets add.
+	closeAll, err := idleWebsockets(ctx, idleWebsocketCount, in.url+sc.path)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	time.Sleep(time.Second) // let the servers settle (buffers, GC)
+	w2, err := sumPSS(workers)
+	if err != nil {
+		return err
+	}
+	a2, err := sumPSS(all)
+	if err != nil {
+		return err
+	}
+	res.PSSWorkersKiB, res.PSSTotalKiB = w2-res.PSSWorkersKiB, a2-res.PSSTotalKiB
+	return nil
 }
 
 func (sc *scenario) startup(ctx context.Context, e *benchEnv, stack string, res *runResult) error {

@@ -19,7 +19,7 @@ import (
 )
 
 // stackNames are the stacks, in the order the rounds alternate them.
-var stackNames = []string{"berth", "uwsgi", "gunicorn"}
+var stackNames = []string{"berth", "uwsgi", "gunicorn", "uvicorn"}
 
 func validStack(s string) bool { return contains(stackNames, s) }
 
@@ -27,8 +27,10 @@ func validStack(s string) bool { return contains(stackNames, s) }
 type appKind int
 
 const (
-	appHello  appKind = iota // bench/apps/hello.py
-	appDjango                // tests/testdata/djangosite
+	appHello     appKind = iota // bench/apps/hello.py
+	appDjango                   // tests/testdata/djangosite
+	appASGI                     // bench/apps/asgi_hello.py, the raw ASGI app
+	appStarlette                // bench/apps/asgi_hello.py, the Starlette app
 )
 
 // stackSpec is what a scenario asks of a stack instance.
@@ -178,6 +180,10 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 	case appDjango:
 		d.AppDir, d.Module, inst.probe = e.djangoDir, "mysite.wsgi:application", "/hello"
 		d.Env["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
+	case appASGI:
+		d.AppDir, d.Module, inst.probe = e.helloDir, "asgi_hello:application", "/"
+	case appStarlette:
+		d.AppDir, d.Module, inst.probe = e.helloDir, "asgi_hello:app", "/json"
 	}
 	if spec.workers > 0 {
 		d.Workers = spec.workers
@@ -240,6 +246,12 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 		}
 		inst.appStarted = time.Now()
 		inst.app, err = startProc("uwsgi", []string{"--ini", ini}, dir, nil, filepath.Join(dir, "uwsgi.log"))
+	case "uvicorn":
+		// As its deployment guide runs it behind nginx: a unix socket,
+		// N worker processes, uvloop and httptools (uvicorn[standard]).
+		inst.appStarted = time.Now()
+		inst.app, err = startProc(systemPython, []string{"-m", "uvicorn", "--uds", d.Socket, "--workers", strconv.Itoa(d.Workers),
+			"--no-access-log", "--log-level", "warning", "--app-dir", d.AppDir, d.Module}, dir, nil, filepath.Join(dir, "uvicorn.log"))
 	case "gunicorn":
 		conf := filepath.Join(dir, "gunicorn.conf.py")
 		if err := render("gunicorn.conf.py.tmpl", d, conf); err != nil {
@@ -444,6 +456,11 @@ func (in *instance) workerPIDs() ([]int, error) {
 	var pids []int
 	for pid, p := range tab {
 		if p.ppid == in.app.pid() {
+			// Uvicorn's workers are multiprocessing children, beside
+			// multiprocessing's resource tracker, which serves nothing.
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmd, []byte("resource_tracker")) {
+				continue
+			}
 			pids = append(pids, pid)
 		}
 	}

@@ -12,12 +12,12 @@ import (
 // shutdown.delay changed, which is read when SIGTERM arrives).
 type Changes struct {
 	// Proxy: static, tls, cache, proxy.*, upstreams, routes, workers.timeout, workers.graceful_timeout,
-	// workers.max_requests, workers.max_requests_jitter or workers.max_rss
+	// workers.drain_timeout, workers.concurrency, workers.max_requests, workers.max_requests_jitter or workers.max_rss
 	// changed. Running processes take these live (a new proxy config, new
 	// worker budgets); no worker is restarted for them.
 	Proxy bool
 	// Workers: app.module, app.chdir, app.python, app.pythonpath, app.env,
-	// app.user, workers.threads or workers.preload changed. Only a new worker
+	// app.user, app.interface, workers.threads or workers.preload changed. Only a new worker
 	// generation (and zygote) can take these; it is started at the new
 	// workers.count.
 	Workers bool
@@ -49,6 +49,7 @@ func Diff(old, new *Config) Changes {
 	return Changes{
 		Proxy: !slices.Equal(old.Static, new.Static) ||
 			!sameEdge(old, new) ||
+			!mountURLsEqual(old.Mounts, new.Mounts) ||
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
 			old.Proxy.AccessLog != new.Proxy.AccessLog ||
@@ -56,6 +57,8 @@ func Diff(old, new *Config) Changes {
 			old.Proxy.Queue != new.Proxy.Queue ||
 			ow.Timeout != nw.Timeout ||
 			ow.GracefulTimeout != nw.GracefulTimeout ||
+			ow.DrainTimeout != nw.DrainTimeout ||
+			ow.Concurrency != nw.Concurrency ||
 			ow.MaxRequests != nw.MaxRequests ||
 			ow.MaxRequestsJitter != nw.MaxRequestsJitter ||
 			ow.MaxRSS != nw.MaxRSS ||
@@ -67,9 +70,11 @@ func Diff(old, new *Config) Changes {
 			!slices.Equal(oa.PythonPath, na.PythonPath) ||
 			!maps.Equal(oa.Env, na.Env) ||
 			oa.User != na.User ||
+			oa.Interface != na.Interface ||
 			ow.Threads != nw.Threads ||
-			ow.Preload != nw.Preload,
-		WorkerCount: ow.Count != nw.Count,
+			ow.Preload != nw.Preload ||
+			!mountAppsEqual(old.Mounts, new.Mounts),
+		WorkerCount: ow.Count != nw.Count || !mountCountsEqual(old.Mounts, new.Mounts),
 		Resources:   !reflect.DeepEqual(old.Resources, new.Resources),
 		Listen:      !slices.Equal(old.Listen, new.Listen),
 		Admin:       old.Admin.Listen != new.Admin.Listen,
@@ -79,6 +84,50 @@ func Diff(old, new *Config) Changes {
 			!sameList(old.Programs, new.Programs) ||
 			!sameList(old.Cron, new.Cron),
 	}
+}
+
+// mountURLsEqual compares the routing part of the mounts (names and URLs).
+func mountURLsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || !slices.Equal(a[i].URLs, b[i].URLs) {
+			return false
+		}
+	}
+	return true
+}
+
+// mountAppsEqual compares what the mounts' workers run: a change needs a
+// new generation. Their counts, concurrency and budgets are taken live.
+func mountAppsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Name != y.Name || x.Module != y.Module || x.Interface != y.Interface ||
+			x.Workers.Threads != y.Workers.Threads || x.Workers.Preload != y.Workers.Preload {
+			return false
+		}
+	}
+	return true
+}
+
+// mountCountsEqual compares the mounts' worker counts and the settings the
+// proxy takes live (concurrency, request budgets).
+func mountCountsEqual(a, b []Mount) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i].Workers, b[i].Workers
+		if x.Count != y.Count || x.Concurrency != y.Concurrency || x.MaxRequests != y.MaxRequests || x.MaxRequestsJitter != y.MaxRequestsJitter {
+			return false
+		}
+	}
+	return true
 }
 
 // sameList compares two lists deeply, a nil list equal to an empty one.

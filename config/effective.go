@@ -60,6 +60,7 @@ func (c *Config) Effective() ([]byte, error) {
 			"env", env,
 			"user", strNode(c.App.User),
 			"reload_on", strList(c.App.ReloadOn),
+			"interface", strNode(c.App.Interface),
 		),
 		"workers", mapNode(
 			"count", count,
@@ -70,8 +71,11 @@ func (c *Config) Effective() ([]byte, error) {
 			"max_rss", intNode(int64(w.MaxRSS)),
 			"timeout", strNode(w.Timeout.String()),
 			"graceful_timeout", strNode(w.GracefulTimeout.String()),
+			"concurrency", intNode(int64(w.Concurrency)),
+			"drain_timeout", strNode(w.DrainTimeout.String()),
 		),
 		"static", static,
+		"mounts", c.mountsNode(),
 		"proxy", mapNode(
 			"max_body_size", intNode(int64(p.MaxBodySize)),
 			"trusted_proxies", strList(p.TrustedProxies),

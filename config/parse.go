@@ -548,6 +548,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 				{"env", d.env(&c.App.Env)},
 				{"user", d.str(&c.App.User)},
 				{"reload_on", d.strs(&c.App.ReloadOn)},
+				{"interface", d.str(&c.App.Interface)},
 			})
 		}},
 		{"workers", func(path string, n *yaml.Node) {
@@ -560,9 +561,12 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 				{"max_rss", d.size(&w.MaxRSS)},
 				{"timeout", d.duration(&w.Timeout)},
 				{"graceful_timeout", d.duration(&w.GracefulTimeout)},
+				{"concurrency", d.int(&w.Concurrency)},
+				{"drain_timeout", d.duration(&w.DrainTimeout)},
 			})
 		}},
 		{"static", d.static(&c.Static)},
+		{"mounts", d.mounts(&c.Mounts)},
 		{"proxy", func(path string, n *yaml.Node) {
 			d.section(path, n, []field{
 				{"max_body_size", d.size(&p.MaxBodySize)},

@@ -24,6 +24,7 @@ type Config struct {
 	App       App       `yaml:"app" json:"app"`
 	Workers   Workers   `yaml:"workers" json:"workers"`
 	Static    []Static  `yaml:"static" json:"static"`
+	Mounts    []Mount   `yaml:"mounts" json:"mounts"`
 	Proxy     Proxy     `yaml:"proxy" json:"proxy"`
 	Cache     Cache     `yaml:"cache" json:"cache"`
 	Shutdown  Shutdown  `yaml:"shutdown" json:"shutdown"`
@@ -57,6 +58,11 @@ type App struct {
 	Env        map[string]string `yaml:"env" json:"env"`
 	User       string            `yaml:"user" json:"user"`
 	ReloadOn   []string          `yaml:"reload_on" json:"reload_on"`
+	// Interface is "auto", "wsgi" or "asgi". auto: ASGI when the callable
+	// is a coroutine function or takes (scope, receive, send), or its
+	// module is named asgi; WSGI otherwise. The worker decides, after the
+	// import, and tells the supervisor in its READY message.
+	Interface string `yaml:"interface" json:"interface"`
 }
 
 // Workers sizes and recycles the Python worker processes.
@@ -71,6 +77,15 @@ type Workers struct {
 	MaxRSS            Size     `yaml:"max_rss" json:"max_rss"`
 	Timeout           Duration `yaml:"timeout" json:"timeout"`
 	GracefulTimeout   Duration `yaml:"graceful_timeout" json:"graceful_timeout"`
+	// Concurrency is what one ASGI worker takes at once: HTTP requests
+	// plus open websockets; beyond it requests wait in the proxy's queue.
+	// WSGI workers take workers.threads.
+	Concurrency int `yaml:"concurrency" json:"concurrency"`
+	// DrainTimeout is how long an ASGI worker being replaced (or a
+	// stopping berth) keeps its open websockets and streamed responses
+	// before they are closed with 1012 (1001 at a stop). It is at most
+	// GracefulTimeout; not written in a file, it is GracefulTimeout.
+	DrainTimeout Duration `yaml:"drain_timeout" json:"drain_timeout"`
 }
 
 // Static maps a URL prefix onto a directory (nginx alias semantics), or

@@ -27,6 +27,7 @@ func Default() *Config {
 			PythonPath: []string{},
 			Env:        map[string]string{},
 			ReloadOn:   []string{},
+			Interface:  "auto",
 		},
 		Workers: Workers{
 			Count:           0, // auto
@@ -34,8 +35,11 @@ func Default() *Config {
 			Preload:         true,
 			Timeout:         Duration(30 * time.Second),
 			GracefulTimeout: Duration(30 * time.Second),
+			Concurrency:     1000,
+			DrainTimeout:    Duration(30 * time.Second), // = GracefulTimeout, see validate
 		},
 		Static: []Static{},
+		Mounts: []Mount{},
 		Proxy: Proxy{
 			MaxBodySize:    1 << 20, // nginx's client_max_body_size 1m
 			TrustedProxies: []string{},
@@ -149,6 +153,11 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 			bad(index("app.reload_on", i), "empty path; remove the entry")
 		}
 	}
+	switch a.Interface {
+	case "auto", "wsgi", "asgi":
+	default:
+		bad("app.interface", "must be one of auto, wsgi, asgi; got %s", quoteShort(a.Interface))
+	}
 
 	w := &c.Workers
 	if w.Count < 0 {
@@ -171,6 +180,19 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	}
 	if w.GracefulTimeout < 0 {
 		bad("workers.graceful_timeout", "must not be negative, got %s", w.GracefulTimeout)
+	}
+	if w.Concurrency < 1 {
+		bad("workers.concurrency", "must be at least 1 (requests and websockets one ASGI worker takes at once), got %d", w.Concurrency)
+	}
+	// Not written in the file: drain_timeout follows graceful_timeout.
+	if _, written := lines["workers.drain_timeout"]; !written && lines != nil {
+		w.DrainTimeout = max(w.GracefulTimeout, 0)
+	}
+	switch {
+	case w.DrainTimeout < 0:
+		bad("workers.drain_timeout", "must not be negative (0s = close websockets and streams at once), got %s", w.DrainTimeout)
+	case w.DrainTimeout > w.GracefulTimeout && w.GracefulTimeout >= 0 && !failed("workers.graceful_timeout"):
+		bad("workers.drain_timeout", "%s is longer than workers.graceful_timeout (%s), after which a draining worker is stopped anyway; shorten it or raise graceful_timeout", w.DrainTimeout, w.GracefulTimeout)
 	}
 
 	urls := map[string]int{}
@@ -237,6 +259,8 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	c.validateCompanions(bad)
 	c.validateUpstreams(bad)
 	c.validateEdge(bad)
+	c.inheritMountWorkers(lines)
+	c.validateMounts(bad)
 	return errs.asError()
 }
 

@@ -65,6 +65,20 @@ type Proxy struct {
 	Compression Compression `json:"compression"`
 	// Cache is the response cache; nil or no routes: nothing is cached.
 	Cache *Cache `json:"cache,omitempty"`
+	// DrainTimeout is how long websockets and streamed responses on an ASGI
+	// worker that drains (or on a stopping proxy) may go on; then they are
+	// closed, websockets with 1012 (drain) or 1001 (proxy stop). 0 = at
+	// once.
+	DrainTimeout Duration `json:"drain_timeout,omitempty"`
+	// Mounts route URL prefixes to other worker pools (config mounts);
+	// the rest goes to the main pool.
+	Mounts []Mount `json:"mounts,omitempty"`
+}
+
+// Mount routes URL prefixes to the workers whose Pool is Pool.
+type Mount struct {
+	Pool string   `json:"pool"`
+	URLs []string `json:"urls"`
 }
 
 // Upstream is one group of remote servers, already validated (see
@@ -175,6 +189,11 @@ type Worker struct {
 	// 0 means unlimited. When the proxy has sent it this many requests it
 	// sends TypeDue once and keeps routing to it until told it drains.
 	MaxRequests int64 `json:"max_requests,omitempty"`
+	// Interface is the protocol on Socket: "" or "wsgi" for uwsgi, "asgi"
+	// for berth's multiplexed ASGI framing (docs/internals.md).
+	Interface string `json:"interface,omitempty"`
+	// Pool is the mount the worker serves ("" = the main app).
+	Pool string `json:"pool,omitempty"`
 	// Compact workers read berth's compact vars (modifier1 0xBE: the vars
 	// as NUL-separated strings, decoded by one split in Python); false
 	// means plain uwsgi vars, as any uwsgi server reads them.

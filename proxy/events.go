@@ -104,7 +104,10 @@ func (s *Server) housekeeping() {
 		case <-t.C:
 		}
 		s.alog.flush()
-		s.rt.kick()
+		for _, rt := range s.routers() {
+			rt.kick()
+		}
+		s.sweepDrains()
 		if tick%10 != 0 {
 			continue
 		}
@@ -113,7 +116,9 @@ func (s *Server) housekeeping() {
 			last = st
 		}
 		now := time.Now().UnixNano()
-		s.rt.reapIdle(now)
+		for _, rt := range s.routers() {
+			rt.reapIdle(now)
+		}
 		s.up.reapIdle(now)
 	}
 }

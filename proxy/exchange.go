@@ -95,7 +95,7 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 	}
 	rs.bodiless = !hasBody || rs.body.size() == 0
 	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
-	compact := s.rt.allCompact.Load()
+	compact := rs.rt.allCompact.Load()
 	pkt, err := s.packet(rs, r, compact, hasBody && bodyInPkt)
 	if err != nil {
 		plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
@@ -109,7 +109,7 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			rs.job = sendJob{pkt: pkt, timeout: st.timeout, compact: compact}
 			job = &rs.job
 		}
-		g, waited, err := s.rt.acquire(r.Context().Done(), st, avoid, job)
+		g, waited, err := rs.rt.acquire(r.Context().Done(), st, avoid, job)
 		if waited > 0 {
 			s.metrics.queueWait.Observe(waited.Seconds())
 		}
@@ -118,17 +118,22 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			return
 		}
 		rs.worker, rs.wsock = g.w.id, g.w.socket
-		if g.w.compact != compact {
-			// The worker set changed between building the packet and the
-			// grant (handoff skips such a grant): rebuild it. Rare.
-			compact = g.w.compact
-			if pkt, err = s.packet(rs, r, compact, hasBody && bodyInPkt); err != nil {
-				s.rt.release(g.w, g.c, true)
-				plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
-				return
+		var out outcome
+		if g.w.asgi {
+			out = s.asgiExchange(rs, r, st, g)
+		} else {
+			if g.w.compact != compact {
+				// The worker set changed between building the packet and
+				// the grant (handoff skips such a grant): rebuild it. Rare.
+				compact = g.w.compact
+				if pkt, err = s.packet(rs, r, compact, hasBody && bodyInPkt); err != nil {
+					g.w.rt.release(g.w, g.c, true)
+					plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
+					return
+				}
 			}
+			out = s.exchange(rs, r, st, g, pkt, bodyInPkt)
 		}
-		out := s.exchange(rs, r, st, g, pkt, bodyInPkt)
 		if st.logUp && rs.up.open {
 			rs.up.end(time.Now())
 		}
@@ -238,10 +243,10 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
 			s.reqLogf(rs, "worker %s: bad response: %v", wk.id, err)
-			s.rt.release(wk, c, false)
+			wk.rt.release(wk, c, false)
 			return failed502
 		}
-		if c.reused && !s.rt.provenKeepalive(wk) {
+		if c.reused && !wk.rt.provenKeepalive(wk) {
 			// A worker that never answered on a reused connection (plain
 			// uWSGI closes after each response, even a framed one) closed
 			// this one as we wrote: stale, whatever the method.
@@ -249,7 +254,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 			continue
 		}
 		s.metrics.upstreamError(kindReset)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		// A unix socket closed with data still unread reports ECONNRESET,
 		// one whose reader took everything reports EOF. A bodiless
 		// request that is partly unread never reached the app.
@@ -265,7 +270,7 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		return failed502
 	}
 	rs.rbody.reset(c.br, hd)
@@ -282,14 +287,14 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		}
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: reading the response body: %v", wk.id, err)
-		s.rt.release(wk, c, false)
+		wk.rt.release(wk, c, false)
 		return failed502
 	}
 	if st.logUp {
 		rs.up.end(time.Now())
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
-	s.rt.release(wk, c, reuse)
+	wk.rt.release(wk, c, reuse)
 	s.relayBuffered(rs, r, st, hd)
 	return done
 }
@@ -424,7 +429,7 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 	if st.logUp {
 		rs.up.end(time.Now())
 	}
-	s.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
+	wk.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
 	return done
 }
 
@@ -433,8 +438,8 @@ func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker,
 func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) outcome {
 	s.metrics.upstreamError(kindTimeout)
 	s.reqLogf(rs, "worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
-	s.rt.noteTimeout(wk)
-	s.rt.release(wk, c, false)
+	wk.rt.noteTimeout(wk)
+	wk.rt.release(wk, c, false)
 	plainError(&rs.rw, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
 	return done
 }
@@ -486,13 +491,13 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				// The proxy's limit, not the worker's fault: the worker
 				// stays in routing.
-				s.rt.release(wk, nil, false)
+				wk.rt.release(wk, nil, false)
 				return nil, outOfFiles
 			}
 			s.metrics.upstreamError(kindDial)
 			s.reqLogf(rs, "worker %s: connect %s: %v", wk.id, wk.socket, err)
-			s.rt.noteDialFailure(wk)
-			s.rt.release(wk, nil, false)
+			wk.rt.noteDialFailure(wk)
+			wk.rt.release(wk, nil, false)
 			return nil, retryDial
 		}
 		if err != nil && c.reused && !isTimeout(err) {
@@ -519,7 +524,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 				return nil, s.timedOut(rs, wk, c, st)
 			}
 			s.metrics.upstreamError(kindWrite)
-			s.rt.release(wk, c, false)
+			wk.rt.release(wk, c, false)
 			if out == failed502 {
 				s.metrics.notRetried.Inc()
 				s.reqLogf(rs, "worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
@@ -534,8 +539,10 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 // it, from the goroutine that freed the worker. Any failure leaves the
 // work to the waiter (sent false, c nil when c was broken).
 func (s *Server) handoff(job *sendJob, g grant) grant {
-	if job.compact != g.w.compact {
-		return g // the waiter rebuilds its packet for this worker
+	if g.w.asgi || job.compact != g.w.compact {
+		// An ASGI worker: the job is a uwsgi packet, the waiter speaks
+		// ASGI itself. Another encoding: the waiter rebuilds its packet.
+		return g
 	}
 	start := time.Now()
 	c, err := writeRequest(g.w, g.c, job.pkt, job.timeout, start)
@@ -543,7 +550,7 @@ func (s *Server) handoff(job *sendJob, g grant) grant {
 		if c != nil {
 			if c.reused {
 				s.metrics.upstreamError(kindStale)
-				s.rt.noteStale(g.w)
+				g.w.rt.noteStale(g.w)
 			}
 			c.close()
 		}
@@ -559,8 +566,8 @@ func (s *Server) handoff(job *sendJob, g grant) grant {
 func (s *Server) staleConn(wk *worker, c *upConn) *upConn {
 	s.metrics.upstreamError(kindStale)
 	c.close()
-	s.rt.noteStale(wk)
-	return s.rt.takeIdle(wk)
+	wk.rt.noteStale(wk)
+	return wk.rt.takeIdle(wk)
 }
 
 // upConn is one connection to a worker, owned by one request at a time.

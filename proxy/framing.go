@@ -450,7 +450,16 @@ type framedConn struct {
 	sent bool // the synthetic request for a refusal was queued
 	rej  atomic.Pointer[rejection]
 	raw  syscall.RawConn // nil: plain Read and Write (rawsock.go)
+	// tunneled: the connection was handed to another protocol (a
+	// websocket after its handshake): bytes pass through unjudged.
+	tunneled atomic.Bool
 }
+
+// tunnel hands the connection over to a protocol that is not HTTP/1.x.
+// The handler calls it before it hijacks the connection; bytes the framer
+// holds (sent by a client that did not wait for the handshake's answer)
+// are passed on first.
+func (c *framedConn) tunnel() { c.tunneled.Store(true) }
 
 // read reads from the connection itself.
 func (c *framedConn) read(p []byte) (int, error) {
@@ -481,6 +490,16 @@ func (c *framedConn) Write(p []byte) (int, error) {
 func (c *framedConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if c.tunneled.Load() {
+		if len(c.buf) > 0 {
+			n := copy(p, c.buf)
+			if c.buf = c.buf[n:]; len(c.buf) == 0 {
+				c.release()
+			}
+			return n, nil
+		}
+		return c.read(p)
 	}
 	for {
 		if c.ok > 0 {

@@ -36,6 +36,9 @@ type metrics struct {
 	refused        *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	notRetried     prometheus.Counter
+	wsOpen         prometheus.Gauge   // websockets open on ASGI workers
+	wsIn, wsOut    prometheus.Counter // websocket messages from clients / from apps
+	drained        *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -85,7 +88,21 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "berth_retries_refused_total",
 		Help: "Requests answered 502 rather than replayed because the worker that died had read them (it may be what killed it).",
 	})
-	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs, m.refused, m.retries, m.notRetried)
+	m.wsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "berth_websockets_open",
+		Help: "Websockets open between clients and ASGI workers now.",
+	})
+	msgs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_websocket_messages_total",
+		Help: "Websocket messages relayed: in = client to app, out = app to client.",
+	}, []string{"direction"})
+	m.wsIn, m.wsOut = msgs.WithLabelValues("in"), msgs.WithLabelValues("out")
+	m.drained = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_streams_drained_total",
+		Help: "Websockets and streamed responses ended by a drain: reason roll (close code 1012) or shutdown (1001).",
+	}, []string{"reason"})
+	reg.MustRegister(m.requests, m.duration, m.queueDepth, m.queueWait, m.workerRequests, errs, m.refused, m.retries, m.notRetried,
+		m.wsOpen, msgs, m.drained)
 	return m
 }
 

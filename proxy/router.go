@@ -55,6 +55,17 @@ type worker struct {
 	staleStreak int
 	idle        []*upConn // LIFO: the warmest connection first
 	reqCounter  prometheus.Counter
+
+	// asgi: the worker speaks the ASGI framing (asgi.go); immutable, like
+	// id and socket (a worker's process never changes its protocol).
+	asgi bool
+	rt   *router // the pool's router; immutable
+	// drainAt is when the worker began to drain (unix nanos; 0 = it does
+	// not), drainCut whether its websockets and streams were told to end.
+	drainAt  int64
+	drainCut bool
+	muxMu    sync.Mutex
+	mux      *muxConn // the ASGI connection; nil until the first request
 }
 
 func (w *worker) routable(now int64) bool {
@@ -485,14 +496,16 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 		}
 		w := rt.byID[cw.ID]
 		if w != nil && (w.socket != cw.Socket || w.compact != cw.Compact) {
-			// Another process behind the same id: start afresh (id and
-			// socket are immutable, read without the lock).
+			// Another process behind the same id: start afresh (id,
+			// socket, compact and asgi are immutable, read without the
+			// lock).
 			w.removed = true
 			rt.closeIdleLocked(w)
 			w = nil
 		}
 		if w == nil {
-			w = &worker{id: cw.ID, socket: cw.Socket, compact: cw.Compact, reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
+			w = &worker{id: cw.ID, socket: cw.Socket, compact: cw.Compact, asgi: cw.Interface == "asgi", rt: rt,
+				reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
 			rt.byID[cw.ID] = w
 		}
 		w.capacity = capacity
@@ -504,6 +517,9 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 		}
 		w.maxRequests = cw.MaxRequests
 		rt.noteDueLocked(w)
+		if cw.Draining && !w.draining {
+			w.drainAt = time.Now().UnixNano()
+		}
 		w.draining = cw.Draining
 		rt.noteDrainedLocked(w)
 		list = append(list, w)

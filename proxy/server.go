@@ -65,7 +65,8 @@ type Options struct {
 type Server struct {
 	opts    Options
 	cfg     atomic.Pointer[settings]
-	rt      *router
+	rt      *router // the main app's pool
+	pools   poolSet // mounted pools (pools.go)
 	http    *http.Server
 	metrics *metrics
 	alog    *accessLog
@@ -83,6 +84,9 @@ type Server struct {
 	bg       sync.WaitGroup
 
 	reqPool sync.Pool // of *reqState
+	// wsOpen counts accepted websockets: hijacked connections that
+	// http.Server.Shutdown does not wait for.
+	wsOpen sync.WaitGroup
 
 	lastNoFiles atomic.Int64 // unix nanos of the last out-of-files log line
 
@@ -170,7 +174,7 @@ func (s *Server) SetConfig(c control.Proxy) error {
 // is missing is no longer routed to, and its in-flight requests finish.
 // Entries without ID or socket are skipped and reported in the error.
 func (s *Server) SetWorkers(ws []control.Worker) error {
-	return s.rt.setWorkers(ws)
+	return s.setPoolWorkers(ws)
 }
 
 // Serve accepts HTTP/1.1 connections on l until Shutdown; it then returns
@@ -184,11 +188,25 @@ func (s *Server) Serve(l net.Listener) error {
 // and returns ctx's error. Events() is closed when Shutdown returns.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shut.Store(true)
-	s.rt.shutdown()
+	for _, rt := range s.routers() {
+		rt.shutdown()
+	}
 	s.up.shutdown()
+	cancelDrain := s.drainOnStop(ctx)
+	defer cancelDrain()
 	err := s.http.Shutdown(ctx)
+	if err == nil {
+		err = s.waitWebsockets(ctx)
+	}
 	if err != nil {
 		s.http.Close()
+		// Past graceful_timeout: what is left ends now, websockets with
+		// their closing handshake (bounded by drainGrace and the
+		// library's own close timeout).
+		s.drainAll(closeGoingAway, "shutdown")
+		wctx, wcancel := context.WithTimeout(context.Background(), drainGrace+6*time.Second)
+		s.waitWebsockets(wctx)
+		wcancel()
 	}
 	if herr := s.shutdownH2(ctx); err == nil {
 		err = herr
@@ -205,7 +223,7 @@ func (s *Server) MetricsHandler() http.Handler {
 
 // Stats returns the counters the stats events carry.
 func (s *Server) Stats() control.Stats {
-	st := s.rt.stats()
+	st := s.poolStats()
 	st.Upstreams = s.up.stats()
 	return st
 }
@@ -303,6 +321,7 @@ type reqState struct {
 	up       upTimes
 	job      sendJob
 	fill     *fill // this request fills a cache entry (cache.go)
+	rt       *router // the pool the request goes to
 }
 
 // ServeHTTP answers one request: static file, or a worker's answer.
@@ -370,6 +389,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	abort := rs.abort
 	rs.rw = respWriter{}
 	rs.job = sendJob{}
+	rs.rt = nil
 	rs.body.release()
 	rs.resp.release()
 	if cap(rs.line) > 4<<10 {
@@ -421,6 +441,12 @@ func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
 		if g := st.route(n); g != nil {
 			s.proxyUpstream(rs, r, st, g)
 			return
+		}
+	}
+	rs.rt = s.rt
+	if len(st.pools) > 0 {
+		if pool := st.poolFor(n); pool != "" {
+			rs.rt = s.poolRouter(pool)
 		}
 	}
 	if st.cache != nil && s.proxyCached(rs, r, st) {

@@ -43,6 +43,8 @@ type settings struct {
 	comp         *compressSettings // nil: worker responses are not compressed
 	sidecarTypes *compressSettings // types whose static files may have .br/.gz sidecars
 	cache        *responseCache    // nil: no response cache
+	drain        time.Duration // ASGI websockets and streams on a draining worker; then closed
+	pools        []mountRoute  // mounted pools, longest URL first (pools.go)
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
@@ -67,6 +69,7 @@ func compile(p control.Proxy) (*settings, error) {
 		timeout:      time.Duration(p.Timeout),
 		graceful:     time.Duration(p.GracefulTimeout),
 		requestID:    p.RequestID,
+		drain:        time.Duration(p.DrainTimeout),
 	}
 	switch p.AccessLog {
 	case "", "off":
@@ -87,7 +90,7 @@ func compile(p control.Proxy) (*settings, error) {
 		st.log, st.format = logCustom, f
 		st.logUp = f.Uses(logformat.UpstreamResponseTime)
 	}
-	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 {
+	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 || p.DrainTimeout < 0 {
 		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")
 	}
 	for _, s := range p.Static {
@@ -101,6 +104,18 @@ func compile(p control.Proxy) (*settings, error) {
 		return nil, err
 	}
 	sort.SliceStable(st.mounts, func(i, j int) bool { return len(st.mounts[i].url) > len(st.mounts[j].url) })
+	for _, m := range p.Mounts {
+		if m.Pool == "" {
+			return nil, fmt.Errorf("proxy config: a mount without a pool name")
+		}
+		for _, u := range m.URLs {
+			if !strings.HasPrefix(u, "/") {
+				return nil, fmt.Errorf("proxy config: mount url %q: it must start with /", u)
+			}
+			st.pools = append(st.pools, mountRoute{url: u, pool: m.Pool})
+		}
+	}
+	sort.SliceStable(st.pools, func(i, j int) bool { return len(st.pools[i].url) > len(st.pools[j].url) })
 	for _, c := range p.TrustedProxies {
 		pfx, err := parsePrefix(c)
 		if err != nil {

@@ -113,8 +113,8 @@ func (s *Supervisor) failBoot(code int, why string) {
 		sl.restartAt = time.Time{}
 	}
 	for _, g := range s.gens {
-		if g.zygote != nil {
-			g.zygote.restartAt = time.Time{}
+		for _, z := range g.zygotes() {
+			z.restartAt = time.Time{}
 		}
 	}
 	s.phase = phaseWorkers

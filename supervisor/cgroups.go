@@ -406,7 +406,7 @@ func (s *Supervisor) refineAuto() {
 	s.cg.autoDone = true
 	n, why := s.autoWorkers()
 	s.log.Printf("%s (after measuring the first worker)", why)
-	if n != s.activeSlots() {
+	if n != s.activeSlotsIn("") {
 		s.resize(n)
 	}
 }

@@ -112,6 +112,9 @@ func (s *Supervisor) onNotify(n map[string]string) {
 			s.placeWorker(w)
 		}
 	}
+	if n["BERTH_INTERFACE"] == "asgi" {
+		w.iface = "asgi"
+	}
 	s.workerReady(w)
 }
 

@@ -31,12 +31,16 @@ func (s *Supervisor) proxyConfig(cfg *config.Config) *control.Proxy {
 		QueueTimeout:    control.Duration(cfg.Proxy.Queue.Timeout),
 		Timeout:         control.Duration(cfg.Workers.Timeout),
 		GracefulTimeout: control.Duration(cfg.Workers.GracefulTimeout),
+		DrainTimeout:    control.Duration(cfg.Workers.DrainTimeout),
 	}
 	for _, st := range cfg.Static {
 		p.Static = append(p.Static, control.Static{URL: st.URL, Dir: st.Dir, File: st.File, Cache: control.Duration(st.Cache)})
 	}
 	p.Upstreams, p.Routes = upstreamConfig(cfg)
 	s.edgeConfig(cfg, p)
+	for _, m := range cfg.Mounts {
+		p.Mounts = append(p.Mounts, control.Mount{Pool: m.Name, URLs: m.URLs})
+	}
 	return p
 }
 

@@ -263,11 +263,14 @@ func (s *Supervisor) commit(st *staged) {
 		}
 		did = append(did, "proxy settings swapped")
 	}
+	if prev.Workers.Concurrency != cfg.Workers.Concurrency {
+		s.sendWorkers() // ASGI workers' capacity is the current config's
+	}
 	if prev.Workers.MaxRequests != cfg.Workers.MaxRequests || prev.Workers.MaxRequestsJitter != cfg.Workers.MaxRequestsJitter {
 		// Running workers take the new budget at once; one already past
 		// it is reported due by the proxy and replaced.
 		for _, w := range s.workers {
-			w.budget = budget(cfg)
+			w.budget = budget(cfg, w.slot.pool)
 		}
 		s.sendWorkers()
 		did = append(did, fmt.Sprintf("max_requests %d (+%d jitter) for every worker", cfg.Workers.MaxRequests, cfg.Workers.MaxRequestsJitter))
@@ -304,10 +307,11 @@ func (s *Supervisor) commit(st *staged) {
 		did = append(did, fmt.Sprintf("workers now generation %d", st.gen.n))
 	}
 	if ch.WorkerCount || ch.Workers {
-		if want := s.wantWorkers(cfg); want != s.activeSlots() {
-			did = append(did, fmt.Sprintf("workers %d → %d", s.activeSlots(), want))
+		if want := s.wantWorkers(cfg); want != s.activeSlotsIn("") {
+			did = append(did, fmt.Sprintf("workers %d → %d", s.activeSlotsIn(""), want))
 			s.resize(want)
 		}
+		s.resizeMounts(cfg)
 	}
 	if ch.ReloadOn || !slices.Equal(certFiles(prev), certFiles(cfg)) {
 		s.restartWatch()
@@ -451,6 +455,11 @@ func (s *Supervisor) roll(st *staged) {
 			}
 			w.retiring = why
 		}
+		if _, _, _, _, ok := g.app(sl.pool); !ok {
+			// A mount the new config removed: its workers serve until
+			// the reload commits and retires its pool (resizeMounts).
+			continue
+		}
 		sl.restartAt = time.Time{}
 		sl.next = s.startWorker(sl, g)
 	}
@@ -484,6 +493,9 @@ func (s *Supervisor) checkReload() {
 	if st := s.pending; st != nil {
 		done := true
 		for _, sl := range s.slots {
+			if _, _, _, _, ok := st.gen.app(sl.pool); !ok {
+				continue // a removed mount's pool: retired at commit
+			}
 			if !sl.retired && (sl.cur == nil || sl.cur.gen != st.gen || sl.cur.state != wReady) {
 				done = false
 			}
@@ -506,7 +518,10 @@ func (s *Supervisor) checkReload() {
 			}
 			if !used {
 				s.stopZygote(g)
-				alive := g.zygote != nil && g.zygote.pid > 0
+				alive := false
+				for _, z := range g.zygotes() {
+					alive = alive || z.pid > 0
+				}
 				for _, w := range s.workers {
 					if w.gen == g {
 						alive = true

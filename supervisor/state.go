@@ -56,6 +56,11 @@ type worker struct {
 	pid    int
 	socket string
 	state  workerState
+	forked bool // from a zygote (preload), not started as a process of its own
+	// iface is what the worker said it speaks in its READY message:
+	// "asgi", or "" for WSGI over uwsgi (app.interface auto decides in
+	// the worker, after the import).
+	iface string
 
 	started time.Time
 	readyAt time.Time
@@ -84,6 +89,9 @@ type worker struct {
 // while it is being replaced, the replacement. Counting slots instead of
 // processes is what makes "replace first, then stop" natural.
 type slot struct {
+	// pool is the mount the slot serves ("" = the main app): its workers
+	// run that mount's module with its settings (generation.app).
+	pool        string
 	n           int
 	incarnation int
 	cur         *worker // routed (or starting, the first time)
@@ -106,17 +114,56 @@ func (sl *slot) wantsWorker() bool {
 // generation is one version of the worker settings: a config reload that
 // changes app/worker settings starts a new generation beside the old one.
 type generation struct {
-	n         int
-	cfg       *config.Config
-	module    string   // resolved module:callable
-	pypath    []string // sys.path additions, resolved
-	zygote    *zygote  // nil when preload is off
+	n      int
+	cfg    *config.Config
+	module string   // resolved module:callable
+	iface  string   // BERTH_INTERFACE: app.interface, "wsgi" for the demo app
+	pypath []string // sys.path additions, resolved
+	zygote *zygote  // nil when preload is off
+	// mounts are the apps mounted on URL prefixes (config mounts), each
+	// with its workers in slots of that pool.
+	mounts    map[string]*poolApp
 	everReady bool     // one of its workers (or its zygote) got ready
 	failed    string   // why this generation could not serve ("" = fine)
 	tail      *logTail // its processes' last stderr lines; never nil
 	// prev is the config that was current before this generation was
 	// rolled in; restored if the generation's app fails to import.
 	prev *config.Config
+}
+
+// poolApp is what a mounted pool's workers run in one generation.
+type poolApp struct {
+	module  string
+	iface   string
+	threads int
+	zygote  *zygote // nil when the mount's preload is off
+}
+
+// app returns what pool's workers run in g; ok is false when g has no
+// such pool (the mount was removed by the reload that made g).
+func (g *generation) app(pool string) (module, iface string, threads int, z *zygote, ok bool) {
+	if pool == "" {
+		return g.module, g.iface, g.cfg.Workers.Threads, g.zygote, true
+	}
+	a := g.mounts[pool]
+	if a == nil {
+		return "", "", 0, nil, false
+	}
+	return a.module, a.iface, a.threads, a.zygote, true
+}
+
+// zygotes lists g's zygotes, the main app's first.
+func (g *generation) zygotes() []*zygote {
+	var zs []*zygote
+	if g.zygote != nil {
+		zs = append(zs, g.zygote)
+	}
+	for _, m := range g.cfg.Mounts {
+		if a := g.mounts[m.Name]; a != nil && a.zygote != nil {
+			zs = append(zs, a.zygote)
+		}
+	}
+	return zs
 }
 
 // proxyProc is one `berth proxy` process.

@@ -332,6 +332,7 @@ func (s *Supervisor) startApp() {
 	g := s.gen
 	s.startGeneration(g)
 	s.resize(s.wantWorkers(s.cfg))
+	s.resizeMounts(s.cfg)
 	s.sd.status(fmt.Sprintf("starting %d workers for %s", len(s.slots), g.module))
 	s.log.Printf("starting: app %s, %d workers × %d threads, listen %s, admin %s",
 		g.module, len(s.slots), s.cfg.Workers.Threads, listenerNames(s.listeners), s.cfg.Admin.Listen)
@@ -591,9 +592,11 @@ func (s *Supervisor) onTick() {
 			s.restartWatch()
 		}
 		for _, g := range s.gens {
-			if z := g.zygote; z != nil && z.pid == 0 && !z.restartAt.IsZero() && now.After(z.restartAt) {
-				z.restartAt = time.Time{}
-				s.startZygote(g)
+			for _, z := range g.zygotes() {
+				if z.pid == 0 && !z.restartAt.IsZero() && now.After(z.restartAt) {
+					z.restartAt = time.Time{}
+					s.startZygote(z)
+				}
 			}
 		}
 		if s.activeProxy() == nil && !s.proxyRestartAt.IsZero() && now.After(s.proxyRestartAt) {
@@ -664,6 +667,17 @@ func (s *Supervisor) readyWorkers() int {
 		if (sl.cur != nil && sl.cur.state == wReady) || (sl.cur != nil && sl.cur.state == wDraining) {
 			n++
 		} else if sl.next != nil && sl.next.state == wReady {
+			n++
+		}
+	}
+	return n
+}
+
+// activeSlotsIn counts pool's slots that are not retired.
+func (s *Supervisor) activeSlotsIn(pool string) int {
+	n := 0
+	for _, sl := range s.slots {
+		if !sl.retired && sl.pool == pool {
 			n++
 		}
 	}

@@ -22,7 +22,7 @@ import (
 // at reload time, with the old workers untouched.
 func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, error) {
 	s.genSeq++
-	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, tail: &logTail{}}
+	g := &generation{n: s.genSeq, cfg: cfg, module: cfg.App.Module, iface: cfg.App.Interface, tail: &logTail{}}
 	if cfg.Edge() {
 		g.module = edgeModule // no worker: nothing to resolve
 		return g, nil
@@ -31,12 +31,13 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 		return nil, fmt.Errorf("app.python: %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err)
 	}
 	if g.module == "" {
-		m, err := pyworker.Discover(cfg.App.Chdir)
+		m, err := pyworker.DiscoverInterface(cfg.App.Chdir, cfg.App.Interface)
 		if err != nil {
 			return nil, fmt.Errorf("app: %w", err)
 		}
 		if m == "" {
 			m = pyworker.DemoModule
+			g.iface = "wsgi" // whatever app.interface says: the demo is WSGI
 			g.pypath = append(g.pypath, s.runDir)
 			if !code {
 				s.log.Printf("no WSGI app found in %s: serving the built-in demo app (mount your app at %s or set app.module)", cfg.App.Chdir, cfg.App.Chdir)
@@ -48,6 +49,14 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 	if cfg.Workers.Preload {
 		g.zygote = &zygote{gen: g}
 	}
+	g.mounts = map[string]*poolApp{}
+	for _, m := range cfg.Mounts {
+		a := &poolApp{module: m.Module, iface: m.Interface, threads: m.Workers.Threads}
+		if m.Workers.Preload {
+			a.zygote = &zygote{gen: g, pool: m.Name}
+		}
+		g.mounts[m.Name] = a
+	}
 	return g, nil
 }
 
@@ -56,24 +65,26 @@ func (s *Supervisor) newGeneration(cfg *config.Config, code bool) (*generation, 
 // app (a config error exits 2 at once) and still start nothing before the
 // before-start tasks have run.
 func (s *Supervisor) startGeneration(g *generation) {
-	if g.zygote != nil {
-		s.startZygote(g)
+	for _, z := range g.zygotes() {
+		s.startZygote(z)
 	}
 }
 
 // pythonEnv is a Python child's environment; chdir is app.chdir when it
 // exists, else "" (the demo app needs no directory; a missing /app is
 // not an error).
-func (s *Supervisor) pythonEnv(g *generation, chdir string, extra map[string]string) []string {
+func (s *Supervisor) pythonEnv(g *generation, pool, chdir string, extra map[string]string) []string {
+	module, iface, threads, _, _ := g.app(pool)
 	env := map[string]string{}
 	for k, v := range g.cfg.App.Env {
 		env[k] = v
 	}
 	env["PYTHONUNBUFFERED"] = "1"
-	env["BERTH_APP"] = g.module
+	env["BERTH_APP"] = module
 	env["BERTH_CHDIR"] = chdir
 	env["BERTH_PYTHONPATH"] = strings.Join(g.pypath, string(os.PathListSeparator))
-	env["BERTH_THREADS"] = strconv.Itoa(g.cfg.Workers.Threads)
+	env["BERTH_THREADS"] = strconv.Itoa(threads)
+	env["BERTH_INTERFACE"] = iface
 	env["NOTIFY_SOCKET"] = filepath.Join(s.runDir, "notify.sock")
 	for k, v := range extra {
 		env[k] = v
@@ -81,7 +92,7 @@ func (s *Supervisor) pythonEnv(g *generation, chdir string, extra map[string]str
 	return childEnv(env)
 }
 
-func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]string, files []*os.File) (ProcSpec, error) {
+func (s *Supervisor) pythonSpec(g *generation, pool, mode string, env map[string]string, files []*os.File) (ProcSpec, error) {
 	cred, err := credentialFor(g.cfg.App.User)
 	if err != nil {
 		return ProcSpec{}, err
@@ -105,7 +116,7 @@ func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]strin
 		Stderr:     stderr,
 		Path:       py,
 		Args:       []string{py, "-u", filepath.Join(s.runDir, "berth_worker.py"), mode},
-		Env:        s.pythonEnv(g, chdir, env),
+		Env:        s.pythonEnv(g, pool, chdir, env),
 		Dir:        dir,
 		Files:      files,
 		Credential: cred,
@@ -116,9 +127,17 @@ func (s *Supervisor) pythonSpec(g *generation, mode string, env map[string]strin
 // startWorker starts a worker for sl from generation g and returns it; nil
 // when it could not be started (then a restart is scheduled).
 func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
+	_, _, _, z, ok := g.app(sl.pool)
+	if !ok {
+		return nil // its mount is gone from g: the slot retires (resizePool)
+	}
 	sl.incarnation++
+	id := fmt.Sprintf("%d.%d", sl.n, sl.incarnation)
+	if sl.pool != "" {
+		id = sl.pool + "." + id
+	}
 	w := &worker{
-		id:      fmt.Sprintf("%d.%d", sl.n, sl.incarnation),
+		id:      id,
 		slot:    sl,
 		gen:     g,
 		started: s.now(),
@@ -126,13 +145,13 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 	}
 	// Recycling limits come from the current config, not the generation's:
 	// a reload that changes only them starts no new generation.
-	w.budget = budget(s.cfg)
+	w.budget = budget(s.cfg, sl.pool)
 	w.socket = filepath.Join(s.runDir, "w-"+w.id+".sock")
 	w.deadline = w.started.Add(startTimeout)
-	if g.zygote != nil {
+	if z != nil {
+		w.forked = true
 		w.state = wForking
 		s.workers[w.id] = w
-		z := g.zygote
 		if z.ready {
 			s.fork(z, w)
 		} else {
@@ -140,7 +159,7 @@ func (s *Supervisor) startWorker(sl *slot, g *generation) *worker {
 		}
 		return w
 	}
-	spec, err := s.pythonSpec(g, "serve", map[string]string{"BERTH_WORKER_ID": w.id, "BERTH_SOCKET": w.socket}, nil)
+	spec, err := s.pythonSpec(g, sl.pool, "serve", map[string]string{"BERTH_WORKER_ID": w.id, "BERTH_SOCKET": w.socket}, nil)
 	if err == nil {
 		// cgroup v2: the worker is born in its group (clone3
 		// CLONE_INTO_CGROUP), so not one page of the app's import is
@@ -303,7 +322,7 @@ func (s *Supervisor) workerExited(w *worker, e Exit) {
 		s.importFailed(w.gen, fmt.Sprintf("worker %s", w.id)):
 		s.sendWorkers()
 		return
-	case was <= wStarting && w.gen.zygote == nil && s.bootImportDied(w.gen, "worker "+w.id, e):
+	case was <= wStarting && !w.forked && s.bootImportDied(w.gen, "worker "+w.id, e):
 		s.sendWorkers()
 		return
 	default:
@@ -390,38 +409,38 @@ func (s *Supervisor) wantWorkers(cfg *config.Config) int {
 	return n
 }
 
-// resize grows or shrinks the pool to n slots.
+// resize grows or shrinks the main app's pool to n slots.
 func (s *Supervisor) resize(n int) {
 	if n < 1 && !s.cfg.Edge() {
 		n = 1
 	}
-	active := 0
-	for _, sl := range s.slots {
-		if !sl.retired {
-			active++
-		}
-	}
+	s.resizePool("", n)
+}
+
+// resizePool grows or shrinks pool to n slots (0: a mount removed).
+func (s *Supervisor) resizePool(pool string, n int) {
+	active := s.activeSlotsIn(pool)
 	for active < n {
 		// Reuse the lowest free slot number so ids stay small.
 		num := 1
 		for used := true; used; {
 			used = false
 			for _, sl := range s.slots {
-				if sl.n == num {
+				if sl.n == num && sl.pool == pool {
 					used = true
 					num++
 					break
 				}
 			}
 		}
-		sl := &slot{n: num}
+		sl := &slot{n: num, pool: pool}
 		s.slots = append(s.slots, sl)
 		sl.cur = s.startWorker(sl, s.gen)
 		active++
 	}
 	for i := len(s.slots) - 1; i >= 0 && active > n; i-- {
 		sl := s.slots[i]
-		if sl.retired {
+		if sl.retired || sl.pool != pool {
 			continue
 		}
 		sl.retired = true
@@ -460,12 +479,12 @@ func (s *Supervisor) scaleBy(d int) {
 		s.log.Printf("%s: the workers start after the before-start tasks; ignored", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d])
 		return
 	}
-	n := s.activeSlots() + d
+	n := s.activeSlotsIn("") + d
 	if n < 1 {
 		s.log.Printf("SIGTTOU: already at 1 worker")
 		return
 	}
-	s.log.Printf("%s: %d → %d workers", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d], s.activeSlots(), n)
+	s.log.Printf("%s: %d → %d workers", map[int]string{1: "SIGTTIN", -1: "SIGTTOU"}[d], s.activeSlotsIn(""), n)
 	s.resize(n)
 	s.ready = false
 	s.checkReady()
@@ -552,14 +571,22 @@ func (s *Supervisor) sendWorkers() {
 		if w.state != wReady && w.state != wDraining {
 			continue
 		}
-		set = append(set, control.Worker{
+		_, _, threads, _, _ := w.gen.app(w.slot.pool)
+		cw := control.Worker{
 			ID:          w.id,
 			Socket:      w.socket,
-			Capacity:    w.gen.cfg.Workers.Threads,
+			Capacity:    threads,
 			Draining:    w.state == wDraining,
 			MaxRequests: w.budget,
+			Pool:        w.slot.pool,
 			Compact:     true, // berth_worker.py reads modifier1 0xBE
-		})
+		}
+		if w.iface == "asgi" {
+			// One event loop takes many at once; the current config's
+			// limit, so a reload that changes only it applies live.
+			cw.Interface, cw.Capacity = "asgi", concurrency(s.cfg, w.slot.pool)
+		}
+		set = append(set, cw)
 	}
 	for _, p := range s.proxies {
 		s.send(p, control.Message{Type: control.TypeWorkers, Workers: set})
@@ -568,9 +595,59 @@ func (s *Supervisor) sendWorkers() {
 
 // budget is a new worker's request budget: max_requests plus its own
 // jitter, so workers started together do not recycle together; 0 = never.
-func budget(cfg *config.Config) int64 {
-	if cfg.Workers.MaxRequests <= 0 {
+func budget(cfg *config.Config, pool string) int64 {
+	max, jit := cfg.Workers.MaxRequests, cfg.Workers.MaxRequestsJitter
+	if m := mountOf(cfg, pool); m != nil {
+		max, jit = m.Workers.MaxRequests, m.Workers.MaxRequestsJitter
+	}
+	if max <= 0 {
 		return 0
 	}
-	return cfg.Workers.MaxRequests + jitter(cfg.Workers.MaxRequestsJitter)
+	return max + jitter(jit)
+}
+
+// mountOf is pool's mount in cfg; nil for the main app or a mount cfg
+// does not have.
+func mountOf(cfg *config.Config, pool string) *config.Mount {
+	if pool == "" {
+		return nil
+	}
+	for i := range cfg.Mounts {
+		if cfg.Mounts[i].Name == pool {
+			return &cfg.Mounts[i]
+		}
+	}
+	return nil
+}
+
+// concurrency is what one ASGI worker of pool takes at once.
+func concurrency(cfg *config.Config, pool string) int {
+	if m := mountOf(cfg, pool); m != nil {
+		return m.Workers.Concurrency
+	}
+	return cfg.Workers.Concurrency
+}
+
+// wantMountWorkers is a mount's worker count (auto as workers.count).
+func (s *Supervisor) wantMountWorkers(m config.Mount) int {
+	if m.Workers.Count > 0 {
+		return m.Workers.Count
+	}
+	n, _ := s.autoWorkers()
+	return n
+}
+
+// resizeMounts gives every mount of cfg its worker count and retires the
+// pools of mounts it no longer has.
+func (s *Supervisor) resizeMounts(cfg *config.Config) {
+	want := map[string]bool{}
+	for _, m := range cfg.Mounts {
+		want[m.Name] = true
+		s.resizePool(m.Name, s.wantMountWorkers(m))
+	}
+	for _, sl := range s.slots {
+		if sl.pool != "" && !want[sl.pool] && !sl.retired {
+			s.resizePool(sl.pool, 0)
+		}
+	}
 }

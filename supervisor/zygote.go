@@ -20,6 +20,7 @@ import (
 // and forks workers from it.
 type zygote struct {
 	gen       *generation
+	pool      string // the mount whose app it imports ("" = the main app)
 	pid       int
 	conn      *os.File // our end of the command socket
 	ready     bool
@@ -38,8 +39,8 @@ type zygoteReply struct {
 	eof bool
 }
 
-func (s *Supervisor) startZygote(g *generation) {
-	z := g.zygote
+func (s *Supervisor) startZygote(z *zygote) {
+	g := z.gen
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		s.log.Printf("zygote: socketpair: %v", err)
@@ -48,7 +49,7 @@ func (s *Supervisor) startZygote(g *generation) {
 	}
 	ours := os.NewFile(uintptr(fds[0]), "zygote-ctl")
 	theirs := os.NewFile(uintptr(fds[1]), "zygote-ctl-child")
-	spec, err := s.pythonSpec(g, "zygote", map[string]string{"BERTH_ZYGOTE_FD": "3"}, []*os.File{theirs})
+	spec, err := s.pythonSpec(g, z.pool, "zygote", map[string]string{"BERTH_ZYGOTE_FD": "3"}, []*os.File{theirs})
 	if err == nil {
 		z.pid, err = s.os.Start(spec)
 		spec.Stderr.Close()
@@ -86,7 +87,8 @@ func readZygote(z *zygote, f *os.File, ch chan<- zygoteReply) {
 func (s *Supervisor) zygoteReady(z *zygote) {
 	z.ready = true
 	z.gen.everReady = true
-	s.log.Printf("app %s imported by the zygote (pid %d) in %s; forking workers", z.gen.module, z.pid, s.now().Sub(z.started).Round(time.Millisecond))
+	module, _, _, _, _ := z.gen.app(z.pool)
+	s.log.Printf("app %s imported by the zygote (pid %d) in %s; forking workers", module, z.pid, s.now().Sub(z.started).Round(time.Millisecond))
 	for _, w := range z.pending {
 		if w.state == wForking {
 			s.fork(z, w)
@@ -179,8 +181,13 @@ func (s *Supervisor) zygoteExited(z *zygote, e Exit) {
 }
 
 func (s *Supervisor) stopZygote(g *generation) {
-	z := g.zygote
-	if z == nil || z.stopping {
+	for _, z := range g.zygotes() {
+		s.stopZygoteProc(z)
+	}
+}
+
+func (s *Supervisor) stopZygoteProc(z *zygote) {
+	if z.stopping {
 		return
 	}
 	z.stopping = true

@@ -567,20 +567,7 @@ class Worker:
     # -- life cycle ---------------------------------------------------------------------------
 
     def bind(self):
-        path = self.sock_path
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # born 0600: only the proxy (same user) may connect
-        try:
-            s.bind(path)
-        finally:
-            os.umask(old)
-        s.listen(BACKLOG)
-        self.lsock = s
-        self.sock_ino = os.stat(path).st_ino
+        self.lsock, self.sock_ino = bind_socket(self.sock_path)
 
     def serve(self):
         """Serve until SIGTERM (graceful) or SIGINT/SIGQUIT (now); never returns."""
@@ -958,6 +945,80 @@ def load_app(spec):
     return obj
 
 
+def app_interface(app, spec):
+    """'wsgi' or 'asgi' for the loaded callable, by BERTH_INTERFACE (wsgi, asgi or auto).
+
+    auto: a coroutine function (or an object whose __call__ is one) or a callable taking three
+    positional arguments (scope, receive, send) is ASGI; one taking two (environ, start_response)
+    is WSGI; otherwise a module named asgi means ASGI. A forced interface the callable plainly
+    does not speak exits 4, as an import error does: every request would fail."""
+    want = os.environ.get('BERTH_INTERFACE', 'auto') or 'auto'
+    if want not in ('auto', 'wsgi', 'asgi'):
+        log('BERTH_INTERFACE=%r: want auto, wsgi or asgi' % want)
+        _flush()
+        os._exit(EXIT_USAGE)
+    seen = _callable_kind(app)
+    if want != 'auto':
+        if seen is not None and seen != want:
+            log('app.interface is %s, but %s looks like a%s %s callable (%s); set app.interface to '
+                '%s or auto' % (want, spec, 'n' if seen == 'asgi' else '', seen.upper(),
+                                'async, (scope, receive, send)' if seen == 'asgi'
+                                else '(environ, start_response)', seen))
+            _flush()
+            os._exit(EXIT_IMPORT)
+        return want
+    if seen is not None:
+        return seen
+    module = spec.partition(':')[0]
+    return 'asgi' if module.rpartition('.')[2] == 'asgi' else 'wsgi'
+
+
+def _callable_kind(app):
+    import inspect
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, '__call__', None)
+    if inspect.isclass(app):
+        call = getattr(app, '__init__', None)  # a class called per request: its instances answer
+    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
+        return 'asgi'
+    try:
+        params = inspect.signature(call if call is not None else app).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name != 'self']
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    if len(positional) == 3:
+        return 'asgi'
+    if len(positional) == 2:
+        return 'wsgi'
+    return None
+
+
+def bind_socket(path):
+    """Bind and listen on the unix socket path, born 0600 (only the proxy, the same user, may
+    connect); returns (socket, inode) so the socket is removed at exit only if still ours."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    s.listen(BACKLOG)
+    return s, os.stat(path).st_ino
+
+
+def serve_asgi(app, wid, lsock):
+    """Hand the bound socket to the asyncio worker (berth_asgi.py, next to this file)."""
+    import berth_asgi
+    berth_asgi._log_prefix = _log_prefix
+    berth_asgi.serve(app, wid, lsock, notify)
+
+
 def threads_from_env():
     raw = os.environ.get('BERTH_THREADS', '1') or '1'
     try:
@@ -985,7 +1046,9 @@ def main_serve():
     set_log_id(wid)
     path = need_env('BERTH_SOCKET')
     threads = threads_from_env()
-    app = load_app(need_env('BERTH_APP'))
+    spec = need_env('BERTH_APP')
+    app = load_app(spec)
+    kind = app_interface(app, spec)
     w = Worker(app, wid, path, threads)
     try:
         w.bind()
@@ -993,6 +1056,8 @@ def main_serve():
         log('cannot listen on %s: %s' % (path, e))
         _flush()
         os._exit(1)
+    if kind == 'asgi':
+        serve_asgi(app, wid, w.lsock)
     w.serve()
 
 
@@ -1006,7 +1071,12 @@ def main_zygote():
         _flush()
         os._exit(EXIT_USAGE)
     threads = threads_from_env()
-    app = load_app(need_env('BERTH_APP'))
+    spec = need_env('BERTH_APP')
+    app = load_app(spec)
+    kind = app_interface(app, spec)
+    if kind == 'asgi':
+        import asyncio  # noqa: F401  (imported once here, shared by every forked worker)
+        import berth_asgi  # noqa: F401
     global _prctl
     _prctl = _load_prctl()
     _warm_django()
@@ -1028,7 +1098,7 @@ def main_zygote():
             # hierarchy); "cgroup" alone is the older single-path form.
             cgroups = cmd.get('cgroups') or ([cmd['cgroup']] if cmd.get('cgroup') else [])
             reply = {'id': wid, 'pid': fork_worker(app, threads, zsock, rfile, wid,
-                                                   str(cmd['socket']), cgroups)}
+                                                   str(cmd['socket']), cgroups, kind)}
         except Exception as e:
             reply = {'id': wid, 'error': str(e) or type(e).__name__}
             log('cannot start worker %s: %s' % (wid or '?', reply['error']))
@@ -1082,7 +1152,7 @@ def _die_with_supervisor(intermediate):
         _prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def fork_worker(app, threads, zsock, rfile, wid, path, cgroups):
+def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
     """Double-fork a worker; return its pid once it listens (or raise with its error)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -1090,7 +1160,7 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups):
         try:
             os.close(r)
             if os.fork() == 0:
-                _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups)
+                _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind)
             os._exit(0)  # the worker is orphaned and reparented to the supervisor
         except BaseException as e:
             try:
@@ -1112,7 +1182,7 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups):
     raise RuntimeError(msg or 'worker died before it could listen')
 
 
-def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups):
+def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind):
     try:
         intermediate = os.getppid()
         set_log_id(wid)
@@ -1136,6 +1206,8 @@ def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups):
             _flush()
             os._exit(1)
     try:
+        if kind == 'asgi':
+            serve_asgi(app, wid, worker.lsock)
         worker.serve()
     finally:
         os._exit(1)

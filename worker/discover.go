@@ -27,7 +27,22 @@ var callableNames = []string{"application", "app"}
 // `app` in the same file. It returns ("", nil) when dir is missing or has no visible entries:
 // the caller then serves the demo app. It returns an error when dir has files but no app, or
 // several Django projects (the user must set app.module).
-func Discover(dir string) (module string, err error) {
+func Discover(dir string) (module string, err error) { return DiscoverInterface(dir, "auto") }
+
+// DiscoverInterface is Discover for an app.interface: "wsgi" looks at
+// wsgi.py files only, "asgi" at asgi.py ones (a Django project's
+// <pkg>/asgi.py, then asgi.py, main.py or app.py at the top, FastAPI's
+// habit being main.py), "auto" at both: a Django project's wsgi.py, else
+// its asgi.py (a project with asgi.py and no wsgi.py is served as ASGI),
+// then wsgi.py, app.py and asgi.py at the top.
+func DiscoverInterface(dir, iface string) (module string, err error) {
+	projectFiles, topFiles := []string{"wsgi"}, []string{"wsgi.py", "app.py"}
+	switch iface {
+	case "asgi":
+		projectFiles, topFiles = []string{"asgi"}, []string{"asgi.py", "main.py", "app.py"}
+	case "auto", "":
+		projectFiles, topFiles = []string{"wsgi", "asgi"}, []string{"wsgi.py", "app.py", "asgi.py"}
+	}
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
@@ -47,11 +62,17 @@ func Discover(dir string) (module string, err error) {
 		if !isDir(dir, e) {
 			continue
 		}
-		path := filepath.Join(dir, name, "wsgi.py")
-		if !isRegular(path) {
+		base, path := "", ""
+		for _, b := range projectFiles {
+			if p := filepath.Join(dir, name, b+".py"); isRegular(p) {
+				base, path = b, p
+				break
+			}
+		}
+		if path == "" {
 			continue
 		}
-		rel := name + "/wsgi.py"
+		rel := name + "/" + base + ".py"
 		if !identifierRe.MatchString(name) {
 			notes = append(notes, fmt.Sprintf("%s, but %q is not an importable package name", rel, name))
 			continue
@@ -64,7 +85,7 @@ func Discover(dir string) (module string, err error) {
 			notes = append(notes, rel+", but it binds neither application nor app")
 			continue
 		}
-		django = append(django, name+".wsgi:"+callable)
+		django = append(django, name+"."+base+":"+callable)
 	}
 	if visible == 0 {
 		return "", nil
@@ -78,7 +99,7 @@ func Discover(dir string) (module string, err error) {
 		return "", fmt.Errorf("several WSGI apps found in %s: %s; set app.module in the config to the one to serve",
 			dir, strings.Join(django, ", "))
 	}
-	for _, file := range []string{"wsgi.py", "app.py"} {
+	for _, file := range topFiles {
 		path := filepath.Join(dir, file)
 		if !isRegular(path) {
 			continue
@@ -96,8 +117,16 @@ func Discover(dir string) (module string, err error) {
 	if len(notes) > 0 {
 		found = " (found " + strings.Join(notes, "; ") + ")"
 	}
-	return "", fmt.Errorf("no WSGI app found in %s: looked for <package>/wsgi.py (Django), then wsgi.py or app.py "+
-		"binding application or app%s; set app.module in the config, e.g. module: \"mysite.wsgi:application\"", dir, found)
+	if iface == "wsgi" || iface == "auto" || iface == "" {
+		if iface == "auto" || iface == "" {
+			return "", fmt.Errorf("no WSGI app found in %s: looked for <package>/wsgi.py (Django), then wsgi.py or app.py "+
+				"binding application or app, and for ASGI <package>/asgi.py, asgi.py%s; set app.module in the config, e.g. module: \"mysite.wsgi:application\"", dir, found)
+		}
+		return "", fmt.Errorf("no WSGI app found in %s: looked for <package>/wsgi.py (Django), then wsgi.py or app.py "+
+			"binding application or app%s; set app.module in the config, e.g. module: \"mysite.wsgi:application\"", dir, found)
+	}
+	return "", fmt.Errorf("no ASGI app found in %s: looked for <package>/asgi.py (Django), then asgi.py, main.py or app.py "+
+		"binding application or app%s; set app.module in the config, e.g. module: \"main:app\"", dir, found)
 }
 
 func isDir(dir string, e fs.DirEntry) bool {

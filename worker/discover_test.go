@@ -109,7 +109,7 @@ func TestWriteFiles(t *testing.T) {
 			t.Fatalf("runtime path %s", path)
 		}
 	}
-	for name, want := range map[string][]byte{RuntimeFile: Runtime, DemoFile: DemoApp} {
+	for name, want := range map[string][]byte{RuntimeFile: Runtime, ASGIFile: ASGIRuntime, DemoFile: DemoApp} {
 		got, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -123,8 +123,8 @@ func TestWriteFiles(t *testing.T) {
 		}
 	}
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 2 {
-		t.Errorf("dir holds %d entries, want 2 (temp files left behind?)", len(ents))
+	if len(ents) != 3 {
+		t.Errorf("dir holds %d entries, want 3 (temp files left behind?)", len(ents))
 	}
 	if _, err := WriteFiles(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "writable") {
 		t.Errorf("WriteFiles(missing dir) = %v, want an error", err)

@@ -1,0 +1,420 @@
+package proxy
+
+// asgi_http.go: one HTTP request on an ASGI worker. The body, already
+// buffered by the proxy, goes out in data frames within the stream's
+// window; the answer is relayed as it comes: a response the app sends in
+// one piece gets a Content-Length, one sent in pieces is streamed chunked
+// and flushed piece by piece (server-sent events), with the window granted
+// back only as the client takes it.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// drainGrace is how long a stream or websocket told to end by a drain
+// (GOAWAY) has to end itself before the proxy ends it.
+const drainGrace = 2 * time.Second
+
+// asgiExchange serves r on the ASGI worker g granted. Like exchange it
+// always releases the worker slot, and returns a retry outcome only when
+// the worker cannot have seen the request.
+func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g grant) outcome {
+	wk := g.w
+	if g.c != nil {
+		wk.rt.release(wk, g.c, true) // a pooled uwsgi connection: not ours to use
+	}
+	mc, err := s.dialMux(wk)
+	if err != nil {
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+			wk.rt.release(wk, nil, false)
+			return outOfFiles
+		}
+		s.metrics.upstreamError(kindDial)
+		s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
+		wk.rt.noteDialFailure(wk)
+		wk.rt.release(wk, nil, false)
+		return retryDial
+	}
+	ws := isWebsocket(r)
+	stream, err := mc.open(ws)
+	if err != nil {
+		wk.rt.release(wk, nil, false)
+		return retryWrite
+	}
+	defer func() {
+		mc.forget(stream)
+		wk.rt.release(wk, nil, false)
+	}()
+	var flags byte
+	hasBody := rs.body.size() > 0
+	if ws {
+		flags |= flagWebsocket
+		hasBody = false
+	} else if hasBody {
+		flags |= flagBody
+	}
+	head, ok := appendHead(rs.pkt[:0], flags, r, &rs.info)
+	rs.pkt = head
+	if !ok {
+		rs.rw.Header().Set("Connection", "close")
+		plainError(&rs.rw, http.StatusBadRequest, "berth: bad request: NUL in the request head\n")
+		return done
+	}
+	start := time.Now()
+	if err := stream.send(fRequest, head); err != nil {
+		s.metrics.upstreamError(kindWrite)
+		return retryWrite // the connection died: the worker has no whole frame
+	}
+	if ws {
+		return s.websocket(rs, r, st, stream, start)
+	}
+	if hasBody {
+		// A failure here (the connection lost, the app not reading)
+		// shows in the wait for the answer.
+		if rs.body.inMemory() && rs.body.size() <= asgiWindow {
+			sendBody(stream, &rs.body, nil, st.timeout)
+		} else {
+			// Larger than the window: sent beside the wait for the
+			// answer, which may come before the app read it all. The
+			// body is the request's: it must be done before we return.
+			stop, sent := make(chan struct{}), make(chan struct{})
+			go func() {
+				sendBody(stream, &rs.body, stop, st.timeout)
+				close(sent)
+			}()
+			defer func() {
+				close(stop)
+				<-sent
+			}()
+		}
+	}
+	return s.asgiResponse(rs, r, st, stream, start)
+}
+
+func isWebsocket(r *http.Request) bool {
+	return r.Method == http.MethodGet && headerHasToken(r.Header, "Upgrade", "websocket") &&
+		headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+// headerHasToken says whether a comma-separated header holds token (any case).
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h[key] {
+		for len(v) > 0 {
+			var item string
+			if i := indexByte(v, ','); i >= 0 {
+				item, v = v[:i], v[i+1:]
+			} else {
+				item, v = v, ""
+			}
+			if equalFoldTrim(item, token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func equalFoldTrim(s, t string) bool {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	if len(s) != len(t) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		a, b := s[i], t[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// sendBody sends the buffered request body in data frames; the last one
+// is END.
+func sendBody(stream *astream, body *spool, stop <-chan struct{}, timeout time.Duration) error {
+	if body.inMemory() {
+		b := body.bytes()
+		for len(b) > asgiChunk {
+			if err := stream.sendData(fBody, b[:asgiChunk], stop, timeout); err != nil {
+				return err
+			}
+			b = b[asgiChunk:]
+		}
+		return stream.sendData(fEnd, b, stop, timeout)
+	}
+	f, err := body.file()
+	if err != nil {
+		return err
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	buf := (*bp)[:min(cap(*bp), asgiChunk)]
+	for left := body.size(); ; {
+		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), left)])
+		left -= int64(n)
+		if err != nil && left > 0 {
+			return err
+		}
+		typ := uint8(fBody)
+		if left == 0 {
+			typ = fEnd
+		}
+		// sendData writes before returning: buf can be reused.
+		if err := stream.sendData(typ, buf[:n], stop, timeout); err != nil {
+			return err
+		}
+		if left == 0 {
+			return nil
+		}
+	}
+}
+
+// next waits for the stream's next frame. deadline zero waits without
+// limit. It returns errClientGone when the client leaves, errDrain when a
+// drain asks the stream to end, errTimeout at the deadline.
+func (st *astream) next(done <-chan struct{}, deadline time.Time, drain bool) (aframe, error) {
+	var timer *time.Timer
+	var tc <-chan time.Time
+	for {
+		f, ok, err := st.take()
+		if ok {
+			return f, nil
+		}
+		if err != nil {
+			return aframe{}, err
+		}
+		if timer == nil && !deadline.IsZero() {
+			d := time.Until(deadline)
+			if d <= 0 {
+				return aframe{}, errTimeout
+			}
+			timer = time.NewTimer(d)
+			defer timer.Stop()
+			tc = timer.C
+		}
+		var dc <-chan struct{}
+		if drain {
+			dc = st.drainSig
+		}
+		select {
+		case <-st.sig:
+		case <-done:
+			return aframe{}, errClientGone
+		case <-tc:
+			return aframe{}, errTimeout
+		case <-dc:
+			return aframe{}, errDrain
+		}
+	}
+}
+
+var (
+	errTimeout = errors.New("timeout")
+	errDrain   = errors.New("drain")
+)
+
+// asgiResponse relays the worker's answer to the client.
+func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) outcome {
+	wk := stream.mc.w
+	w := &rs.rw
+	var deadline time.Time
+	if st.timeout > 0 {
+		deadline = start.Add(st.timeout)
+	}
+	gone := r.Context().Done()
+	f, err := stream.next(gone, deadline, false)
+	switch {
+	case err == errClientGone:
+		stream.sendCode(fDisconnect, 1006)
+		return done // the access log says 499
+	case err == errTimeout:
+		s.metrics.upstreamError(kindTimeout)
+		s.logf("worker %s: no answer to %s %s within %s: 504", wk.id, r.Method, r.URL.Path, st.timeout)
+		stream.sendCode(fDisconnect, 1006)
+		plainError(w, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
+		return done
+	case err != nil:
+		s.metrics.upstreamError(kindReset)
+		s.metrics.notRetried.Inc()
+		s.logf("worker %s: connection lost before it answered %s %s (it died or was killed): 502; not replayed on another worker", wk.id, r.Method, r.URL.Path)
+		return failed502
+	}
+	if f.typ != fStart {
+		s.metrics.upstreamError(kindBadResponse)
+		if f.typ == fAbort {
+			s.logf("worker %s: the app failed before answering %s %s", wk.id, r.Method, r.URL.Path)
+		} else {
+			s.logf("worker %s: frame %d where the response start was due", wk.id, f.typ)
+		}
+		stream.sendCode(fDisconnect, 1006)
+		return failed502
+	}
+	status, ok := parseStart(f.p, w.Header())
+	if !ok {
+		clear(w.Header())
+		s.metrics.upstreamError(kindBadResponse)
+		s.logf("worker %s: malformed response start (%d bytes)", wk.id, len(f.p))
+		stream.sendCode(fDisconnect, 1006)
+		return failed502
+	}
+	noBody := r.Method == http.MethodHead || status == http.StatusNoContent || status == http.StatusNotModified
+	f, err = stream.next(gone, time.Time{}, true)
+	if err == nil && f.typ == fEnd {
+		// The whole body in one piece: framed with a Content-Length.
+		h := w.Header()
+		if _, set := h["Content-Length"]; !set && !noBody {
+			h["Content-Length"] = []string{strconv.Itoa(len(f.p))}
+		}
+		w.WriteHeader(status)
+		if !noBody && len(f.p) > 0 {
+			w.Write(f.p)
+		}
+		return done
+	}
+	// A streamed response: each piece goes out as it comes.
+	w.WriteHeader(status)
+	w.Flush()
+	rc := http.NewResponseController(w.w)
+	defer rc.SetWriteDeadline(time.Time{})
+	var graceEnd time.Time
+	for {
+		if err != nil {
+			switch err {
+			case errClientGone:
+				stream.sendCode(fDisconnect, 1006)
+				return done
+			case errDrain:
+				// A drain: the app is told (http.disconnect) and gets
+				// drainGrace to end the response itself.
+				stream.sendCode(fGoaway, stream.drainCode())
+				graceEnd = time.Now().Add(drainGrace)
+			case errTimeout:
+				// The grace after a drain passed: end the response here.
+				stream.sendCode(fDisconnect, 1006)
+				return done
+			default:
+				s.metrics.upstreamError(kindBadResponse)
+				s.logf("worker %s: streamed response broke: %v", wk.id, err)
+				rs.abort = true
+				return done
+			}
+		} else {
+			switch f.typ {
+			case fBody, fEnd:
+				if len(f.p) > 0 && !noBody {
+					rc.SetWriteDeadline(time.Now().Add(sendTimeout))
+					if _, werr := w.Write(f.p); werr != nil {
+						stream.sendCode(fDisconnect, 1006)
+						return done
+					}
+					w.Flush()
+				}
+				if f.typ == fEnd {
+					return done
+				}
+				stream.credit(len(f.p))
+			case fAbort:
+				s.logf("worker %s: the app failed in the middle of the response to %s %s", wk.id, r.Method, r.URL.Path)
+				rs.abort = true
+				return done
+			default:
+				s.metrics.upstreamError(kindBadResponse)
+				s.logf("worker %s: frame %d in a response body", wk.id, f.typ)
+				stream.sendCode(fDisconnect, 1006)
+				rs.abort = true
+				return done
+			}
+		}
+		f, err = stream.next(gone, graceEnd, graceEnd.IsZero())
+	}
+}
+
+// parseStart reads a START payload (u16 status, then NUL-separated header
+// names and values) into h. Hop-by-hop headers are dropped: the proxy
+// frames the response itself.
+func parseStart(p []byte, h http.Header) (int, bool) {
+	if len(p) < 2 {
+		return 0, false
+	}
+	status := int(binary.BigEndian.Uint16(p))
+	if status < 200 || status > 999 {
+		return 0, false
+	}
+	p = p[2:]
+	if len(p) == 0 {
+		return status, true
+	}
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, 0)
+		if i < 0 {
+			return 0, false
+		}
+		name := p[:i]
+		p = p[i+1:]
+		j := bytes.IndexByte(p, 0)
+		var value []byte
+		if j < 0 {
+			value, p = p, nil
+		} else {
+			value, p = p[:j], p[j+1:]
+		}
+		if !validHeaderName(name) || !validHeaderValue(value) {
+			return 0, false
+		}
+		key := http.CanonicalHeaderKey(string(name))
+		switch key {
+		case "Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Te", "Trailer":
+			continue
+		}
+		h[key] = append(h[key], string(value))
+	}
+	return status, true
+}
+
+func validHeaderName(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c <= ' ' || c >= 0x7f || bytes.IndexByte([]byte("\"(),/:;<=>?@[\\]{}"), c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func validHeaderValue(b []byte) bool {
+	for _, c := range b {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
