@@ -40,8 +40,8 @@ type scenario struct {
 	edge bool
 	tls  bool // over the stack's HTTPS listener
 	h2   bool // HTTP/2 with h2load instead of wrk (implies tls)
-	asgi   bool    // an ASGI app: berth and uvicorn serve it, not uWSGI or Gunicorn
-	ws     bool    // measured with websockets (ws.go), not wrk
+	asgi bool // an ASGI app: berth and uvicorn serve it, not uWSGI or Gunicorn
+	ws   bool // measured with websockets (ws.go), not wrk
 }
 
 // serves says whether stack takes part in the scenario: WSGI scenarios

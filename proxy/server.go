@@ -320,7 +320,7 @@ type reqState struct {
 	reqID    string // "" when proxy.request_id is off
 	up       upTimes
 	job      sendJob
-	fill     *fill // this request fills a cache entry (cache.go)
+	fill     *fill   // this request fills a cache entry (cache.go)
 	rt       *router // the pool the request goes to
 }
 

@@ -43,8 +43,8 @@ type settings struct {
 	comp         *compressSettings // nil: worker responses are not compressed
 	sidecarTypes *compressSettings // types whose static files may have .br/.gz sidecars
 	cache        *responseCache    // nil: no response cache
-	drain        time.Duration // ASGI websockets and streams on a draining worker; then closed
-	pools        []mountRoute  // mounted pools, longest URL first (pools.go)
+	drain        time.Duration     // ASGI websockets and streams on a draining worker; then closed
+	pools        []mountRoute      // mounted pools, longest URL first (pools.go)
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
