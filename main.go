@@ -33,7 +33,7 @@ const usage = `berth serves a Python WSGI app: supervisor, HTTP proxy and worker
 Usage:
   berth run [--config PATH] [--app DIR]   run the server (the container's entrypoint)
   berth check [--config PATH] [--print]   validate a config like nginx -t (exit 0 or 1)
-  berth status [--config PATH] [--json | --quiet]
+  berth status [--config PATH] [--admin ADDR] [--json | --quiet | --live]
                                           ask the running server how it is
   berth import [--check] [--python PATH] FILE...
                                           translate uwsgi.ini, gunicorn.conf.py and nginx
@@ -178,7 +178,12 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	admin := fl.String("admin", "", "admin address (overrides the config's admin.listen)")
 	asJSON := fl.Bool("json", false, "print the raw /status JSON")
 	quiet := fl.Bool("quiet", false, "print nothing; exit 0 when ready (for HEALTHCHECK)")
+	live := fl.Bool("live", false, "exit 0 when the supervisor answers /livez (a liveness probe); the reason on stderr when not")
 	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if *live && *asJSON {
+		fmt.Fprintln(stderr, "berth status: --live and --json do not go together; use --json alone for the full status")
 		return 2
 	}
 	addr := *admin
@@ -195,13 +200,15 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	client := adminClient(addr)
-	if *quiet {
-		resp, err := client.Get("http://admin/readyz")
-		if err != nil {
-			return 1
+	if *live || *quiet {
+		path := "/readyz"
+		if *live {
+			path = "/livez"
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		if err := probeAdmin(client, addr, path); err != nil {
+			if !*quiet {
+				fmt.Fprintf(stderr, "berth status: %v\n", err)
+			}
 			return 1
 		}
 		return 0
