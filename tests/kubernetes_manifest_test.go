@@ -254,3 +254,100 @@ func TestKubernetesHPAManifest(t *testing.T) {
 		t.Error("the proxy no longer exports berth_queue_depth, which the HPA scales on")
 	}
 }
+
+// probe is the part of a Kubernetes Probe the manifest check reads; the
+// handler fields other than exec are there to be refused.
+type probe struct {
+	Exec *struct {
+		Command []string `yaml:"command"`
+	} `yaml:"exec"`
+	HTTPGet        map[string]any `yaml:"httpGet"`
+	TCPSocket      map[string]any `yaml:"tcpSocket"`
+	GRPC           map[string]any `yaml:"grpc"`
+	TimeoutSeconds int            `yaml:"timeoutSeconds"`
+}
+
+// TestKubernetesProbes: the Deployment's probes are commands that work in
+// berth's image (no curl there, and podman kube play runs an httpGet probe
+// as curl in the container): readiness `berth status --quiet`, liveness
+// `berth status --live`, both with --admin on loopback at admin.listen's
+// port so that they read no config (a broken ConfigMap update must not fail
+// them), and a timeout above the admin endpoint's own 2 s wait for the
+// supervisor. TestContainer/kube-play runs them in the played pods.
+func TestKubernetesProbes(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(), "deploy", "kubernetes", "berth.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminPort, containers := "", 0
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc struct {
+			Kind string            `yaml:"kind"`
+			Data map[string]string `yaml:"data"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Name      string `yaml:"name"`
+							Readiness *probe `yaml:"readinessProbe"`
+							Liveness  *probe `yaml:"livenessProbe"`
+							Startup   *probe `yaml:"startupProbe"`
+						} `yaml:"containers"`
+					} `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		}
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if doc.Kind == "ConfigMap" {
+			var cfg struct {
+				Admin struct {
+					Listen string `yaml:"listen"`
+				} `yaml:"admin"`
+			}
+			if err := yaml.Unmarshal([]byte(doc.Data["berth.yaml"]), &cfg); err != nil {
+				t.Fatalf("the ConfigMap's berth.yaml: %v", err)
+			}
+			adminPort = cfg.Admin.Listen[strings.LastIndex(cfg.Admin.Listen, ":")+1:]
+		}
+		if doc.Kind != "Deployment" {
+			continue
+		}
+		for _, c := range doc.Spec.Template.Spec.Containers {
+			containers++
+			for _, p := range []struct {
+				kind, flag string
+				p          *probe
+			}{{"readinessProbe", "--quiet", c.Readiness}, {"livenessProbe", "--live", c.Liveness}, {"startupProbe", "", c.Startup}} {
+				where := c.Name + "." + p.kind
+				if p.p == nil {
+					if p.flag != "" {
+						t.Errorf("%s missing", where)
+					}
+					continue
+				}
+				if p.p.HTTPGet != nil || p.p.TCPSocket != nil || p.p.GRPC != nil || p.p.Exec == nil {
+					t.Errorf("%s: want an exec probe (berth status), not httpGet/tcpSocket/grpc: the image has no curl", where)
+					continue
+				}
+				cmd := strings.Join(p.p.Exec.Command, " ")
+				if !strings.HasPrefix(cmd, "berth status ") || (p.flag != "" && !ctContains(p.p.Exec.Command, p.flag)) {
+					t.Errorf("%s: command %q, want berth status %s", where, cmd, p.flag)
+				}
+				if want := "--admin 127.0.0.1:" + adminPort; adminPort == "" || !strings.Contains(cmd, want) {
+					t.Errorf("%s: command %q lacks %q (admin.listen's port on loopback)", where, cmd, want)
+				}
+				if p.p.TimeoutSeconds < 3 {
+					t.Errorf("%s: timeoutSeconds %d; the default 1 s is shorter than the admin endpoint's 2 s wait for the supervisor", where, p.p.TimeoutSeconds)
+				}
+			}
+		}
+	}
+	if containers == 0 {
+		t.Fatal("no Deployment container in berth.yaml")
+	}
+}
