@@ -101,6 +101,7 @@ func TestContainer(t *testing.T) {
 	t.Run("socket-activation", s.testSocketActivation)
 	t.Run("registry", s.testRegistry)
 	t.Run("django-example", s.testDjangoExample)
+	t.Run("kube-play", s.testKubePlay)
 }
 
 // testMetadata checks what the Containerfile declares, as podman sees it.
