@@ -121,17 +121,7 @@ func appendHeaderVar(b []byte, name string, vals []string) []byte {
 		sep = "; "
 	}
 	b = appendLen(b, len("HTTP_")+len(name))
-	b = append(b, "HTTP_"...)
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z':
-			c -= 'a' - 'A'
-		case c == '-':
-			c = '_'
-		}
-		b = append(b, c)
-	}
+	b = appendCGIName(b, name)
 	n := 0
 	for i, v := range vals {
 		if i > 0 {
@@ -185,17 +175,7 @@ func appendCompact(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
 		if skipRequestHeader(name) || in.requestID != "" && name == "X-Request-Id" {
 			continue
 		}
-		b = append(b, "HTTP_"...)
-		for i := 0; i < len(name); i++ {
-			c := name[i]
-			switch {
-			case c >= 'a' && c <= 'z':
-				c -= 'a' - 'A'
-			case c == '-':
-				c = '_'
-			}
-			b = append(b, c)
-		}
+		b = appendCGIName(b, name)
 		b = append(b, 0)
 		sep := ", "
 		if name == "Cookie" {
@@ -220,4 +200,21 @@ func appendCompact(b []byte, r *http.Request, in *reqInfo) ([]byte, error) {
 	b[1] = byte(n)
 	b[2] = byte(n >> 8)
 	return b, nil
+}
+
+// appendCGIName appends HTTP_ and a field name as a CGI var name:
+// upper-case, '-' as '_' (RFC 3875 4.1.18).
+func appendCGIName(b []byte, name string) []byte {
+	b = append(b, "HTTP_"...)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z':
+			c -= 'a' - 'A'
+		case c == '-':
+			c = '_'
+		}
+		b = append(b, c)
+	}
+	return b
 }
