@@ -1159,8 +1159,13 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
     if pid == 0:
         try:
             os.close(r)
+            # The worker must know this process's pid: asking getppid() after the
+            # fork races with this process's exit, and a worker that read the
+            # supervisor's pid there waited a second for a reparenting that had
+            # already happened.
+            intermediate = os.getpid()
             if os.fork() == 0:
-                _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind)
+                _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind, intermediate)
             os._exit(0)  # the worker is orphaned and reparented to the supervisor
         except BaseException as e:
             try:
@@ -1182,9 +1187,8 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
     raise RuntimeError(msg or 'worker died before it could listen')
 
 
-def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind):
+def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind, intermediate):
     try:
-        intermediate = os.getppid()
         set_log_id(wid)
         os.environ['BERTH_WORKER_ID'] = wid
         rfile.close()
