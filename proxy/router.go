@@ -190,13 +190,7 @@ func (rt *router) startLocked(w *worker) *upConn {
 		w.reqCounter.Inc()
 	}
 	rt.noteDueLocked(w)
-	if n := len(w.idle); n > 0 {
-		c := w.idle[n-1]
-		w.idle[n-1] = nil
-		w.idle = w.idle[:n-1]
-		return c
-	}
-	return nil
+	return popIdle(&w.idle)
 }
 
 // acquire returns a worker slot (and maybe a pooled connection), waiting
@@ -547,18 +541,7 @@ func (rt *router) reapIdle(now int64) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	for _, w := range rt.list {
-		keep := w.idle[:0]
-		for _, c := range w.idle {
-			if now-c.idleSince > int64(upstreamIdle) {
-				c.close()
-				continue
-			}
-			keep = append(keep, c)
-		}
-		for i := len(keep); i < len(w.idle); i++ {
-			w.idle[i] = nil
-		}
-		w.idle = keep
+		w.idle = reapIdle(w.idle, now, int64(upstreamIdle))
 	}
 }
 
@@ -587,11 +570,5 @@ func (rt *router) stats() control.Stats {
 func (rt *router) takeIdle(w *worker) *upConn {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	if n := len(w.idle); n > 0 {
-		c := w.idle[n-1]
-		w.idle[n-1] = nil
-		w.idle = w.idle[:n-1]
-		return c
-	}
-	return nil
+	return popIdle(&w.idle)
 }

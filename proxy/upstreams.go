@@ -558,12 +558,7 @@ func (g *group) acquire(keyHash uint32, tried []*peer, first bool) (p *peer, c *
 	}
 	p.inflight++
 	p.requests++
-	if n := len(p.idle); n > 0 {
-		c = p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-	}
-	return p, c, false
+	return p, popIdle(&p.idle), false
 }
 
 // retryReserve is the retry budget's reserve: retries a group may make
@@ -585,13 +580,7 @@ func (g *group) takeRetry() bool {
 func (g *group) takeIdle(p *peer) *pconn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if n := len(p.idle); n > 0 {
-		c := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		return c
-	}
-	return nil
+	return popIdle(&p.idle)
 }
 
 // result is how one try on a peer ended, for passive health.
@@ -676,18 +665,7 @@ func (u *upstreams) reapIdle(now int64) {
 		g.mu.Lock()
 		limit := int64(g.cfg.KeepaliveTimeout)
 		for _, p := range g.peers {
-			keep := p.idle[:0]
-			for _, c := range p.idle {
-				if now-c.idleSince > limit {
-					c.close()
-					continue
-				}
-				keep = append(keep, c)
-			}
-			for i := len(keep); i < len(p.idle); i++ {
-				p.idle[i] = nil
-			}
-			p.idle = keep
+			p.idle = reapIdle(p.idle, now, limit)
 		}
 		g.mu.Unlock()
 	}
