@@ -472,7 +472,7 @@ func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start
 		c.deadline = false
 	}
 	c.cnt.n = 0
-	_, err := rawWrite(c.raw, pkt)
+	_, err := c.raw.write(pkt)
 	return c, err
 }
 
@@ -511,7 +511,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 		if err == nil && !bodyInPkt {
 			out = failed502 // the worker may have begun on the packet
 			if rs.body.inMemory() {
-				_, err = rawWrite(c.raw, rs.body.bytes())
+				_, err = c.raw.write(rs.body.bytes())
 			} else {
 				var f *os.File
 				if f, err = rs.body.file(); err == nil {
@@ -579,7 +579,7 @@ type upConn struct {
 	idleSince int64
 	reused    bool
 	deadline  bool // a deadline is set and must be cleared before reuse
-	raw       syscall.RawConn
+	raw       *rawSock
 }
 
 // unsolicited says whether the worker sent bytes on this pooled
@@ -589,18 +589,18 @@ type upConn struct {
 // closes an idle upstream connection that becomes readable). One
 // non-blocking peek: EAGAIN is the clean case.
 func (u *upConn) unsolicited() bool {
-	return u.br.Buffered() > 0 || rawPeek(u.raw)
+	return u.br.Buffered() > 0 || u.raw.peek()
 }
 
 // countingReader counts the bytes a worker sent, to tell "failed before any
 // response byte" (retryable) from a broken response.
 type countingReader struct {
-	raw syscall.RawConn
+	raw *rawSock
 	n   int64
 }
 
 func (r *countingReader) Read(p []byte) (int, error) {
-	n, err := rawRead(r.raw, p)
+	n, err := r.raw.read(p)
 	r.n += int64(n)
 	return n, err
 }
@@ -611,10 +611,12 @@ func dialWorker(w *worker) (*upConn, error) {
 		return nil, err
 	}
 	u := &upConn{c: c, w: w}
-	if u.raw, err = c.SyscallConn(); err != nil {
+	rc, err := c.SyscallConn()
+	if err != nil {
 		c.Close()
 		return nil, err
 	}
+	u.raw = newRawSock(rc)
 	u.cnt.raw = u.raw
 	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
 	return u, nil

@@ -430,7 +430,9 @@ func (l framedListener) Accept() (net.Conn, error) {
 	}
 	fc := &framedConn{Conn: c}
 	if sc, ok := c.(syscall.Conn); ok {
-		fc.raw, _ = sc.SyscallConn()
+		if rc, err := sc.SyscallConn(); err == nil {
+			fc.raw = newRawSock(rc)
+		}
 	}
 	return fc, nil
 }
@@ -449,7 +451,7 @@ type framedConn struct {
 	ok   int  // buf[:ok] may be handed on
 	sent bool // the synthetic request for a refusal was queued
 	rej  atomic.Pointer[rejection]
-	raw  syscall.RawConn // nil: plain Read and Write (rawsock.go)
+	raw  *rawSock // nil: plain Read and Write (rawsock.go)
 	// tunneled: the connection was handed to another protocol (a
 	// websocket after its handshake): bytes pass through unjudged.
 	tunneled atomic.Bool
@@ -466,7 +468,7 @@ func (c *framedConn) read(p []byte) (int, error) {
 	if c.raw == nil {
 		return c.Conn.Read(p)
 	}
-	n, err := rawRead(c.raw, p)
+	n, err := c.raw.read(p)
 	if err != nil && err != io.EOF {
 		// net/http tells a client that went away from a broken request
 		// by the *net.OpError a net.Conn returns.
@@ -480,7 +482,7 @@ func (c *framedConn) Write(p []byte) (int, error) {
 	if c.raw == nil {
 		return c.Conn.Write(p)
 	}
-	n, err := rawWrite(c.raw, p)
+	n, err := c.raw.write(p)
 	if err != nil {
 		err = &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}

@@ -20,27 +20,45 @@ import (
 // the bookkeeping; waiting for readiness still goes through the netpoller
 // (syscall.RawConn), so deadlines work as before.
 
-// rawRead reads into p from rc's socket, waiting in the netpoller while
-// nothing is there. It returns io.EOF at the end of the stream.
-func rawRead(rc syscall.RawConn, p []byte) (int, error) {
+// rawSock is one socket's raw reads and writes. syscall.RawConn takes a
+// callback; a closure made per call would be a heap allocation per read
+// and write, so each direction keeps its callback (a method value bound
+// once) and its arguments in the rawSock. A read and a write may run at
+// the same time (net/http's background read beside a response); two reads,
+// or two writes, never do.
+type rawSock struct {
+	rc syscall.RawConn
+
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(uintptr) bool
+
+	wbuf    []byte
+	wdone   int
+	werrno  syscall.Errno
+	writeFn func(uintptr) bool
+
+	peeked bool
+	peekFn func(uintptr) bool
+}
+
+func newRawSock(rc syscall.RawConn) *rawSock {
+	s := &rawSock{rc: rc}
+	s.readFn, s.writeFn, s.peekFn = s.doRead, s.doWrite, s.doPeek
+	return s
+}
+
+// read reads into p, waiting in the netpoller while nothing is there. It
+// returns io.EOF at the end of the stream.
+func (s *rawSock) read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if e == syscall.EINTR {
-				continue
-			}
-			if e == syscall.EAGAIN {
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+	s.rbuf, s.rn, s.rerrno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rbuf = nil
 	if err != nil {
 		return 0, err
 	}
@@ -53,44 +71,63 @@ func rawRead(rc syscall.RawConn, p []byte) (int, error) {
 	return n, nil
 }
 
-// rawWrite writes all of p to rc's socket, waiting in the netpoller while
-// the socket buffer is full.
-func rawWrite(rc syscall.RawConn, p []byte) (int, error) {
-	done := 0
-	var errno syscall.Errno
-	err := rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-			switch e {
-			case 0:
-				done += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+func (s *rawSock) doRead(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rbuf[0])), uintptr(len(s.rbuf)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
 		}
+		s.rn, s.rerrno = int(r), e
 		return true
-	})
+	}
+}
+
+// write writes all of p, waiting in the netpoller while the socket buffer
+// is full.
+func (s *rawSock) write(p []byte) (int, error) {
+	s.wbuf, s.wdone, s.werrno = p, 0, 0
+	err := s.rc.Write(s.writeFn)
+	done, errno := s.wdone, s.werrno
+	s.wbuf = nil
 	if err == nil && errno != 0 {
 		err = errno
 	}
 	return done, err
 }
 
-// rawPeek says whether rc's socket has a byte to read, or has been closed
-// by the peer, without waiting and without taking the byte.
-func rawPeek(rc syscall.RawConn) bool {
+func (s *rawSock) doWrite(fd uintptr) bool {
+	for s.wdone < len(s.wbuf) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wbuf[s.wdone])), uintptr(len(s.wbuf)-s.wdone))
+		switch e {
+		case 0:
+			s.wdone += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
+}
+
+// peek says whether the socket has a byte to read, or has been closed by
+// the peer, without waiting and without taking the byte. It must not run
+// beside read.
+func (s *rawSock) peek() bool {
+	s.peeked = false
+	s.rc.Read(s.peekFn)
+	return s.peeked
+}
+
+func (s *rawSock) doPeek(fd uintptr) bool {
 	var one [1]byte
-	got := false
-	rc.Read(func(fd uintptr) bool {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&one[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		got = e == 0 // a byte (r 1), or EOF (r 0): either way the socket is not idle
-		_ = r
-		return true
-	})
-	return got
+	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&one[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	s.peeked = e == 0 // a byte, or EOF: either way the socket is not idle
+	return true
 }

@@ -141,7 +141,7 @@ func (p *peer) state(now int64) string {
 // pconn is one connection to a peer, owned by one request at a time.
 type pconn struct {
 	c         net.Conn
-	raw       syscall.RawConn
+	raw       *rawSock
 	cnt       countingReader
 	br        *bufio.Reader
 	idleSince int64
@@ -151,7 +151,7 @@ type pconn struct {
 func (c *pconn) close() { c.c.Close() }
 
 // unsolicited: bytes (or EOF) on an idle pooled connection; see upConn.
-func (c *pconn) unsolicited() bool { return c.br.Buffered() > 0 || rawPeek(c.raw) }
+func (c *pconn) unsolicited() bool { return c.br.Buffered() > 0 || c.raw.peek() }
 
 // dial opens a connection to p within timeout.
 func (p *peer) dial(timeout time.Duration) (*pconn, error) {
@@ -166,10 +166,12 @@ func (p *peer) dial(timeout time.Duration) (*pconn, error) {
 		return nil, fmt.Errorf("connection to %s: not a socket", p.addr)
 	}
 	u := &pconn{c: c}
-	if u.raw, err = sc.SyscallConn(); err != nil {
+	rc, err := sc.SyscallConn()
+	if err != nil {
 		c.Close()
 		return nil, err
 	}
+	u.raw = newRawSock(rc)
 	u.cnt.raw = u.raw
 	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
 	return u, nil
