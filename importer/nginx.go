@@ -410,12 +410,9 @@ func (n *nginxImport) pass(d *ndir, where string) {
 		first := !n.used[u]
 		n.used[u] = true
 		var servers []*ndir
-		var other []string
 		for _, s := range u.block {
 			if s.name == "server" {
 				servers = append(servers, s)
-			} else {
-				other = append(other, s.name)
 			}
 		}
 		if len(servers) != 1 || len(servers[0].args) == 0 || !localAddr(servers[0].args[0]) {

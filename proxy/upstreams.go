@@ -8,7 +8,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -706,5 +705,3 @@ func (u *upstreams) stats() map[string][]control.UpstreamStats {
 	}
 	return out
 }
-
-var errNoUpstream = errors.New("no upstream server is available")

@@ -43,7 +43,8 @@ func lockRunDir(dir string, self []string) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("boot: run directory %s: lock %s: %w", dir, path, err)
 	}
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strings.Join(self, "\n")+"\n"), 0)
 	}
 	if err != nil {
