@@ -423,11 +423,27 @@ func writeFileAtomic(t testing.TB, path, content string) {
 // skips it on a developer machine that lacks the tool.
 func requireTool(t testing.TB, path string) {
 	t.Helper()
-	if _, err := exec.LookPath(path); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is required in CI: %v", path, err)
+	requireFiles(t, path)
+}
+
+// requireFiles skips the test, or fails it in CI, unless every one exists:
+// a command on PATH, or a file given by its path (an interpreter, a plugin,
+// nginx's uwsgi_params).
+func requireFiles(t testing.TB, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		var err error
+		if strings.Contains(p, "/") {
+			_, err = os.Stat(p)
+		} else {
+			_, err = exec.LookPath(p)
 		}
-		t.Skipf("%s not installed: %v", path, err)
+		if err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s is required in CI: %v", p, err)
+			}
+			t.Skipf("%s not installed: %v", p, err)
+		}
 	}
 }
 

@@ -79,14 +79,7 @@ http {
 // measured, not remembered.
 func TestConformanceNginx(t *testing.T) {
 	const nginx = "/usr/sbin/nginx"
-	for _, need := range []string{nginx, "/etc/nginx/uwsgi_params"} {
-		if _, err := os.Stat(need); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is needed in CI: %v", need, err)
-			}
-			t.Skipf("nginx is not installed: %v", err)
-		}
-	}
+	requireFiles(t, nginx, "/etc/nginx/uwsgi_params")
 	corpus := filepath.Join(repoRoot(), "proxy", "testdata", "conformance.txt")
 	cases, err := conformance.Load(corpus)
 	if err != nil {

@@ -95,14 +95,7 @@ type importAnswer struct {
 func TestImportSideBySide(t *testing.T) {
 	const nginx = "/usr/sbin/nginx"
 	const plugin = "/usr/lib/uwsgi/plugins/python3_plugin.so"
-	for _, need := range []string{nginx, plugin, "/etc/nginx/uwsgi_params", "/etc/nginx/mime.types", systemPython} {
-		if _, err := os.Stat(need); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is needed in CI: %v", need, err)
-			}
-			t.Skipf("%s is missing: %v", need, err)
-		}
-	}
+	requireFiles(t, nginx, plugin, "/etc/nginx/uwsgi_params", "/etc/nginx/mime.types", systemPython)
 	site := djangoSite(t)
 	dir, err := os.MkdirTemp("", "imp")
 	if err != nil {

@@ -149,14 +149,7 @@ http {
 // protocol as nginx does.
 func TestNginxWorker(t *testing.T) {
 	const nginx = "/usr/sbin/nginx"
-	for _, need := range []string{nginx, "/etc/nginx/uwsgi_params", nginxPython} {
-		if _, err := os.Stat(need); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is needed in CI: %v", need, err)
-			}
-			t.Skipf("%s is missing: %v", need, err)
-		}
-	}
+	requireFiles(t, nginx, "/etc/nginx/uwsgi_params", nginxPython)
 	dir, err := os.MkdirTemp("", "b")
 	if err != nil {
 		t.Fatal(err)
