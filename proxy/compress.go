@@ -93,33 +93,7 @@ func (cs *compressSettings) typeMatches(ct string) bool {
 // supported coding with the highest q-value (brotli on a tie), identity
 // when none is acceptable. "*" stands for any coding not named.
 func negotiate(vals []string) uint8 {
-	qGzip, qBr, qStar := -1.0, -1.0, -1.0
-	for _, v := range vals {
-		for v != "" {
-			var item string
-			item, v, _ = strings.Cut(v, ",")
-			name, params, _ := strings.Cut(item, ";")
-			name = strings.TrimSpace(name)
-			q := 1.0
-			if params != "" {
-				q = qValue(params)
-			}
-			switch {
-			case strings.EqualFold(name, "gzip"), strings.EqualFold(name, "x-gzip"):
-				qGzip = max(qGzip, q)
-			case strings.EqualFold(name, "br"):
-				qBr = max(qBr, q)
-			case name == "*":
-				qStar = max(qStar, q)
-			}
-		}
-	}
-	if qGzip < 0 {
-		qGzip = qStar
-	}
-	if qBr < 0 {
-		qBr = qStar
-	}
+	qBr, qGzip := acceptQ(vals)
 	switch {
 	case qBr > 0 && qBr >= qGzip:
 		return encBrotli

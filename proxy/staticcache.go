@@ -152,40 +152,37 @@ func (s *Server) serveSidecar(w http.ResponseWriter, r *http.Request, m *mount, 
 }
 
 // acceptQ returns the q-values Accept-Encoding gives brotli and gzip
-// (0: not acceptable).
+// (x-gzip counts as gzip; "*" stands for a coding not named; 0: not
+// acceptable), in one pass over the field.
 func acceptQ(vals []string) (qBr, qGzip float64) {
-	if len(vals) == 0 {
-		return 0, 0
-	}
-	return codingQ(vals, "br"), codingQ(vals, "gzip")
-}
-
-// codingQ is the q-value of one coding in Accept-Encoding, "*" counting
-// for it when it is not named.
-func codingQ(vals []string, coding string) float64 {
-	q, star := -1.0, -1.0
+	qBr, qGzip, qStar := -1.0, -1.0, -1.0
 	for _, v := range vals {
 		for v != "" {
 			var item string
 			item, v, _ = strings.Cut(v, ",")
 			name, params, _ := strings.Cut(item, ";")
 			name = strings.TrimSpace(name)
-			qq := 1.0
+			q := 1.0
 			if params != "" {
-				qq = qValue(params)
+				q = qValue(params)
 			}
 			switch {
-			case strings.EqualFold(name, coding) || coding == "gzip" && strings.EqualFold(name, "x-gzip"):
-				q = max(q, qq)
+			case strings.EqualFold(name, "gzip"), strings.EqualFold(name, "x-gzip"):
+				qGzip = max(qGzip, q)
+			case strings.EqualFold(name, "br"):
+				qBr = max(qBr, q)
 			case name == "*":
-				star = max(star, qq)
+				qStar = max(qStar, q)
 			}
 		}
 	}
-	if q < 0 {
-		q = star
+	if qGzip < 0 {
+		qGzip = qStar
 	}
-	return max(q, 0)
+	if qBr < 0 {
+		qBr = qStar
+	}
+	return max(qBr, 0), max(qGzip, 0)
 }
 
 // zipCache keeps compressed static files in memory, LRU by bytes. An
