@@ -572,24 +572,46 @@ func (s *Server) staleConn(wk *worker, c *upConn) *upConn {
 
 // upConn is one connection to a worker, owned by one request at a time.
 type upConn struct {
-	c         *net.UnixConn
-	cnt       countingReader
-	br        *bufio.Reader
+	c *net.UnixConn
+	sockIO
 	w         *worker
 	idleSince int64
 	reused    bool
 	deadline  bool // a deadline is set and must be cleared before reuse
-	raw       *rawSock
 }
 
-// unsolicited says whether the worker sent bytes on this pooled
-// connection while nobody asked: more than its last response framed, or
-// an answer to nothing. They would be read as the next request's
-// response, so such a connection is dropped (nginx's keepalive module
-// closes an idle upstream connection that becomes readable). One
-// non-blocking peek: EAGAIN is the clean case.
-func (u *upConn) unsolicited() bool {
-	return u.br.Buffered() > 0 || u.raw.peek()
+// sockIO is how the proxy reads and writes a connection to a worker or an
+// upstream server: raw system calls, and a counted, buffered reader for
+// the response.
+type sockIO struct {
+	raw *rawSock
+	cnt countingReader
+	br  *bufio.Reader
+}
+
+// newSockIO sets up sockIO for a connection; on error the caller closes it.
+func newSockIO(c net.Conn) (sockIO, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return sockIO{}, errors.New("not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return sockIO{}, err
+	}
+	raw := newRawSock(rc)
+	s := sockIO{raw: raw, cnt: countingReader{raw: raw}}
+	return s, nil
+}
+
+// unsolicited says whether the peer sent bytes on this pooled connection
+// while nobody asked: more than its last response framed, or an answer to
+// nothing. They would be read as the next request's response, so such a
+// connection is dropped (nginx's keepalive module closes an idle upstream
+// connection that becomes readable). One non-blocking peek: EAGAIN is the
+// clean case.
+func (s *sockIO) unsolicited() bool {
+	return s.br.Buffered() > 0 || s.raw.peek()
 }
 
 // countingReader counts the bytes a worker sent, to tell "failed before any
@@ -611,14 +633,11 @@ func dialWorker(w *worker) (*upConn, error) {
 		return nil, err
 	}
 	u := &upConn{c: c, w: w}
-	rc, err := c.SyscallConn()
-	if err != nil {
+	if u.sockIO, err = newSockIO(c); err != nil {
 		c.Close()
 		return nil, err
 	}
-	u.raw = newRawSock(rc)
-	u.cnt.raw = u.raw
-	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
+	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf) // u.cnt's final address
 	return u, nil
 }
 

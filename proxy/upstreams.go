@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/control"
@@ -139,18 +138,13 @@ func (p *peer) state(now int64) string {
 
 // pconn is one connection to a peer, owned by one request at a time.
 type pconn struct {
-	c         net.Conn
-	raw       *rawSock
-	cnt       countingReader
-	br        *bufio.Reader
+	c net.Conn
+	sockIO
 	idleSince int64
 	reused    bool
 }
 
 func (c *pconn) close() { c.c.Close() }
-
-// unsolicited: bytes (or EOF) on an idle pooled connection; see upConn.
-func (c *pconn) unsolicited() bool { return c.br.Buffered() > 0 || c.raw.peek() }
 
 // dial opens a connection to p within timeout.
 func (p *peer) dial(timeout time.Duration) (*pconn, error) {
@@ -159,20 +153,12 @@ func (p *peer) dial(timeout time.Duration) (*pconn, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("connection to %s: not a socket", p.addr)
-	}
 	u := &pconn{c: c}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	if u.sockIO, err = newSockIO(c); err != nil {
 		c.Close()
-		return nil, err
+		return nil, fmt.Errorf("connection to %s: %w", p.addr, err)
 	}
-	u.raw = newRawSock(rc)
-	u.cnt.raw = u.raw
-	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf)
+	u.br = bufio.NewReaderSize(&u.cnt, upstreamReadBuf) // u.cnt's final address
 	return u, nil
 }
 
