@@ -113,6 +113,11 @@ func (d *decoder) document(data []byte) (*yaml.Node, error) {
 		if len(extra.Content) > 0 {
 			line = extra.Content[0].Line
 		}
+		// An empty last document ("...\n---" with no break after it) is
+		// placed by yaml.v3 on a line past the end; name its separator.
+		if line > lineCount(data) {
+			line = separatorLine(data, line)
+		}
 		return nil, ErrorList{{File: d.file, Line: line, Msg: `a second YAML document (after a "---" separator) starts here, but berth reads one document per file; merge the settings into the first document`}}
 	}
 	if len(doc.Content) == 0 {
@@ -149,6 +154,53 @@ func (d *decoder) syntaxError(err error, data []byte) error {
 	}
 	return ErrorList{{File: d.file, Line: line, Msg: fmt.Sprintf("YAML syntax error: %s; %s", msg, hint)}}
 }
+
+// separatorLine returns the line of the last "---" document marker at or
+// before line, so a message about a second document names its separator even
+// when yaml.v3 places the document past the input's last line. Lines break as
+// YAML's do (CRLF, LF, CR, NEL, LS, PS). Without a marker it returns line,
+// clamped to the input.
+func separatorLine(data []byte, line int) int {
+	var all []string
+	start := 0
+	s := strings.ReplaceAll(string(data), "\r\n", "\n")
+	for i, r := range s {
+		switch r {
+		case '\n', '\r', '\u0085', '\u2028', '\u2029':
+			all = append(all, s[start:i])
+			_, size := utf8.DecodeRuneInString(s[i:])
+			start = i + size
+		}
+	}
+	all = append(all, s[start:])
+	line = min(line, len(all))
+	for n := line; n >= 1; n-- {
+		l := all[n-1]
+		if l == "---" || strings.HasPrefix(l, "--- ") || strings.HasPrefix(l, "---\t") {
+			return n
+		}
+	}
+	return max(line, 1)
+}
+
+// breakLines splits data into lines as YAML breaks them (CRLF, LF, CR, NEL,
+// LS, PS); the text after the last break is a line too.
+func breakLines(data []byte) []string {
+	var all []string
+	start := 0
+	s := strings.ReplaceAll(string(data), "\r\n", "\n")
+	for i, r := range s {
+		switch r {
+		case '\n', '\r', '\u0085', '\u2028', '\u2029':
+			_, size := utf8.DecodeRuneInString(s[i:])
+			all = append(all, s[start:i])
+			start = i + size
+		}
+	}
+	return append(all, s[start:])
+}
+
+func lineCount(data []byte) int { return len(breakLines(data)) }
 
 // badByteLine returns the line of the first byte YAML refuses (invalid
 // UTF-8 or a control character), 0 if there is none.
