@@ -588,6 +588,15 @@ func (m *Manager) WorkersGroup(res *specs.LinuxResources) (Group, error) {
 	return m.group("workers", res)
 }
 
+// Zygotes creates the group "zygote" below WorkersGroup, where the
+// processes that import the app and fork workers live: their memory counts
+// against the limit of all workers together. A leaf of its own because
+// cgroup v2 refuses processes in a group whose children have controllers
+// (the workers group itself: EBUSY).
+func (m *Manager) Zygotes() (Group, error) {
+	return m.group("workers/zygote", nil)
+}
+
 // Worker creates the group "w-<id>" below WorkersGroup with res (nil: no
 // limits), or applies res to it. id is letters, digits, '.', '_' and '-'.
 func (m *Manager) Worker(id string, res *specs.LinuxResources) (Group, error) {

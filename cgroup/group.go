@@ -49,9 +49,8 @@ func (g Group) ProcsPath() string {
 	return filepath.Join(g.dirs[0], "cgroup.procs")
 }
 
-// ProcsPaths are all the cgroup.procs files a process must write its own pid
-// into to join the group (one for v2; one per hierarchy for v1, memory first).
-// A forked Python worker writes os.getpid() to each before running the app.
+// ProcsPaths are all the cgroup.procs files a pid must be written into to
+// join the group (one for v2; one per hierarchy for v1, memory first).
 func (g Group) ProcsPaths() []string {
 	out := make([]string, len(g.dirs))
 	for i, d := range g.dirs {

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
+	"golang.org/x/sys/unix"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -81,6 +82,13 @@ func (f *v2Fake) open(t *testing.T) *Manager {
 	}
 	m.write = func(path, value string) error {
 		f.writes = append(f.writes, [2]string{path, value})
+		// The kernel's no-internal-process rule: a group below the root
+		// whose children have controllers takes no processes.
+		if dir := filepath.Dir(path); filepath.Base(path) == "cgroup.procs" && dir != f.root {
+			if b, _ := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control")); len(strings.TrimSpace(string(b))) > 0 {
+				return &os.PathError{Op: "write", Path: path, Err: unix.EBUSY}
+			}
+		}
 		return writeFile(path, value)
 	}
 	return m
@@ -410,5 +418,33 @@ func TestV2CompanionGroups(t *testing.T) {
 		if _, err := m.Companion(c.kind, c.name, nil); err == nil {
 			t.Errorf("Companion(%q, %q) accepted", c.kind, c.name)
 		}
+	}
+}
+
+// TestV2ZygotesHaveALeaf: the zygotes cannot live in the workers group on
+// v2 (its children have controllers: the kernel says EBUSY), so they get
+// the leaf workers/zygote, whose memory still counts for all workers.
+func TestV2ZygotesHaveALeaf(t *testing.T) {
+	f := newV2Fake(t)
+	m := f.open(t)
+	if err := m.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	wg, err := m.WorkersGroup(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wg.Add(777); !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("a pid into the workers group: %v, want EBUSY (the fake keeps the kernel's rule)", err)
+	}
+	z, err := m.Zygotes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := z.Add(777); err != nil {
+		t.Fatalf("a pid into the zygotes group: %v", err)
+	}
+	if got := read(t, filepath.Join(f.own, "workers", "zygote", "cgroup.procs")); got != "777" {
+		t.Errorf("workers/zygote/cgroup.procs = %q", got)
 	}
 }

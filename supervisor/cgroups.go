@@ -21,7 +21,8 @@ import (
 // then enforces max_rss by polling, which it does anyway.
 type cgroups struct {
 	m        *cgroup.Manager
-	workers  cgroup.Group            // all workers together (and the zygotes)
+	workers  cgroup.Group            // all workers together
+	zygotes  cgroup.Group            // the zygotes, a leaf below workers
 	proxy    cgroup.Group            // the proxy processes
 	perW     map[string]cgroup.Group // worker id → its own group
 	comp     map[string]cgroup.Group // "program-celery" → a companion's group
@@ -74,6 +75,9 @@ func (s *Supervisor) setupCgroups() error {
 	if c.workers, err = m.WorkersGroup(res.Workers); err != nil {
 		s.log.Printf("cgroups: workers group: %v", err)
 	}
+	if c.zygotes, err = m.Zygotes(); err != nil {
+		s.log.Printf("cgroups: zygotes group: %v", err)
+	}
 	if c.proxy, err = m.Proxy(res.Proxy); err != nil {
 		s.log.Printf("cgroups: proxy group: %v", err)
 	}
@@ -123,18 +127,12 @@ func (s *Supervisor) workerCgroupFD(w *worker) int {
 	return fd
 }
 
-// workerCgroupProcs are the cgroup.procs files a forked worker writes its own
-// pid into before it serves (the zygote's fork command carries them).
-func (s *Supervisor) workerCgroupProcs(w *worker) []string {
-	g, ok := s.workerGroup(w)
-	if !ok {
-		return nil
-	}
-	return g.ProcsPaths()
-}
-
-// placeWorker moves a started worker into its group. For forked workers
-// this is a second, idempotent write: they joined it themselves already.
+// placeWorker moves a started worker into its group: the only write of a
+// worker's pid to cgroup.procs. It runs before the worker is routed a
+// request (on the zygote's reply or on READY, whichever comes first), and
+// as the supervisor, so an app.user that may not write cgroup.procs
+// (non-root, cgroup v1 or v2) does not matter. A worker started with
+// CLONE_INTO_CGROUP is there already; the write is idempotent.
 func (s *Supervisor) placeWorker(w *worker) {
 	s.resetOOMScore(w.pid)
 	g, ok := s.workerGroup(w)
@@ -146,12 +144,12 @@ func (s *Supervisor) placeWorker(w *worker) {
 	}
 }
 
-// placeZygote puts a zygote in the workers group: the memory of the app it
-// imported counts against all workers together.
+// placeZygote puts a zygote in the zygotes group, below workers: the memory
+// of the app it imported counts against all workers together.
 func (s *Supervisor) placeZygote(z *zygote) {
 	s.resetOOMScore(z.pid)
 	if c := s.cg; c.usable() && z.pid > 0 {
-		if err := c.workers.Add(z.pid); err != nil {
+		if err := c.zygotes.Add(z.pid); err != nil {
 			s.log.Printf("zygote (pid %d): %v", z.pid, err)
 		}
 	}
@@ -244,6 +242,7 @@ func (s *Supervisor) releaseCgroups() {
 		g.Delete()
 		delete(c.comp, name)
 	}
+	c.zygotes.Delete()
 }
 
 // updateCgroups applies a reload's resources in place.

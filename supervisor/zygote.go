@@ -99,12 +99,12 @@ func (s *Supervisor) zygoteReady(z *zygote) {
 
 // fork asks a ready zygote for a worker.
 func (s *Supervisor) fork(z *zygote, w *worker) {
-	procs := s.workerCgroupProcs(w)
-	first := ""
-	if len(procs) > 0 {
-		first = procs[0]
-	}
-	cmd := map[string]any{"id": w.id, "socket": w.socket, "cgroup": first, "cgroups": procs}
+	// The worker's cgroup is not in the command: the supervisor moves the
+	// forked worker itself (placeWorker, on the reply or on READY, whichever
+	// comes first), before it is given a request. The worker runs as
+	// app.user, which may not write cgroup.procs.
+	s.workerGroup(w) // created now, so a failure is logged before the fork
+	cmd := map[string]any{"id": w.id, "socket": w.socket}
 	if _, err := z.conn.Write([]byte(mustJSON(cmd) + "\n")); err != nil {
 		s.log.Printf("worker %s: ask the zygote (pid %d) to fork: %v", w.id, z.pid, err)
 		s.forgetWorker(w)

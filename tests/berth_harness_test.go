@@ -134,6 +134,11 @@ func startBerth(t testing.TB, o berthOpts) *berthProc {
 		t.Fatal(err)
 	}
 	b := &berthProc{t: t, dir: dir, logs: &syncBuffer{}, exited: make(chan struct{})}
+	// MkdirTemp makes 0700: open it so a non-root app.user can reach the
+	// app below it (tests of unusable directories make their own).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	b.appDir = filepath.Join(dir, "app")
 	b.runDir = filepath.Join(dir, "run")
 	os.MkdirAll(b.appDir, 0o755)

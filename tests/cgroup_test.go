@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -216,7 +217,9 @@ func grepLines(s, substr string) string {
 // TestCgroupV2WorkersStartInTheirGroup runs berth on the real (empty)
 // cgroup v2 hierarchy this machine mounts at /sys/fs/cgroup/unified, from a
 // group of the test's making: berth moves itself into a leaf, and workers
-// are cloned straight into their own groups (CLONE_INTO_CGROUP).
+// end in their own groups: cloned straight into them (CLONE_INTO_CGROUP)
+// without preload; forked by the zygote, as a non-root app.user, and moved
+// by the supervisor with it.
 func TestCgroupV2WorkersStartInTheirGroup(t *testing.T) {
 	const unified = "/sys/fs/cgroup/unified"
 	if _, err := os.Stat(unified + "/cgroup.procs"); err != nil {
@@ -225,33 +228,135 @@ func TestCgroupV2WorkersStartInTheirGroup(t *testing.T) {
 		}
 		t.Skipf("no cgroup v2 hierarchy at %s", unified)
 	}
-	own := fmt.Sprintf("%s/berth-v2-test-%d", unified, os.Getpid())
-	if err := os.Mkdir(own, 0o755); err != nil {
+	for _, tc := range []struct{ name, config, uid string }{
+		{"clone-into-cgroup", "workers: {count: 2, preload: false}\n", "0"},
+		{"forked-as-nobody", "app: {chdir: $APP, python: $PY, user: nobody}\nworkers: {count: 2, preload: true}\n", "65534"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.uid != "0" && os.Geteuid() != 0 {
+				t.Skip("app.user applies only when berth runs as root")
+			}
+			name := fmt.Sprintf("berth-v2-test-%d-%s", os.Getpid(), tc.name)
+			own := unified + "/" + name
+			if err := os.Mkdir(own, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { removeCgroupTree(own) })
+			b := startBerth(t, berthOpts{host: true, config: tc.config,
+				app: map[string]string{"wsgi.py": memoryApp},
+				env: []string{"BERTH_CGROUP_ROOT=" + unified},
+				wrap: func(argv []string) []string {
+					return append([]string{"sh", "-c", `echo $$ > ` + own + `/cgroup.procs && exec "$@"`, "sh"}, argv...)
+				}})
+			b.waitLog("cgroups v2", 5*time.Second)
+			if strings.Contains(b.logs.String(), "starting it inside its cgroup failed") {
+				t.Fatalf("CLONE_INTO_CGROUP was refused:\n%s", b.logs.String())
+			}
+			st := b.statusDoc()
+			if len(st.Workers) != 2 {
+				t.Fatalf("workers: %+v", st.Workers)
+			}
+			for _, w := range st.Workers {
+				data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", w.PID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := fmt.Sprintf("0::/%s/workers/w-%s\n", name, w.ID)
+				if !strings.Contains(string(data), want) {
+					t.Fatalf("worker %s: /proc/%d/cgroup has no %q:\n%s", w.ID, w.PID, want, data)
+				}
+				if uid := procUID(t, w.PID); uid != tc.uid {
+					t.Errorf("worker %s runs as uid %s, want %s", w.ID, uid, tc.uid)
+				}
+			}
+			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", b.berthPid()))
+			if !strings.Contains(string(data), fmt.Sprintf("0::/%s/supervisor\n", name)) {
+				t.Fatalf("supervisor did not move into its leaf:\n%s", data)
+			}
+			if m := regexp.MustCompile(`zygote \(pid \d+\): cgroup.*`).FindString(b.logs.String()); m != "" {
+				t.Errorf("the zygote was not placed: %s", m)
+			}
+		})
+	}
+}
+
+// procUID is the real uid of a host pid, from /proc/PID/status.
+func procUID(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeCgroupTree(own) })
-	b := startBerth(t, berthOpts{host: true, config: "workers: {count: 2, preload: false}\n",
-		app: map[string]string{"wsgi.py": memoryApp},
-		env: []string{"BERTH_CGROUP_ROOT=" + unified},
-		wrap: func(argv []string) []string {
-			return append([]string{"sh", "-c", `echo $$ > ` + own + `/cgroup.procs && exec "$@"`, "sh"}, argv...)
-		}})
-	b.waitLog("cgroups v2", 5*time.Second)
-	if strings.Contains(b.logs.String(), "starting it inside its cgroup failed") {
-		t.Fatalf("CLONE_INTO_CGROUP was refused:\n%s", b.logs.String())
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Uid:" {
+			return f[1]
+		}
 	}
+	t.Fatalf("/proc/%d/status has no Uid line", pid)
+	return ""
+}
+
+// TestNonRootWorkersInTheirCgroups: with app.user a non-root user and
+// berth managing cgroup v1, forked workers (preload), a companion program
+// and the zygote run as that user, each in its own group with its limits,
+// and an OOM kill is seen and reported. The forked worker used to write its
+// own cgroup.procs, which only root may: every fork failed with EACCES and
+// berth exited 4.
+func TestNonRootWorkersInTheirCgroups(t *testing.T) {
+	requireCgroupV1(t)
+	if os.Geteuid() != 0 {
+		t.Skip("app.user applies only when berth runs as root")
+	}
+	b := startBerth(t, berthOpts{host: true,
+		config: "app: {chdir: $APP, python: $PY, user: nobody}\n" +
+			"workers: {count: 2, preload: true}\n" +
+			"resources:\n  worker: {memory: {limit: 64Mi}}\n" +
+			"programs:\n  - {name: sleeper, command: [sleep, '1000'], resources: {pids: {limit: 7}}}\n",
+		app: map[string]string{"wsgi.py": memoryApp}})
+	st := b.statusDoc()
+	if len(st.Workers) != 2 {
+		t.Fatalf("workers: %+v", st.Workers)
+	}
+	for _, w := range st.Workers {
+		if uid := procUID(t, w.PID); uid != "65534" {
+			t.Errorf("worker %s (pid %d) runs as uid %s, want 65534 (nobody)", w.ID, w.PID, uid)
+		}
+		if got := cgroupFile(t, w.PID, "memory", "memory.limit_in_bytes"); got != "67108864" {
+			t.Errorf("worker %s memory limit %s, want 67108864 (its own group)", w.ID, got)
+		}
+	}
+	var prog int
+	waitFor(t, 10*time.Second, "the program running", func() bool {
+		for _, p := range b.companions().Programs {
+			if p.Name == "sleeper" && p.PID > 0 {
+				prog = p.PID
+				return true
+			}
+		}
+		return false
+	})
+	if uid := procUID(t, prog); uid != "65534" {
+		t.Errorf("program runs as uid %s, want 65534", uid)
+	}
+	if got := cgroupFile(t, prog, "pids", "pids.max"); got != "7" {
+		t.Errorf("program pids.max %s, want 7 (its own group)", got)
+	}
+	resp, err := http.Post(b.url("/eat"), "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 502 {
+		t.Fatalf("request of the OOM-killed worker: %d, want 502", resp.StatusCode)
+	}
+	b.waitLog("killed by the kernel OOM killer: limit 64Mi", 10*time.Second)
+	waitFor(t, 15*time.Second, "replacement ready", func() bool {
+		st := b.statusDoc()
+		return st.Restarts["oom"] == 1 && st.State == "ready" && b.readyWorkers() == 2
+	})
 	for _, w := range b.statusDoc().Workers {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", w.PID))
-		if err != nil {
-			t.Fatal(err)
+		if uid := procUID(t, w.PID); uid != "65534" {
+			t.Errorf("replacement worker %s runs as uid %s", w.ID, uid)
 		}
-		want := fmt.Sprintf("0::/berth-v2-test-%d/workers/w-%s\n", os.Getpid(), w.ID)
-		if !strings.Contains(string(data), want) {
-			t.Fatalf("worker %s: /proc/%d/cgroup has no %q:\n%s", w.ID, w.PID, want, data)
-		}
-	}
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", b.berthPid()))
-	if !strings.Contains(string(data), fmt.Sprintf("0::/berth-v2-test-%d/supervisor\n", os.Getpid())) {
-		t.Fatalf("supervisor did not move into its leaf:\n%s", data)
 	}
 }

@@ -1094,11 +1094,10 @@ def main_zygote():
             wid = str(cmd.get('id', ''))
             if not wid or not cmd.get('socket'):
                 raise ValueError('command needs "id" and "socket"')
-            # "cgroups": every cgroup.procs to join (cgroup v1 has one per
-            # hierarchy); "cgroup" alone is the older single-path form.
-            cgroups = cmd.get('cgroups') or ([cmd['cgroup']] if cmd.get('cgroup') else [])
+            # The supervisor moves the worker into its cgroup (it may write
+            # cgroup.procs; this process, as app.user, may not).
             reply = {'id': wid, 'pid': fork_worker(app, threads, zsock, rfile, wid,
-                                                   str(cmd['socket']), cgroups, kind)}
+                                                   str(cmd['socket']), kind)}
         except Exception as e:
             reply = {'id': wid, 'error': str(e) or type(e).__name__}
             log('cannot start worker %s: %s' % (wid or '?', reply['error']))
@@ -1152,7 +1151,7 @@ def _die_with_supervisor(intermediate):
         _prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
+def fork_worker(app, threads, zsock, rfile, wid, path, kind='wsgi'):
     """Double-fork a worker; return its pid once it listens (or raise with its error)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -1165,7 +1164,7 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
             # already happened.
             intermediate = os.getpid()
             if os.fork() == 0:
-                _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind, intermediate)
+                _worker_child(app, threads, zsock, rfile, w, wid, path, kind, intermediate)
             os._exit(0)  # the worker is orphaned and reparented to the supervisor
         except BaseException as e:
             try:
@@ -1187,16 +1186,12 @@ def fork_worker(app, threads, zsock, rfile, wid, path, cgroups, kind='wsgi'):
     raise RuntimeError(msg or 'worker died before it could listen')
 
 
-def _worker_child(app, threads, zsock, rfile, w, wid, path, cgroups, kind, intermediate):
+def _worker_child(app, threads, zsock, rfile, w, wid, path, kind, intermediate):
     try:
         set_log_id(wid)
         os.environ['BERTH_WORKER_ID'] = wid
         rfile.close()
         zsock.close()
-        # Join the worker's cgroup before serving a single request.
-        for procs in cgroups:
-            with open(procs, 'w') as f:
-                f.write(str(os.getpid()))
         random.seed()
         worker = Worker(app, wid, path, threads)
         worker.bind()
