@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
-	"golang.org/x/sys/unix"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // The tests in this file run against a directory standing in for a cgroup v2
