@@ -32,7 +32,10 @@ const usage = `berth serves a Python WSGI app: supervisor, HTTP proxy and worker
 
 Usage:
   berth run [--config PATH] [--app DIR]   run the server (the container's entrypoint)
-  berth check [--config PATH] [--print]   validate a config like nginx -t (exit 0 or 1)
+  berth check [--config PATH] [--print] [--file-only]
+                                          validate a config like nginx -t (exit 0 or 1), and
+                                          this machine for it as berth run would (users, paths,
+                                          commands, certificates) unless --file-only
   berth status [--config PATH] [--admin ADDR] [--json | --quiet | --live]
                                           ask the running server how it is
   berth import [--check] [--python PATH] FILE...
@@ -140,6 +143,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fl.SetOutput(stderr)
 	cfgFlag := fl.String("config", "", "config file to check")
 	print := fl.Bool("print", false, "print the effective config with every default filled in")
+	fileOnly := fl.Bool("file-only", false, "check the file alone, not this machine's users, paths and certificates (a config meant for another machine or an image)")
 	if err := fl.Parse(args); err != nil {
 		return 2
 	}
@@ -168,6 +172,25 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintln(stderr, summary)
+	if *fileOnly {
+		fmt.Fprintln(stderr, "berth check: --file-only: this machine's users, paths and certificates were not checked")
+		return 0
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth check: %v\n", err)
+		return 1
+	}
+	hc := supervisor.CheckHost(cfg)
+	for _, s := range hc.Skipped {
+		fmt.Fprintf(stderr, "berth check: skipped here: %s\n", s)
+	}
+	if hc.Err != nil {
+		fmt.Fprintf(stderr, "%v\n", hc.Err)
+		fmt.Fprintf(stderr, "berth check: %s: the file is valid, but berth run would refuse it on this machine (exit 4); fix the above, or pass --file-only to check a config meant for another machine\n", path)
+		return 1
+	}
+	fmt.Fprintf(stderr, "berth check: on this machine, as berth run would start it (app's processes as %s): %d checks passed, %d skipped\n", hc.User, len(hc.Checked), len(hc.Skipped))
 	return 0
 }
 

@@ -94,7 +94,7 @@ func (u *unit) stage() int                   { return stageCompanions }
 func (u *unit) label() string { return u.kind + " " + u.name }
 
 // resolveUnit builds the spec of companion c of kind from cfg.
-func (s *Supervisor) resolveUnit(cfg *config.Config, kind string, c config.Companion) unitSpec {
+func resolveUnit(cfg *config.Config, kind string, c config.Companion) unitSpec {
 	sp := unitSpec{argv: append([]string(nil), c.Command...), user: c.User, dir: c.Chdir, resources: c.Resources,
 		stopSignal: syscall.SIGTERM, stopTimeout: jobStopGrace}
 	if len(sp.argv) > 0 && (sp.argv[0] == "python" || sp.argv[0] == "python3") {

@@ -27,7 +27,7 @@ type jobState struct {
 }
 
 func (s *Supervisor) jobUnit(cfg *config.Config, j config.Job) *unit {
-	sp := s.resolveUnit(cfg, kindJob, j.Companion)
+	sp := resolveUnit(cfg, kindJob, j.Companion)
 	sp.timeout = j.Timeout.D()
 	sp.rekey(kindJob)
 	sched, err := config.ParseSchedule(j.Schedule)

@@ -36,8 +36,9 @@ type preflightOS interface {
 	// Lstat describes path without following a final symlink.
 	Lstat(path string) (fileMeta, error)
 	Readlink(path string) (string, error)
-	// LookPath finds an executable the way berth starts app.python.
-	LookPath(file string) (string, error)
+	// LookPath finds an executable as a child whose PATH is path would
+	// ("" is berth's own PATH: how berth starts app.python).
+	LookPath(file, path string) (string, error)
 	// Identity is who berth's children run as for app.user user.
 	Identity(user string) (identity, error)
 	// UserName names uid for messages; "" when it has no name.
@@ -66,19 +67,48 @@ type preflightError struct{ error }
 
 func (e preflightError) Unwrap() error { return e.error }
 
-// preflight checks cfg before the first start. runDir holds the worker
-// runtime the Python processes read. The error lists every failure, one per
-// line.
+// preflight checks cfg before the first start (and before a reload's).
+// runDir holds the worker runtime the Python processes read. The error lists
+// every failure, one per line.
 func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
+	return checkHost(pos, cfg, runDir, false).err()
+}
+
+// hostReport is what the checks of one config against this machine found.
+type hostReport struct {
+	checked []string // what was checked and passed, for berth check
+	skipped []string // what could not be checked here, each with why
+	errs    []error
+}
+
+func (r *hostReport) err() error {
+	if len(r.errs) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(r.errs))
+	for i, e := range r.errs {
+		msgs[i] = "  " + e.Error()
+	}
+	return preflightError{fmt.Errorf("pre-flight check failed: the app's processes cannot start:\n%s", strings.Join(msgs, "\n"))}
+}
+
+// checkHost runs every pre-flight check of cfg. lenient is berth check's
+// mode: a path the checking process itself may not look at (it is not
+// root) is reported as skipped instead of failed, and runDir "" (no run
+// directory yet) skips the runtime file berth run writes at start.
+func checkHost(pos preflightOS, cfg *config.Config, runDir string, lenient bool) *hostReport {
+	r := &hostReport{}
 	id, err := pos.Identity(cfg.App.User)
 	if err != nil {
-		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+		r.errs = append(r.errs, err)
+		return r
 	}
-	c := &checker{pos: pos, id: id}
+	c := &checker{pos: pos, id: id, report: r, lenient: lenient}
+	r.checked = append(r.checked, fmt.Sprintf("app.user %s (uid %d)", id.name, id.uid))
 	// In edge mode no worker runs: Python and the app's directories are
-	// not needed (a companion program checks its own command at start).
+	// not needed.
 	if !cfg.Edge() {
-		if py, err := pos.LookPath(cfg.App.Python); err != nil {
+		if py, err := pos.LookPath(cfg.App.Python, ""); err != nil {
 			c.fail(fmt.Errorf("app.python %q cannot be run: %w; install Python 3 or set app.python to an interpreter path (a venv's bin/python works)", cfg.App.Python, err))
 		} else {
 			c.need("app.python", py, needRun)
@@ -93,7 +123,9 @@ func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
 		for i, p := range cfg.App.PythonPath {
 			c.needExisting(fmt.Sprintf("app.pythonpath[%d]", i), p, needList, "create it or remove it from app.pythonpath")
 		}
-		c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
+		if runDir != "" {
+			c.need("run directory", filepath.Join(runDir, pyworker.RuntimeFile), needRead)
+		}
 	}
 	for i, st := range cfg.Static {
 		if st.File != "" {
@@ -107,17 +139,60 @@ func preflight(pos preflightOS, cfg *config.Config, runDir string) error {
 				continue
 			}
 		}
+		if m, err := pos.Lstat(abs(st.Dir)); err == nil && m.mode.IsRegular() {
+			c.fail(fmt.Errorf("static[%d].dir %s is a file, not a directory: to serve one file at %s, write {url: %s, file: %s}", i, st.Dir, st.URL, strings.TrimSuffix(st.URL, "/"), st.Dir))
+			continue
+		}
 		// The proxy serves static files, as the same user.
 		c.needExisting(fmt.Sprintf("static[%d].dir", i), st.Dir, needList, "create it (Django: manage.py collectstatic) or fix static.dir")
 	}
-	if len(c.errs) == 0 {
-		return nil
+	checkCompanions(pos, cfg, c)
+	return r
+}
+
+// checkCompanions checks each task, program and job as its start would:
+// its user exists, its command is found in its PATH and that user may run
+// it, its directory may be entered.
+func checkCompanions(pos preflightOS, cfg *config.Config, app *checker) {
+	type comp struct {
+		setting, kind string
+		c             config.Companion
 	}
-	msgs := make([]string, len(c.errs))
-	for i, e := range c.errs {
-		msgs[i] = "  " + e.Error()
+	var all []comp
+	for i, t := range cfg.Tasks.BeforeStart {
+		all = append(all, comp{fmt.Sprintf("tasks.before_start[%d] (%s)", i, t.Name), kindTask, t.Companion})
 	}
-	return preflightError{fmt.Errorf("pre-flight check failed: the app's processes cannot start:\n%s", strings.Join(msgs, "\n"))}
+	for i, t := range cfg.Tasks.BeforeRoll {
+		all = append(all, comp{fmt.Sprintf("tasks.before_roll[%d] (%s)", i, t.Name), kindTask, t.Companion})
+	}
+	for i, p := range cfg.Programs {
+		all = append(all, comp{fmt.Sprintf("programs[%d] (%s)", i, p.Name), kindProgram, p.Companion})
+	}
+	for i, j := range cfg.Cron {
+		all = append(all, comp{fmt.Sprintf("cron[%d] (%s)", i, j.Name), kindJob, j.Companion})
+	}
+	checkers := map[string]*checker{cfg.App.User: app}
+	for _, cp := range all {
+		sp := resolveUnit(cfg, cp.kind, cp.c)
+		c := checkers[sp.user]
+		if c == nil {
+			id, err := pos.Identity(sp.user)
+			if err != nil {
+				app.fail(fmt.Errorf("%s user: %w", cp.setting, err))
+				continue
+			}
+			c = &checker{pos: pos, id: id, report: app.report, lenient: app.lenient}
+			checkers[sp.user] = c
+		}
+		if len(sp.argv) > 0 {
+			if exe, err := pos.LookPath(sp.argv[0], envValue(sp.env, "PATH")); err != nil {
+				c.fail(fmt.Errorf("%s command: %w; install it in the image or give its absolute path", cp.setting, err))
+			} else {
+				c.need(cp.setting+" command", exe, needRun)
+			}
+		}
+		c.needExisting(cp.setting+" chdir", sp.dir, needList, "create it, or set chdir (or app.chdir) to the project's directory")
+	}
 }
 
 // access is what a check needs of the final path.
@@ -130,12 +205,23 @@ const (
 )
 
 type checker struct {
-	pos  preflightOS
-	id   identity
-	errs []error
+	pos     preflightOS
+	id      identity
+	report  *hostReport
+	lenient bool // berth check: what this process may not look at is skipped
 }
 
-func (c *checker) fail(err error) { c.errs = append(c.errs, err) }
+func (c *checker) fail(err error) { c.report.errs = append(c.report.errs, err) }
+
+// failOrSkip fails with err, or in lenient mode records a check this
+// process could not make because it may not look at a path (not root).
+func (c *checker) failOrSkip(setting, path string, err error) {
+	if c.lenient && errors.Is(err, fs.ErrPermission) {
+		c.report.skipped = append(c.report.skipped, fmt.Sprintf("%s %s: %v (berth check runs as uid %d; run it as root to check this)", setting, path, err, os.Geteuid()))
+		return
+	}
+	c.fail(fmt.Errorf("%s %s: %w", setting, path, err))
+}
 
 // needExisting is need for a path that must exist; missing says how to fix
 // its absence.
@@ -143,6 +229,9 @@ func (c *checker) needExisting(setting, path string, a access, missing string) {
 	var me missingError
 	if _, _, err := c.walk(abs(path)); errors.As(err, &me) && me.path == abs(path) {
 		c.fail(fmt.Errorf("%s %s does not exist: %s", setting, path, missing))
+		return
+	} else if err != nil {
+		c.failOrSkip(setting, path, err)
 		return
 	}
 	c.need(setting, path, a)
@@ -157,9 +246,15 @@ func (e missingError) Error() string { return e.path + " does not exist" }
 func (c *checker) need(setting, path string, a access) {
 	final, meta, err := c.walk(abs(path))
 	if err != nil {
-		c.fail(fmt.Errorf("%s %s: %w", setting, path, err))
+		c.failOrSkip(setting, path, err)
 		return
 	}
+	n := len(c.report.errs)
+	defer func() {
+		if len(c.report.errs) == n {
+			c.report.checked = append(c.report.checked, setting+" "+path)
+		}
+	}()
 	switch a {
 	case needList:
 		if !meta.mode.IsDir() {
@@ -326,7 +421,12 @@ func (realPreflightOS) Lstat(path string) (fileMeta, error) {
 }
 
 func (realPreflightOS) Readlink(path string) (string, error) { return os.Readlink(path) }
-func (realPreflightOS) LookPath(file string) (string, error) { return exec.LookPath(file) }
+func (realPreflightOS) LookPath(file, path string) (string, error) {
+	if path == "" {
+		return exec.LookPath(file)
+	}
+	return lookPathIn(file, path)
+}
 
 // Identity mirrors credentialFor: as root, children drop to user with its
 // primary group only; otherwise they run as berth does.
@@ -357,4 +457,51 @@ func (realPreflightOS) UserName(uid int) string {
 		return u.Username
 	}
 	return ""
+}
+
+// HostCheck is what berth check found of a config on this machine.
+type HostCheck struct {
+	User    string   // who the workers would run as: "www-data (uid 33)"
+	Checked []string // each check that passed: "app.chdir /srv/app"
+	Skipped []string // each check that could not run here, with why
+	Err     error    // nil, or every failure, one per line
+}
+
+// CheckHost runs for berth check the pre-flight checks berth run makes
+// before it starts anything (users, interpreter, directories, companions'
+// commands, certificate pairs), with the config's users and paths, as berth
+// started as root would use them. What this process may not look at (it is
+// not root) is skipped and said so, not failed.
+func CheckHost(cfg *config.Config) HostCheck {
+	r := checkHost(checkPreflightOS{}, cfg, "", true)
+	var hc HostCheck
+	if len(r.checked) > 0 && strings.HasPrefix(r.checked[0], "app.user ") {
+		hc.User = strings.TrimPrefix(r.checked[0], "app.user ")
+	}
+	if _, err := loadCertificates(cfg); err != nil {
+		if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+			r.skipped = append(r.skipped, fmt.Sprintf("%v (berth check runs as uid %d; run it as root to check the certificate pairs)", err, os.Geteuid()))
+		} else {
+			r.errs = append(r.errs, err)
+		}
+	} else if len(cfg.TLS.Certificates) > 0 {
+		r.checked = append(r.checked, fmt.Sprintf("tls.certificates: %d usable pair(s)", len(cfg.TLS.Certificates)))
+	}
+	hc.Checked, hc.Skipped, hc.Err = r.checked, r.skipped, r.err()
+	return hc
+}
+
+// checkPreflightOS is the running system as berth started as root sees it:
+// app.user is looked up whoever runs berth check.
+type checkPreflightOS struct{ realPreflightOS }
+
+func (checkPreflightOS) Identity(name string) (identity, error) {
+	if name == "" || os.Geteuid() == 0 {
+		return realPreflightOS{}.Identity(name)
+	}
+	uid, gid, err := lookupUser(name)
+	if err != nil {
+		return identity{}, err
+	}
+	return identity{name: name, uid: uid, gids: []int{gid}, switched: true}, nil
 }

@@ -36,7 +36,7 @@ func (f fakeFS) Lstat(path string) (fileMeta, error) {
 
 func (f fakeFS) Readlink(path string) (string, error) { return f.files[path].target, nil }
 
-func (f fakeFS) LookPath(file string) (string, error) {
+func (f fakeFS) LookPath(file, _ string) (string, error) {
 	if strings.Contains(file, "/") {
 		return file, nil
 	}
@@ -176,6 +176,31 @@ func TestPreflight(t *testing.T) {
 				c.Static = []config.Static{{URL: "/s/", Dir: "/srv/app/collected"}}
 				c.Tasks.BeforeStart = []config.Task{{Companion: config.Companion{Name: "collectstatic", Command: []string{"python3", "manage.py", "collectstatic"}}}}
 			}},
+		{name: "static dir is a file: the hint names static.file",
+			user: "nobody", edit: func(c *config.Config) { c.Static = []config.Static{{URL: "/favicon.ico/", Dir: "/srv/app/file-not-dir"}} },
+			want: []string{"static[0].dir /srv/app/file-not-dir is a file, not a directory: to serve one file at /favicon.ico/, write {url: /favicon.ico, file: /srv/app/file-not-dir}"}},
+		{name: "a program's command not found",
+			user: "nobody", edit: func(c *config.Config) {
+				c.Programs = []config.Program{{Companion: config.Companion{Name: "q", Command: []string{"celery", "worker"}}}}
+			},
+			want: []string{`programs[0] (q) command: executable file not found in $PATH; install it in the image or give its absolute path`}},
+		{name: "a job's command its user cannot run",
+			user: "nobody", change: map[string]fakeEntry{"/usr/bin/python3.11": {mode: 0o750}},
+			edit: func(c *config.Config) {
+				c.App.Python = "/opt/venv/bin/python"
+				c.Cron = []config.Job{{Companion: config.Companion{Name: "clear", Command: []string{"/usr/bin/python3", "manage.py"}}}}
+			},
+			want: []string{"cron[0] (clear) command /usr/bin/python3: user nobody (uid 65534) cannot run /usr/bin/python3.11"}},
+		{name: "a program of its own user, who is unknown",
+			user: "nobody", edit: func(c *config.Config) {
+				c.Programs = []config.Program{{Companion: config.Companion{Name: "q", Command: []string{"/usr/bin/python3"}, User: "ghost"}}}
+			},
+			want: []string{"programs[0] (q) user: app.user: user: unknown user ghost"}},
+		{name: "a task's own chdir is missing",
+			user: "nobody", edit: func(c *config.Config) {
+				c.Tasks.BeforeStart = []config.Task{{Companion: config.Companion{Name: "m", Command: []string{"/usr/bin/python3"}, Chdir: "/srv/gone"}}}
+			},
+			want: []string{"tasks.before_start[0] (m) chdir /srv/gone does not exist"}},
 		{name: "static dir the proxy's user cannot list",
 			user: "nobody", change: map[string]fakeEntry{"/srv/app/static": {mode: dir | 0o701}},
 			edit: func(c *config.Config) { c.Static = []config.Static{{URL: "/s/", Dir: "/srv/app/static"}} },

@@ -32,7 +32,7 @@ type programState struct {
 }
 
 func (s *Supervisor) programUnit(cfg *config.Config, p config.Program) *unit {
-	sp := s.resolveUnit(cfg, kindProgram, p.Companion)
+	sp := resolveUnit(cfg, kindProgram, p.Companion)
 	sp.stopSignal = syscall.Signal(config.SignalNumber(p.StopSignal))
 	sp.stopTimeout = p.StopTimeout.D()
 	sp.restart, sp.required = p.Restart, p.Required

@@ -186,7 +186,9 @@ func (s *Supervisor) prepare(st *staged) error {
 		}
 		return fmt.Errorf("routes no longer send every request (url /) to upstreams, so berth would need workers: switching from edge mode to an app needs a restart")
 	}
-	if err := s.preflight(cfg); err != nil {
+	// The same checks as at boot: a user that does not exist would
+	// otherwise be found only when a worker starts, with the roll under way.
+	if err := preflight(realPreflightOS{}, cfg, s.runDir); err != nil {
 		return err
 	}
 	var err error
@@ -217,27 +219,6 @@ func (s *Supervisor) prepare(st *staged) error {
 			return err
 		}
 		s.startGeneration(st.gen)
-	}
-	return nil
-}
-
-// preflight checks what a reload's processes will need before anything is
-// started: a user that does not exist would otherwise be found only when a
-// worker starts, with the roll already under way.
-func (s *Supervisor) preflight(cfg *config.Config) error {
-	if _, err := credentialFor(cfg.App.User); err != nil {
-		return fmt.Errorf("app.user %q: %w", cfg.App.User, err)
-	}
-	if st, err := os.Stat(cfg.App.Chdir); err == nil && !st.IsDir() {
-		return fmt.Errorf("app.chdir %s is not a directory; point it at the app's directory", cfg.App.Chdir)
-	}
-	for i, sf := range cfg.Static {
-		if sf.File != "" {
-			continue
-		}
-		if st, err := os.Stat(sf.Dir); err != nil || !st.IsDir() {
-			return fmt.Errorf("static[%d].dir %s is not a directory (%v); create it or remove the entry", i, sf.Dir, err)
-		}
 	}
 	return nil
 }

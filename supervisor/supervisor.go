@@ -270,6 +270,11 @@ func (s *Supervisor) boot() error {
 	// signal that kills PID 1 because a log reader went away.
 	signal.Ignore(syscall.SIGPIPE)
 
+	// The run directory is chowned to app.user: an unknown user is a
+	// pre-flight failure (exit 4, as berth check says), not a boot error.
+	if _, err := credentialFor(s.cfg.App.User); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
 	dir, err := prepareRunDir(s.opts.RunDir, s.cfg.App.User)
 	if err != nil {
 		return err

@@ -25,7 +25,7 @@ type taskRun struct {
 func (s *Supervisor) newTasks(cfg *config.Config, phase string, list []config.Task) *taskRun {
 	tr := &taskRun{phase: phase}
 	for _, t := range list {
-		sp := s.resolveUnit(cfg, kindTask, t.Companion)
+		sp := resolveUnit(cfg, kindTask, t.Companion)
 		sp.timeout = t.Timeout.D()
 		sp.rekey(kindTask)
 		tr.units = append(tr.units, &unit{kind: kindTask, name: t.Name, spec: sp, onEnd: s.taskEnded})
