@@ -177,7 +177,9 @@ func TestPreflight(t *testing.T) {
 				c.Tasks.BeforeStart = []config.Task{{Companion: config.Companion{Name: "collectstatic", Command: []string{"python3", "manage.py", "collectstatic"}}}}
 			}},
 		{name: "static dir is a file: the hint names static.file",
-			user: "nobody", edit: func(c *config.Config) { c.Static = []config.Static{{URL: "/favicon.ico/", Dir: "/srv/app/file-not-dir"}} },
+			user: "nobody", edit: func(c *config.Config) {
+				c.Static = []config.Static{{URL: "/favicon.ico/", Dir: "/srv/app/file-not-dir"}}
+			},
 			want: []string{"static[0].dir /srv/app/file-not-dir is a file, not a directory: to serve one file at /favicon.ico/, write {url: /favicon.ico, file: /srv/app/file-not-dir}"}},
 		{name: "a program's command not found",
 			user: "nobody", edit: func(c *config.Config) {
