@@ -23,8 +23,11 @@ type envItem struct {
 	item
 }
 
+// staticItem is one static: entry: a directory served below url, or with
+// file set, the one file dir names served at url.
 type staticItem struct {
 	url, dir item
+	file     bool
 }
 
 // builder collects the berth settings the translators find, keeps each one's
@@ -121,7 +124,15 @@ func (b *builder) setEnv(name, value string, src Source) {
 }
 
 // addStatic maps url onto dir, once per url.
-func (b *builder) addStatic(url, dir item) {
+func (b *builder) addStatic(url, dir item) { b.addStaticEntry(staticItem{url: url, dir: dir}) }
+
+// addStaticFile maps url to the one file at file.value.
+func (b *builder) addStaticFile(url, file item) {
+	b.addStaticEntry(staticItem{url: url, dir: file, file: true})
+}
+
+func (b *builder) addStaticEntry(e staticItem) {
+	url, dir := e.url, e.dir
 	for _, s := range b.static {
 		if s.url.value != url.value {
 			continue
@@ -133,7 +144,7 @@ func (b *builder) addStatic(url, dir item) {
 		}
 		return
 	}
-	b.static = append(b.static, staticItem{url, dir})
+	b.static = append(b.static, e)
 }
 
 // maxShown bounds a value in the listing; a types {} block or a long

@@ -62,7 +62,9 @@ func TestGolden(t *testing.T) {
 			}
 			// Relative names, as a user in that directory would type them.
 			t.Chdir(dir)
-			res, err := Import(args, Options{NginxPrefix: "/nonexistent"})
+			// Paths the importer looks at on the machine are looked up
+			// under the case's root/ (none: nothing exists).
+			res, err := Import(args, Options{NginxPrefix: "/nonexistent", FSRoot: "root"})
 			if err != nil {
 				t.Fatalf("Import: %v", err)
 			}

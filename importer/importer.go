@@ -39,6 +39,9 @@ type Options struct {
 	// NginxPrefix is the directory nginx resolves relative include paths
 	// against, tried when the path is not found beside the main file.
 	NginxPrefix string
+	// FSRoot is where absolute paths are looked up when the importer asks
+	// this machine what a path is (a file or a directory); "" is /.
+	FSRoot string
 }
 
 // Reason says why a setting was not translated.
@@ -211,7 +214,7 @@ func Import(files []string, opt Options) (*Result, error) {
 	}
 	for _, in := range inputs {
 		if in.kind == kindNginx {
-			if err := importNginx(b, in.path, opt.NginxPrefix); err != nil {
+			if err := importNginx(b, in.path, opt.NginxPrefix, opt.FSRoot); err != nil {
 				return nil, err
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -300,5 +301,75 @@ func TestOddValues(t *testing.T) {
 	}
 	if n := len(res.Untranslated()); n != 15 {
 		t.Errorf("%d listed as not translated, want 15:\n%s", n, res.YAML)
+	}
+}
+
+// TestNginxAliasToOneFile: a location whose alias is one file becomes
+// static[].file (nginx served that file at that URL), found by looking at
+// the machine or, when the path is not there, by its name; an exact
+// location with root is a file at root + URL; a directory stays dir.
+func TestNginxAliasToOneFile(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"srv/img", "srv/static"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "srv/img/icon"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, loc, want string }{
+		{"alias names a file here", "location /favicon.ico { alias /srv/img/icon; }",
+			"  - url: /favicon.ico  # x.conf:1 location /favicon.ico (in server): a file here, so one URL, one file; nginx's prefix location also matched /favicon.ico…, which served nothing but this file\n    file: /srv/img/icon"},
+		{"alias not here, a file by its name", "location /robots.txt { alias /srv/gone/robots.txt; }",
+			"    file: /srv/gone/robots.txt"},
+		{"alias is a directory here", "location /s { alias /srv/static; }",
+			"  - url: /s/"},
+		{"exact location with root", "location = /favicon.ico { root /srv/img; }",
+			"    file: /srv/img/favicon.ico"},
+		{"exact location with alias", "location = /robots.txt { alias /srv/img/icon; }",
+			"  - url: /robots.txt  # x.conf:1 location = /robots.txt (in server)\n    file: /srv/img/icon"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			conf := filepath.Join(dir, "x.conf")
+			if err := os.WriteFile(conf, []byte("server { listen 8080; location / { uwsgi_pass 127.0.0.1:3031; } "+tc.loc+" }\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Chdir(dir)
+			res, err := Import([]string{"x.conf"}, Options{NginxPrefix: "/nonexistent", FSRoot: root})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := regexp.MustCompile(` +#`).ReplaceAllString(string(res.YAML), "  #")
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, res.YAML)
+			}
+			if _, err := config.Parse("berth.yaml", res.YAML); err != nil {
+				t.Errorf("output does not parse: %v", err)
+			}
+		})
+	}
+}
+
+func TestUnknownUwsgiKey(t *testing.T) {
+	for _, tc := range []struct{ key, want string }{
+		{"process", "not a uWSGI option: uWSGI kept it as a placeholder (usable as %(process)) and did nothing else with it (with strict = true it would have refused to start); the nearest option is processes"},
+		{"no-such-thing-at-all", "not a uWSGI option: uWSGI kept it as a placeholder (usable as %(no-such-thing-at-all))"},
+		{"cpu-affinity", "berth import does not translate this uWSGI option"},
+	} {
+		dir := t.TempDir()
+		ini := filepath.Join(dir, "u.ini")
+		os.WriteFile(ini, []byte("[uwsgi]\nmodule = app:application\n"+tc.key+" = 2\n"), 0o644)
+		res, err := Import([]string{ini}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(res.YAML), tc.want) {
+			t.Errorf("%s: output lacks %q:\n%s", tc.key, tc.want, res.YAML)
+		}
+		if tc.key == "no-such-thing-at-all" && strings.Contains(string(res.YAML), "nearest") {
+			t.Errorf("%s: a nearest option named for a key near none:\n%s", tc.key, res.YAML)
+		}
 	}
 }

@@ -3,7 +3,9 @@ package importer
 import (
 	"fmt"
 	"net"
+	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -61,16 +63,17 @@ type nginxImport struct {
 	logFormats map[string]*ndir
 	// rootUsed marks root directives that a static location translated.
 	rootUsed map[*ndir]bool
-	site     bool // an app server block was translated
+	site     bool   // an app server block was translated
+	fsRoot   string // Options.FSRoot
 }
 
 // importNginx translates one nginx config and the files it includes.
-func importNginx(b *builder, file, prefix string) error {
+func importNginx(b *builder, file, prefix, fsRoot string) error {
 	dirs, err := loadNginx(file, prefix)
 	if err != nil {
 		return err
 	}
-	n := &nginxImport{b: b, upstreams: map[string]*ndir{}, used: map[*ndir]bool{}, rootUsed: map[*ndir]bool{}, logFormats: map[string]*ndir{}}
+	n := &nginxImport{b: b, upstreams: map[string]*ndir{}, used: map[*ndir]bool{}, rootUsed: map[*ndir]bool{}, logFormats: map[string]*ndir{}, fsRoot: fsRoot}
 	root := &nginxScope{where: "", vals: map[string]*ndir{}}
 	n.collectUpstreams(dirs)
 	n.collectLogFormats(dirs)
@@ -293,14 +296,18 @@ func (n *nginxImport) location(l *ndir, parent *nginxScope) {
 	case alias == nil && root == nil:
 		n.b.skip(src, src.raw, NoEquivalent, "this location neither serves files nor reaches the app; berth has no per-location rules")
 		return
-	case mod == "=":
-		n.b.skip(src, src.raw, NotYetSupported, "one file at an exact URL needs static file: entries ({url: %s, file: …})", p)
-		return
-	case mod != "" && mod != "^~" || strings.HasPrefix(p, "@"):
+	case mod != "" && mod != "^~" && mod != "=" || strings.HasPrefix(p, "@"):
 		n.b.skip(src, src.raw, NoEquivalent, "berth maps static URLs by prefix, not by regular expression or name")
 		return
 	case p == "/":
 		n.b.skip(src, src.raw, NeedsDecision, "files at / before the app: berth serves static files only under static: URL prefixes; list the directories to serve")
+		return
+	}
+	if file, note, ok := n.oneFile(mod, p, alias, root, where); ok {
+		n.b.addStaticFile(item{value: p, src: src, note: note}, file)
+		n.staticRest(l, alias, root, where)
+		return
+	} else if file.value == "-" {
 		return
 	}
 	url := p
@@ -327,6 +334,58 @@ func (n *nginxImport) location(l *ndir, parent *nginxScope) {
 		n.rootUsed[root] = true
 	}
 	n.b.addStatic(item{value: url, src: src, note: urlNote}, dir)
+	n.staticRest(l, alias, root, where)
+}
+
+// oneFile decides whether a static location serves one file, as
+// static[].file: an exact location (= /favicon.ico) with root or alias, or a
+// prefix location whose alias names a file (location /favicon.ico { alias
+// /srv/img/favicon.ico; }: nginx then serves that file at that URL). A
+// file is known by looking at this machine; one not found here is taken for
+// a file when neither the URL nor the alias ends in / and the alias has an
+// extension. file.value "-" means the location was refused (skipped).
+func (n *nginxImport) oneFile(mod, p string, alias, root *ndir, where string) (file item, note string, ok bool) {
+	bad := func(d *ndir) bool {
+		return len(d.args) != 1 || strings.Contains(d.args[0], "$") || !strings.HasPrefix(d.args[0], "/")
+	}
+	if mod == "=" {
+		if alias != nil {
+			if bad(alias) {
+				n.b.skip(alias.src(where), alias.text(), NeedsDecision, "static files must be absolute paths without variables")
+				return item{value: "-"}, "", false
+			}
+			return item{value: path.Clean(alias.args[0]), src: alias.src(where)}, "", true
+		}
+		if bad(root) {
+			n.b.skip(root.src(where), root.text(), NeedsDecision, "static files must be absolute paths without variables")
+			return item{value: "-"}, "", false
+		}
+		n.rootUsed[root] = true
+		return item{value: path.Join(root.args[0], p), src: root.src(""), note: "root + " + p}, "", true
+	}
+	if alias == nil || bad(alias) || strings.HasSuffix(p, "/") || strings.HasSuffix(alias.args[0], "/") {
+		return item{}, "", false
+	}
+	target := path.Clean(alias.args[0])
+	st, err := os.Stat(filepath.Join(n.fsRoot, target))
+	switch {
+	case err == nil && st.Mode().IsRegular():
+		note = "a file here, so one URL, one file"
+	case err == nil:
+		return item{}, "", false
+	case path.Ext(target) != "":
+		note = "not found on this machine; taken for a file by its name"
+	default:
+		return item{}, "", false
+	}
+	if mod == "" {
+		note += fmt.Sprintf("; nginx's prefix location also matched %s…, which served nothing but this file", p)
+	}
+	return item{value: target, src: alias.src(where)}, note, true
+}
+
+// staticRest translates the rest of a static location's directives.
+func (n *nginxImport) staticRest(l *ndir, alias, root *ndir, where string) {
 	for _, d := range l.block {
 		if d == alias || d == root {
 			continue

@@ -83,7 +83,11 @@ func (b *builder) render(inputs []string) []byte {
 		for i := range b.static {
 			s := &b.static[i]
 			emit("  - url: "+yamlScalar(s.url.value), &s.url)
-			emit("    dir: "+yamlScalar(s.dir.value), &s.dir)
+			if s.file {
+				emit("    file: "+yamlScalar(s.dir.value), &s.dir)
+			} else {
+				emit("    dir: "+yamlScalar(s.dir.value), &s.dir)
+			}
 		}
 	}
 	if section("proxy", "max_body_size", "trusted_proxies", "access_log") {

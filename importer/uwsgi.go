@@ -1,6 +1,7 @@
 package importer
 
 import (
+	_ "embed"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -295,8 +296,81 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 			b.skip(src, o.raw, NotNeeded, "a placeholder: its value is used where %%(%s) names it", o.name)
 			return
 		}
-		b.skip(src, o.raw, NeedsDecision, "berth import does not know this uWSGI option; check whether berth needs an equivalent")
+		if uwsgiOptions[k] {
+			b.skip(src, o.raw, NeedsDecision, "berth import does not translate this uWSGI option; check whether berth needs an equivalent")
+			return
+		}
+		why := fmt.Sprintf("not a uWSGI option: uWSGI kept it as a placeholder (usable as %%(%s)) and did nothing else with it (with strict = true it would have refused to start)", k)
+		if near := nearestUwsgiOption(k); near != "" {
+			why += fmt.Sprintf("; the nearest option is %s: if that was meant, the deployment ran without it, so decide whether berth should do what %s does", near, near)
+		}
+		b.skip(src, o.raw, NeedsDecision, "%s", why)
 	}
+}
+
+//go:embed uwsgi_options.txt
+var uwsgiOptionsText string
+
+// uwsgiOptions are the option names uWSGI 2.0 with the python3 plugin knows
+// (uwsgi_options.txt, from its --help); an ini key outside them is a
+// placeholder to uWSGI, whatever it was meant to be.
+var uwsgiOptions = func() map[string]bool {
+	m := map[string]bool{}
+	for _, line := range strings.Split(uwsgiOptionsText, "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			m[line] = true
+		}
+	}
+	return m
+}()
+
+// nearestUwsgiOption is the option within two edits of k ("process" →
+// "processes"), "" when none or several are as near.
+func nearestUwsgiOption(k string) string {
+	best, bestD, tie := "", 3, false
+	for opt := range uwsgiOptions {
+		// The bound is one past the best: a distance equal to it is a tie.
+		switch d := editDistance(k, opt, bestD+1); {
+		case d < bestD:
+			best, bestD, tie = opt, d, false
+		case d == bestD && best != "":
+			tie = true
+		}
+	}
+	if tie {
+		return ""
+	}
+	return best
+}
+
+// editDistance is Levenshtein's distance between a and b, or max when it
+// is at least max (the rows stop early).
+func editDistance(a, b string, max int) int {
+	if d := len(a) - len(b); d >= max || -d >= max {
+		return max
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		low := cur[0]
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			low = min(low, cur[j])
+		}
+		if low >= max {
+			return max
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], max)
 }
 
 // translateUwsgiSocket places one of uWSGI's sockets: behind an imported

@@ -226,6 +226,9 @@ func TestImportSideBySide(t *testing.T) {
 
 // peer is an nginx or uWSGI process the test started.
 type peer struct {
+	// stopSig ends it (zero: SIGTERM). uWSGI without die-on-term reloads
+	// on SIGTERM; SIGINT stops it.
+	stopSig  syscall.Signal
 	cmd      *exec.Cmd
 	out      *syncBuffer
 	exited   chan error
@@ -240,6 +243,9 @@ func startPeer(t *testing.T, name, dir string, argv ...string) *peer {
 	p.cmd.Dir = dir
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// A daemon the peer started in a session of its own (uWSGI's
+	// attach-daemon) may hold the output pipe open after the peer is gone.
+	p.cmd.WaitDelay = 3 * time.Second
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -252,11 +258,15 @@ func startPeer(t *testing.T, name, dir string, argv ...string) *peer {
 // first call acts.
 func (p *peer) stop(t *testing.T) {
 	p.stopOnce.Do(func() {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		sig := p.stopSig
+		if sig == 0 {
+			sig = syscall.SIGTERM
+		}
+		syscall.Kill(-p.cmd.Process.Pid, sig)
 		select {
 		case <-p.exited:
 		case <-time.After(10 * time.Second):
-			t.Logf("%s did not stop on SIGTERM within 10s; killing it", p.cmd.Path)
+			t.Logf("%s did not stop on %v within 10s; killing it", p.cmd.Path, sig)
 			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 			<-p.exited
 		}
