@@ -245,6 +245,11 @@ func describe(n *yaml.Node) string {
 		case "!!null":
 			return "nothing (null)"
 		}
+		// A value under another tag (!!int, a custom !tag) may still span
+		// lines or hold control characters: quoted, a message stays one line.
+		if strings.IndexFunc(n.Value, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 || len(n.Value) > 60 {
+			return quoteShort(n.Value)
+		}
 		return n.Value
 	}
 	return "an unsupported YAML node"
