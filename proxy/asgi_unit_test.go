@@ -77,7 +77,7 @@ func TestParseAccept(t *testing.T) {
 }
 
 func TestAppendHead(t *testing.T) {
-	// As checkTarget leaves it: origin-form.
+	// As checkRequest leaves it: origin-form.
 	r := httptest.NewRequest("POST", "/a%20b/c?x=1", nil)
 	r.Host = "example.com"
 	r.Header.Set("X_Spoof", "1")

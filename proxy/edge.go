@@ -82,6 +82,7 @@ func (m *mount) openFile() (*os.File, error) {
 // edgeMetrics are the edge features' series.
 type edgeMetrics struct {
 	handshakeErrors prometheus.Counter
+	h2Violations    *prometheus.CounterVec
 	compressed      *prometheus.CounterVec
 	cacheStatus     map[string]prometheus.Counter
 	cacheBytes      prometheus.Gauge
@@ -95,6 +96,10 @@ func newEdgeMetrics(reg *prometheus.Registry) *edgeMetrics {
 		Name: "berth_tls_handshake_errors_total",
 		Help: "TLS handshakes that failed (no common protocol or cipher, a client that gave up, a timeout).",
 	})
+	m.h2Violations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_h2_violations_total",
+		Help: "HTTP/2 connections ended with GOAWAY for abuse, by reason: flood (frames carrying next to nothing), header-block-frames, header-block-timeout.",
+	}, []string{"reason"})
 	m.compressed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "berth_compressed_responses_total",
 		Help: "Responses sent compressed, by encoding and source (worker, static sidecar file, static memory cache).",
@@ -119,6 +124,6 @@ func newEdgeMetrics(reg *prometheus.Registry) *edgeMetrics {
 		Name: "berth_static_compressed_cache_bytes",
 		Help: "Bytes of static files kept compressed in memory (files without a .br/.gz sidecar).",
 	})
-	reg.MustRegister(m.handshakeErrors, m.compressed, status, m.cacheBytes, m.cacheEntries, m.staticZipped)
+	reg.MustRegister(m.handshakeErrors, m.h2Violations, m.compressed, status, m.cacheBytes, m.cacheEntries, m.staticZipped)
 	return m
 }

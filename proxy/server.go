@@ -345,10 +345,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.refused.WithLabelValues(strconv.Itoa(rej.status)).Inc()
 		rs.rw.Header().Set("Connection", "close")
 		plainError(&rs.rw, rej.status, "berth: bad request: "+rej.reason+"\n")
-	} else if status, why := checkTarget(r); status != 0 {
+	} else if status, why := checkRequest(r); status != 0 {
 		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
 		h := rs.rw.Header()
-		h.Set("Connection", "close")
+		if r.ProtoMajor < 2 {
+			// HTTP/2 frames each request itself: the connection's other
+			// streams go on (x/net would turn this into GOAWAY).
+			h.Set("Connection", "close")
+		}
 		if status == http.StatusMethodNotAllowed {
 			h.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 		}

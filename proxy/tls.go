@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/control"
+	"github.com/berth-dev/berth/proxy/h2guard"
 	"golang.org/x/net/http2"
 )
 
@@ -229,7 +230,13 @@ func (s *Server) serveH2(tc *tls.Conn) {
 	}()
 	ci := newConnInfo(tc.RemoteAddr(), tc.LocalAddr())
 	ci.tls = true
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{
+	// x/net bounds a header block by bytes, not frames, and has no flood
+	// rule of its own: the guard reads the client's frames on the way.
+	gc := h2guard.Wrap(tc, h2guard.Limits{BlockTimeout: readHeaderTimeout}, func(v h2guard.Violation) {
+		s.edge.h2Violations.WithLabelValues(v.Reason).Inc()
+		s.logf("http2 %s from %s: %s; sent GOAWAY (ENHANCE_YOUR_CALM) and closed the connection", v.Reason, tc.RemoteAddr(), v.Detail)
+	})
+	s.h2.ServeConn(gc, &http2.ServeConnOpts{
 		Context:    context.WithValue(context.Background(), connKey{}, ci),
 		BaseConfig: s.http,
 		Handler:    s,
@@ -262,7 +269,9 @@ func (s *Server) shutdownH2(ctx context.Context) error {
 // newH2 sets up HTTP/2 beside s.http: the same idle timeout and header
 // limit, and graceful shutdown through s.http's shutdown hooks.
 func (s *Server) newH2() {
-	s.h2 = &http2.Server{IdleTimeout: idleTimeout}
+	// 16 KiB frames, as nginx reads them: x/net then refuses larger ones
+	// with FRAME_SIZE_ERROR (RFC 9113 §4.2) instead of advertising 1 MiB.
+	s.h2 = &http2.Server{IdleTimeout: idleTimeout, MaxReadFrameSize: 16 << 10}
 	s.h2c.conns = map[net.Conn]struct{}{}
 	s.tlsConf = s.newTLSConfig()
 	if err := http2.ConfigureServer(s.http, s.h2); err != nil {
