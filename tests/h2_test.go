@@ -256,9 +256,11 @@ func TestH2FloodsAreCutOff(t *testing.T) {
 		"empty CONTINUATION": func(fr *http2.Framer) { fr.WriteContinuation(1, false, nil) },
 		"empty DATA":         func(fr *http2.Framer) { fr.WriteData(1, false, nil) },
 		"PING":               func(fr *http2.Framer) { fr.WritePing(false, [8]byte{1}) },
-		"SETTINGS":           func(fr *http2.Framer) { fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100}) },
-		"WINDOW_UPDATE":      func(fr *http2.Framer) { fr.WriteWindowUpdate(0, 1) },
-		"PRIORITY":           func(fr *http2.Framer) { fr.WritePriority(1, http2.PriorityParam{Weight: 15}) },
+		"SETTINGS": func(fr *http2.Framer) {
+			fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
+		},
+		"WINDOW_UPDATE": func(fr *http2.Framer) { fr.WriteWindowUpdate(0, 1) },
+		"PRIORITY":      func(fr *http2.Framer) { fr.WritePriority(1, http2.PriorityParam{Weight: 15}) },
 		"rapid reset": func(fr *http2.Framer) {
 			// HEADERS then RST_STREAM, each on a new stream (CVE-2023-44487).
 			rapidID += 2
@@ -482,7 +484,7 @@ func TestH2ZeroWindowDoesNotHoldAWorker(t *testing.T) {
 // reason (docs/internals.md, "HTTP/2"). Any other failure fails the test,
 // and so does one of these passing (the list must shrink with it).
 var h2specKnown = map[string]string{
-	"http2/8.1.2.2/Sends a HEADERS frame that contains the connection-specific header field": "x/net answers 400 (a response RFC 9113 §8.1.1 allows for a malformed request); the request never reaches berth's handler",
+	"http2/8.1.2.2/Sends a HEADERS frame that contains the connection-specific header field":                     "x/net answers 400 (a response RFC 9113 §8.1.1 allows for a malformed request); the request never reaches berth's handler",
 	`http2/8.1.2.2/Sends a HEADERS frame that contains the TE header field with any value other than "trailers"`: "as above",
 }
 

@@ -124,7 +124,7 @@ type Conn struct {
 	report func(Violation) // called once, on the first violation
 
 	// Read side: only the reading goroutine.
-	preface  int        // bytes of the client preface not yet passed
+	preface  int // bytes of the client preface not yet passed
 	fh       [headerLen]byte
 	nfh      int    // bytes of fh collected
 	left     int    // payload bytes of the current frame still to come
@@ -147,14 +147,14 @@ type Conn struct {
 	outData atomic.Int64 // DATA payload bytes the server wrote
 
 	// Write side, and the end: under wmu.
-	wmu     sync.Mutex
-	wfh     [headerLen]byte
-	wnfh    int
-	wleft   int
-	killed  bool  // a violation was seen
-	goAway  bool  // its GOAWAY is waiting for a frame boundary
-	sent    bool  // GOAWAY written (or the connection closed): no more writes
-	closed  bool  // Close was called
+	wmu    sync.Mutex
+	wfh    [headerLen]byte
+	wnfh   int
+	wleft  int
+	killed bool // a violation was seen
+	goAway bool // its GOAWAY is waiting for a frame boundary
+	sent   bool // GOAWAY written (or the connection closed): no more writes
+	closed bool // Close was called
 }
 
 // Wrap guards c, a server-side connection whose first bytes are the client
