@@ -24,11 +24,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/control"
 	"github.com/berth-dev/berth/proxy/h2guard"
 	"golang.org/x/net/http2"
+	"golang.org/x/sys/unix"
 )
 
 // handshakeTimeout bounds a TLS handshake (nginx ssl_handshake_timeout is
@@ -169,6 +171,7 @@ func (tl *tlsListener) handshake(c net.Conn) {
 		c.Close()
 		return
 	}
+	quickAck(c)
 	if tc.ConnectionState().NegotiatedProtocol == http2.NextProtoTLS {
 		s.serveH2(tc)
 		return
@@ -293,4 +296,24 @@ func redirectHTTPS(w http.ResponseWriter, r *http.Request, ts *tlsSettings) {
 	}
 	w.Header()["Location"] = []string{"https://" + host + ts.port + uri}
 	plainError(w, http.StatusPermanentRedirect, "berth: use https\n")
+}
+
+// quickAck sends now the ACK the kernel holds back for the client's last
+// handshake record. A Go TLS 1.3 server sends its session tickets in its
+// first flight, so after the client's Finished it has nothing to send
+// until the request comes; a client without TCP_NODELAY (many
+// service-to-service clients) holds its request back until that Finished
+// is acknowledged (Nagle), and the kernel delays the ACK (up to 40 ms).
+// OpenSSL servers send their tickets after the Finished, which carries the
+// ACK. TCP_QUICKACK flushes a scheduled ACK at once.
+func quickAck(c net.Conn) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if raw, err := sc.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
+		})
+	}
 }
