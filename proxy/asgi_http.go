@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -23,10 +22,11 @@ import (
 // (GOAWAY) has to end itself before the proxy ends it.
 const drainGrace = 2 * time.Second
 
-// asgiExchange serves r on the ASGI worker g granted. Like exchange it
-// always releases the worker slot, and returns a retry outcome only when
-// the worker cannot have seen the request.
-func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g grant) outcome {
+// asgiExchange serves r on the ASGI worker g granted. Like uwsgiExchange
+// it always releases the worker slot (a streamed answer, when its stream
+// ends), and returns a retry outcome only when the worker cannot have seen
+// the request.
+func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g grant) (outcome, response) {
 	wk := g.w
 	if g.c != nil {
 		wk.rt.release(wk, g.c, true) // a pooled uwsgi connection: not ours to use
@@ -35,23 +35,26 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	if err != nil {
 		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 			wk.rt.release(wk, nil, false)
-			return outOfFiles
+			return outOfFiles, response{}
 		}
 		s.metrics.upstreamError(kindDial)
-		s.logf("worker %s: connect %s: %v", wk.id, wk.socket, err)
+		s.reqLogf(rs, "worker %s: connect %s: %v", wk.id, wk.socket, err)
 		wk.rt.noteDialFailure(wk)
 		wk.rt.release(wk, nil, false)
-		return retryDial
+		return retryDial, response{}
 	}
 	ws := isWebsocket(r)
 	stream, err := mc.open(ws)
 	if err != nil {
 		wk.rt.release(wk, nil, false)
-		return retryWrite
+		return retryWrite, response{}
 	}
+	held := false // a streamed answer gives the worker back when it ends
 	defer func() {
-		mc.forget(stream)
-		wk.rt.release(wk, nil, false)
+		if !held {
+			mc.forget(stream)
+			wk.rt.release(wk, nil, false)
+		}
 	}()
 	var flags byte
 	hasBody := rs.body.size() > 0
@@ -65,15 +68,17 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	rs.pkt = head
 	if !ok {
 		rs.rw.Header().Set("Connection", "close")
-		plainError(&rs.rw, http.StatusBadRequest, "berth: bad request: NUL in the request head\n")
-		return done
+		return done, berthError(rs, http.StatusBadRequest, "berth: bad request: NUL in the request head\n")
 	}
 	start := time.Now()
+	rs.up.begin(start)
 	if err := stream.send(fRequest, head); err != nil {
 		s.metrics.upstreamError(kindWrite)
-		return retryWrite // the connection died: the worker has no whole frame
+		return retryWrite, response{} // the connection died: the worker has no whole frame
 	}
 	if ws {
+		// A websocket writes to the client itself, from the handshake on:
+		// the one backend exchange that does (asgi_ws.go).
 		return s.websocket(rs, r, st, stream, start)
 	}
 	if hasBody {
@@ -96,7 +101,15 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 			}()
 		}
 	}
-	return s.asgiResponse(rs, r, st, stream, start)
+	out, resp := s.asgiResponse(rs, r, st, stream, start)
+	if resp.src == srcStream {
+		held = true
+		rs.astream.release = func() {
+			mc.forget(stream)
+			wk.rt.release(wk, nil, false)
+		}
+	}
+	return out, resp
 }
 
 func isWebsocket(r *http.Request) bool {
@@ -240,10 +253,13 @@ var (
 	errDrain   = errors.New("drain")
 )
 
-// asgiResponse relays the worker's answer to the client.
-func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) outcome {
+// asgiResponse reads the worker's answer: whole when the app sent its body
+// in one piece (a Content-Length is set), else a stream of the pieces as
+// they come (server-sent events), with the window granted back only as the
+// client takes each piece.
+func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) (outcome, response) {
 	wk := stream.mc.w
-	w := &rs.rw
+	h := rs.rw.Header()
 	var deadline time.Time
 	if st.timeout > 0 {
 		deadline = start.Add(st.timeout)
@@ -253,108 +269,134 @@ func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, strea
 	switch {
 	case err == errClientGone:
 		stream.sendCode(fDisconnect, 1006)
-		return done // the access log says 499
+		return done, response{src: srcNone} // the access log says 499
 	case err == errTimeout:
 		s.metrics.upstreamError(kindTimeout)
-		s.logf("worker %s: no answer to %s %s within %s: 504", wk.id, r.Method, r.URL.Path, st.timeout)
+		s.reqLogf(rs, "worker %s: no answer to %s %s within %s: 504", wk.id, r.Method, r.URL.Path, st.timeout)
 		stream.sendCode(fDisconnect, 1006)
-		plainError(w, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
-		return done
+		return done, backendFailed(rs, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
 	case err != nil:
 		s.metrics.upstreamError(kindReset)
 		s.metrics.notRetried.Inc()
-		s.logf("worker %s: connection lost before it answered %s %s (it died or was killed): 502; not replayed on another worker", wk.id, r.Method, r.URL.Path)
-		return failed502
+		s.reqLogf(rs, "worker %s: connection lost before it answered %s %s (it died or was killed): 502; not replayed on another worker", wk.id, r.Method, r.URL.Path)
+		return failed502, response{}
 	}
 	if f.typ != fStart {
 		s.metrics.upstreamError(kindBadResponse)
 		if f.typ == fAbort {
-			s.logf("worker %s: the app failed before answering %s %s", wk.id, r.Method, r.URL.Path)
+			s.reqLogf(rs, "worker %s: the app failed before answering %s %s", wk.id, r.Method, r.URL.Path)
 		} else {
-			s.logf("worker %s: frame %d where the response start was due", wk.id, f.typ)
+			s.reqLogf(rs, "worker %s: frame %d where the response start was due", wk.id, f.typ)
 		}
 		stream.sendCode(fDisconnect, 1006)
-		return failed502
+		return failed502, response{}
 	}
-	status, ok := parseStart(f.p, w.Header())
+	status, ok := parseStart(f.p, h)
 	if !ok {
-		clear(w.Header())
+		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
-		s.logf("worker %s: malformed response start (%d bytes)", wk.id, len(f.p))
+		s.reqLogf(rs, "worker %s: malformed response start (%d bytes)", wk.id, len(f.p))
 		stream.sendCode(fDisconnect, 1006)
-		return failed502
+		return failed502, response{}
 	}
 	noBody := r.Method == http.MethodHead || status == http.StatusNoContent || status == http.StatusNotModified
 	f, err = stream.next(gone, time.Time{}, true)
 	if err == nil && f.typ == fEnd {
-		// The whole body in one piece: framed with a Content-Length.
-		h := w.Header()
-		if _, set := h["Content-Length"]; !set && !noBody {
-			h["Content-Length"] = []string{strconv.Itoa(len(f.p))}
+		// The whole body in one piece.
+		if st.logUp {
+			rs.up.end(time.Now())
 		}
-		w.WriteHeader(status)
-		if !noBody && len(f.p) > 0 {
-			w.Write(f.p)
-		}
-		return done
+		return done, response{src: srcBytes, status: status, b: f.p, noBody: noBody}
 	}
-	// A streamed response: each piece goes out as it comes.
-	w.WriteHeader(status)
-	w.Flush()
-	rc := http.NewResponseController(w.w)
-	defer rc.SetWriteDeadline(time.Time{})
-	var graceEnd time.Time
+	rs.astream = asgiStream{s: s, rs: rs, r: r, stream: stream, first: f, firstErr: err, gone: gone}
+	return done, response{src: srcStream, status: status, noBody: noBody, stream: &rs.astream}
+}
+
+// asgiStream is an ASGI answer sent in pieces. A drain tells the app
+// (http.disconnect) and gives it drainGrace to end the response itself.
+type asgiStream struct {
+	s        *Server
+	rs       *reqState
+	r        *http.Request
+	stream   *astream
+	first    aframe // the frame read after the start, not yet passed on
+	firstErr error
+	havePrev bool // the last piece passed on must be credited back
+	prevLen  int
+	graceEnd time.Time
+	gone     <-chan struct{}
+	release  func()
+}
+
+func (as *asgiStream) next() ([]byte, error) {
+	st := as.stream
+	if as.havePrev {
+		// The client took the last piece: the app may send more.
+		st.credit(as.prevLen)
+		as.havePrev = false
+	}
 	for {
+		var f aframe
+		var err error
+		if as.first.typ != 0 || as.firstErr != nil {
+			f, err = as.first, as.firstErr
+			as.first, as.firstErr = aframe{}, nil
+		} else {
+			f, err = st.next(as.gone, as.graceEnd, as.graceEnd.IsZero())
+		}
+		wk := st.mc.w
 		if err != nil {
 			switch err {
 			case errClientGone:
-				stream.sendCode(fDisconnect, 1006)
-				return done
+				st.sendCode(fDisconnect, 1006)
+				return nil, errClientGone
 			case errDrain:
-				// A drain: the app is told (http.disconnect) and gets
-				// drainGrace to end the response itself.
-				stream.sendCode(fGoaway, stream.drainCode())
-				graceEnd = time.Now().Add(drainGrace)
+				st.sendCode(fGoaway, st.drainCode())
+				as.graceEnd = time.Now().Add(drainGrace)
+				continue
 			case errTimeout:
 				// The grace after a drain passed: end the response here.
-				stream.sendCode(fDisconnect, 1006)
-				return done
+				st.sendCode(fDisconnect, 1006)
+				return nil, io.EOF
 			default:
-				s.metrics.upstreamError(kindBadResponse)
-				s.logf("worker %s: streamed response broke: %v", wk.id, err)
-				rs.abort = true
-				return done
-			}
-		} else {
-			switch f.typ {
-			case fBody, fEnd:
-				if len(f.p) > 0 && !noBody {
-					rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-					if _, werr := w.Write(f.p); werr != nil {
-						stream.sendCode(fDisconnect, 1006)
-						return done
-					}
-					w.Flush()
-				}
-				if f.typ == fEnd {
-					return done
-				}
-				stream.credit(len(f.p))
-			case fAbort:
-				s.logf("worker %s: the app failed in the middle of the response to %s %s", wk.id, r.Method, r.URL.Path)
-				rs.abort = true
-				return done
-			default:
-				s.metrics.upstreamError(kindBadResponse)
-				s.logf("worker %s: frame %d in a response body", wk.id, f.typ)
-				stream.sendCode(fDisconnect, 1006)
-				rs.abort = true
-				return done
+				as.s.metrics.upstreamError(kindBadResponse)
+				as.s.reqLogf(as.rs, "worker %s: streamed response broke: %v", wk.id, err)
+				return nil, err
 			}
 		}
-		f, err = stream.next(gone, graceEnd, graceEnd.IsZero())
+		switch f.typ {
+		case fBody:
+			as.havePrev, as.prevLen = true, len(f.p)
+			return f.p, nil
+		case fEnd:
+			return f.p, io.EOF
+		case fAbort:
+			as.s.reqLogf(as.rs, "worker %s: the app failed in the middle of the response to %s %s", wk.id, as.r.Method, as.r.URL.Path)
+			return nil, errAppFailed
+		default:
+			as.s.metrics.upstreamError(kindBadResponse)
+			as.s.reqLogf(as.rs, "worker %s: frame %d in a response body", wk.id, f.typ)
+			st.sendCode(fDisconnect, 1006)
+			return nil, errAppFailed
+		}
 	}
 }
+
+func (as *asgiStream) end(clean bool) {
+	if !clean {
+		as.stream.sendCode(fDisconnect, 1006)
+	}
+	if as.s.cfg.Load().logUp {
+		as.rs.up.end(time.Now())
+	}
+	if as.release != nil {
+		as.release()
+		as.release = nil
+	}
+}
+
+// errAppFailed: the app broke off its streamed answer.
+var errAppFailed = errors.New("the app failed in the middle of the response")
 
 // parseStart reads a START payload (u16 status, then NUL-separated header
 // names and values) into h. Hop-by-hop headers are dropped: the proxy

@@ -29,7 +29,7 @@ import (
 // for bodies, which are spooled to disk; a message is held in memory).
 const wsMaxMessage = 16 << 20
 
-func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) outcome {
+func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) (outcome, response) {
 	wk := stream.mc.w
 	w := &rs.rw
 	var deadline time.Time
@@ -40,42 +40,39 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 	switch {
 	case err == errClientGone:
 		stream.sendCode(fDisconnect, 1006)
-		return done
+		return done, response{src: srcNone}
 	case err == errTimeout:
 		s.metrics.upstreamError(kindTimeout)
-		s.logf("worker %s: no answer to the websocket handshake %s within %s: 504", wk.id, r.URL.Path, st.timeout)
+		s.reqLogf(rs, "worker %s: no answer to the websocket handshake %s within %s: 504", wk.id, r.URL.Path, st.timeout)
 		stream.sendCode(fDisconnect, 1006)
-		plainError(w, http.StatusGatewayTimeout, "berth: the worker did not answer the websocket handshake in time\n")
-		return done
+		return done, backendFailed(rs, http.StatusGatewayTimeout, "berth: the worker did not answer the websocket handshake in time\n")
 	case err != nil:
 		s.metrics.upstreamError(kindReset)
-		s.logf("worker %s: connection lost before it answered the websocket handshake %s: 502", wk.id, r.URL.Path)
-		return failed502
+		s.reqLogf(rs, "worker %s: connection lost before it answered the websocket handshake %s: 502", wk.id, r.URL.Path)
+		return failed502, response{}
 	}
 	switch f.typ {
 	case fAccept:
 	case fClose:
 		// websocket.close before websocket.accept refuses the handshake
 		// (ASGI: 403).
-		plainError(w, http.StatusForbidden, "berth: the app refused the websocket\n")
-		return done
+		return done, berthError(rs, http.StatusForbidden, "berth: the app refused the websocket\n")
 	case fAbort:
-		s.logf("worker %s: the app failed before accepting the websocket %s", wk.id, r.URL.Path)
-		plainError(w, http.StatusInternalServerError, "Internal Server Error\n")
-		return done
+		s.reqLogf(rs, "worker %s: the app failed before accepting the websocket %s", wk.id, r.URL.Path)
+		return done, berthError(rs, http.StatusInternalServerError, "Internal Server Error\n")
 	default:
 		s.metrics.upstreamError(kindBadResponse)
-		s.logf("worker %s: frame %d where the websocket handshake answer was due", wk.id, f.typ)
+		s.reqLogf(rs, "worker %s: frame %d where the websocket handshake answer was due", wk.id, f.typ)
 		stream.sendCode(fDisconnect, 1006)
-		return failed502
+		return failed502, response{}
 	}
 	sub, ok := parseAccept(f.p, w.Header())
 	if !ok {
 		clear(w.Header())
 		s.metrics.upstreamError(kindBadResponse)
-		s.logf("worker %s: malformed websocket accept", wk.id)
+		s.reqLogf(rs, "worker %s: malformed websocket accept", wk.id)
 		stream.sendCode(fDisconnect, 1006)
-		return failed502
+		return failed502, response{}
 	}
 	opts := &websocket.AcceptOptions{
 		// Origin checks are the app's (it has the Origin header), as
@@ -93,9 +90,9 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 	}
 	conn, err := websocket.Accept(w, r, opts)
 	if err != nil {
-		s.logf("worker %s: websocket handshake with the client failed: %v", wk.id, err)
+		s.reqLogf(rs, "worker %s: websocket handshake with the client failed: %v", wk.id, err)
 		stream.sendCode(fDisconnect, 1006)
-		return done
+		return done, response{src: srcNone}
 	}
 	w.status = http.StatusSwitchingProtocols
 	limit := st.maxBody
@@ -110,7 +107,7 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 		s.wsOpen.Done()
 	}()
 	s.relayWebsocket(conn, stream)
-	return done
+	return done, response{src: srcNone}
 }
 
 // relayWebsocket runs an accepted websocket until either side closes it.

@@ -110,6 +110,7 @@ type fill struct {
 	done    chan struct{}
 	primary string
 	route   *cacheRoute
+	status  string // MISS or EXPIRED
 }
 
 // cacheStore holds the entries across config swaps. The zero value is
@@ -176,18 +177,27 @@ func (cr *cacheRoute) bypass(r *http.Request) bool {
 	return false
 }
 
-// proxyCached answers r through the cache when its route is cached; false
-// means the request is not the cache's (or bypasses it) and goes to a
-// worker as usual.
-func (s *Server) proxyCached(rs *reqState, r *http.Request, st *settings) bool {
+// cacheRouteFor is the cache route in front of r's backend, or nil when
+// r is not the cache's: not on a cached URL, not GET or HEAD, or bypassing
+// it (an Authorization, a session cookie).
+func (s *Server) cacheRouteFor(rs *reqState, r *http.Request, st *settings) *cacheRoute {
 	route := st.cache.match(rs.info.pathInfo)
 	if route == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
-		return false
+		return nil
 	}
 	if route.bypass(r) {
 		s.noteCache(rs, cacheBypass)
-		return false
+		return nil
 	}
+	return route
+}
+
+// cacheLookup answers r from the cache when it can: a fresh entry (HIT), a
+// stale one while another request refreshes it (UPDATING). Otherwise the
+// request goes to its backend; when it is the one to fill the key, ro.fill
+// is set (and ro.stale to the entry it may fall back on), and concurrent
+// misses for the key wait for it (nginx's proxy_cache_lock).
+func (s *Server) cacheLookup(rs *reqState, r *http.Request, st *settings, ro *routing) (response, bool) {
 	cs := &s.cache
 	primary := primaryKey(r)
 	waited := false
@@ -202,27 +212,25 @@ func (s *Server) proxyCached(rs *reqState, r *http.Request, st *settings) bool {
 		}
 		if e != nil && now.Before(e.expires) {
 			cs.mu.Unlock()
-			s.serveEntry(rs, r, st, e, cacheHit, now)
-			return true
+			return s.entryResponse(rs, r, e, cacheHit, now), true
 		}
 		stale := e != nil && now.Before(e.staleTill)
 		if r.Method == http.MethodHead && !stale {
 			cs.mu.Unlock()
 			s.noteCache(rs, cacheMiss)
-			return false
+			return response{}, false
 		}
 		f := cs.pending[primary]
 		if f != nil || r.Method == http.MethodHead {
 			if stale {
 				cs.mu.Unlock()
-				s.serveEntry(rs, r, st, e, cacheUpdating, now)
-				return true
+				return s.entryResponse(rs, r, e, cacheUpdating, now), true
 			}
 			cs.mu.Unlock()
 			if waited {
 				// Filled and still no entry: the answer was not cacheable.
 				s.noteCache(rs, cacheMiss)
-				return false
+				return response{}, false
 			}
 			t := time.NewTimer(lockTimeout)
 			select {
@@ -232,82 +240,70 @@ func (s *Server) proxyCached(rs *reqState, r *http.Request, st *settings) bool {
 				continue
 			case <-t.C:
 				s.noteCache(rs, cacheMiss)
-				return false
+				return response{}, false
 			case <-r.Context().Done():
 				t.Stop()
-				return true // the client left: 499
+				return response{src: srcNone}, true // the client left: 499
 			}
 		}
-		f = &fill{done: make(chan struct{}), primary: primary, route: route}
+		f = &fill{done: make(chan struct{}), primary: primary, route: ro.cache, status: cacheMiss}
+		if e != nil {
+			f.status = cacheExpired
+		}
 		cs.pending[primary] = f
 		cs.mu.Unlock()
-		status := cacheMiss
-		if e != nil {
-			status = cacheExpired
+		// The entry must be a whole answer, not the 304 this client's
+		// validators would get (nginx drops them the same way).
+		delete(r.Header, "If-None-Match")
+		delete(r.Header, "If-Modified-Since")
+		ro.fill = f
+		if stale {
+			ro.stale = e // its status is known once the refresh has answered
+		} else {
+			s.noteCache(rs, f.status)
 		}
-		s.fillEntry(rs, r, st, f, status, e, stale)
-		cs.mu.Lock()
-		delete(cs.pending, primary)
-		cs.mu.Unlock()
-		close(f.done)
-		return true
+		return response{}, false
 	}
 }
 
-// fillEntry sends the request to a worker; the exchange stores a cacheable
-// answer (storeResponse). With a stale entry at hand the answer is
-// recorded first, so a failure can be replaced by the stale entry.
-func (s *Server) fillEntry(rs *reqState, r *http.Request, st *settings, f *fill, status string, old *cacheEntry, stale bool) {
-	// The entry must be a whole answer, not the 304 this client's
-	// validators would get (nginx drops them the same way).
-	delete(r.Header, "If-None-Match")
-	delete(r.Header, "If-Modified-Since")
-	rs.fill = f
-	defer func() { rs.fill = nil }()
-	if !stale {
-		s.noteCache(rs, status)
-		s.proxy(rs, r, st)
+// cacheFill is the respond stage's part for a request that filled a key:
+// a refresh that failed (berth's 502/503/504, or a 5xx) is replaced by the
+// stale entry when there is one (STALE); a buffered answer is stored when
+// it may be.
+func (s *Server) cacheFill(rs *reqState, r *http.Request, st *settings, ro *routing, resp response) response {
+	if ro.stale != nil {
+		if resp.failed || resp.status >= 500 {
+			if resp.src == srcStream {
+				resp.stream.end(false)
+			}
+			clear(rs.rw.Header())
+			return s.entryResponse(rs, r, ro.stale, cacheStale, time.Now())
+		}
+		s.noteCache(rs, ro.fill.status)
+	}
+	switch {
+	case resp.berth || resp.failed:
+	case resp.src == srcSpool && rs.resp.inMemory():
+		s.storeResponse(rs, r, st, ro.fill, resp.status, rs.resp.bytes())
+	case resp.src == srcBytes && resp.entry == nil:
+		s.storeResponse(rs, r, st, ro.fill, resp.status, resp.b)
+	}
+	s.cacheFillDone(ro)
+	return resp
+}
+
+// cacheFillDone lets the requests waiting for ro's key go on.
+func (s *Server) cacheFillDone(ro *routing) {
+	f := ro.fill
+	if f == nil {
 		return
 	}
-	real := rs.rw
-	rec := &cacheRecorder{header: http.Header{}}
-	rs.rw = respWriter{w: rec}
-	plain := *st
-	plain.comp = nil // the recording is replayed or dropped as a whole
-	s.proxy(rs, r, &plain)
-	rs.rw = real
-	if rec.status == 0 || rec.status >= 500 {
-		s.serveEntry(rs, r, st, old, cacheStale, time.Now())
-		return
-	}
-	s.noteCache(rs, status)
-	h := rs.rw.Header()
-	for k, v := range rec.header {
-		h[k] = v
-	}
-	rs.rw.WriteHeader(rec.status)
-	rs.rw.Write(rec.body)
-}
-
-// cacheRecorder keeps a response in memory.
-type cacheRecorder struct {
-	header http.Header
-	status int
-	body   []byte
-}
-
-func (rc *cacheRecorder) Header() http.Header { return rc.header }
-func (rc *cacheRecorder) WriteHeader(code int) {
-	if rc.status == 0 {
-		rc.status = code
-	}
-}
-func (rc *cacheRecorder) Write(p []byte) (int, error) {
-	if rc.status == 0 {
-		rc.status = http.StatusOK
-	}
-	rc.body = append(rc.body, p...)
-	return len(p), nil
+	ro.fill = nil
+	cs := &s.cache
+	cs.mu.Lock()
+	delete(cs.pending, f.primary)
+	cs.mu.Unlock()
+	close(f.done)
 }
 
 // noteCache sets the X-Cache-Status the response will carry and counts it.
@@ -316,11 +312,11 @@ func (s *Server) noteCache(rs *reqState, status string) {
 	s.edge.cacheStatus[status].Inc()
 }
 
-// serveEntry answers from e.
-func (s *Server) serveEntry(rs *reqState, r *http.Request, st *settings, e *cacheEntry, status string, now time.Time) {
+// entryResponse is the answer from e: its fields, Age, and its body (or 304
+// for a matching If-None-Match). Compression takes e's kept variants.
+func (s *Server) entryResponse(rs *reqState, r *http.Request, e *cacheEntry, status string, now time.Time) response {
 	s.noteCache(rs, status)
-	w := &rs.rw
-	h := w.Header()
+	h := rs.rw.Header()
 	for k, v := range e.header {
 		h[k] = v[:len(v):len(v)] // shared: an append must copy
 	}
@@ -328,24 +324,10 @@ func (s *Server) serveEntry(rs *reqState, r *http.Request, st *settings, e *cach
 	h["Age"] = []string{strconv.FormatInt(int64(age/time.Second), 10)}
 	if e.etag != "" && etagMatch(r.Header["If-None-Match"], e.etag) {
 		delete(h, "Content-Length")
-		w.WriteHeader(http.StatusNotModified)
-		return
+		return response{src: srcBytes, status: http.StatusNotModified, noBody: true}
 	}
-	body := e.body
-	if st.comp != nil && st.comp.eligible(r, h, e.status, int64(len(body))) {
-		if enc := negotiate(r.Header["Accept-Encoding"]); enc != encIdentity {
-			body = s.cache.encoded(e, enc)
-			markEncoded(h, enc)
-			s.edge.compressed.WithLabelValues(encNames[enc], "cache").Inc()
-		}
-	}
-	if e.status != http.StatusNoContent && e.status != http.StatusNotModified {
-		h["Content-Length"] = []string{strconv.Itoa(len(body))}
-	}
-	w.WriteHeader(e.status)
-	if r.Method != http.MethodHead && len(body) > 0 {
-		writeWithDeadline(w, body)
-	}
+	noBody := e.status == http.StatusNoContent || e.status == http.StatusNotModified
+	return response{src: srcBytes, status: e.status, b: e.body, entry: e, noBody: noBody}
 }
 
 // etagMatch is If-None-Match's weak comparison (RFC 9110 §13.1.2).
@@ -448,11 +430,10 @@ func freshness(h http.Header, r *http.Request, max time.Duration, now time.Time)
 	return min(ttl, max)
 }
 
-// storeResponse keeps a buffered worker answer when it is cacheable. It
-// runs in the exchange before the answer is compressed or sent.
-func (s *Server) storeResponse(rs *reqState, r *http.Request, st *settings, status int) {
-	f := rs.fill
-	if r.Method != http.MethodGet || !rs.resp.inMemory() || status >= 500 || status < 200 ||
+// storeResponse keeps a whole backend answer (body) when it is cacheable.
+// It runs in the respond stage before the answer is compressed or sent.
+func (s *Server) storeResponse(rs *reqState, r *http.Request, st *settings, f *fill, status int, body []byte) {
+	if r.Method != http.MethodGet || status >= 500 || status < 200 ||
 		status == http.StatusPartialContent || status == http.StatusNotModified {
 		return
 	}
@@ -461,7 +442,7 @@ func (s *Server) storeResponse(rs *reqState, r *http.Request, st *settings, stat
 		return
 	}
 	limit := st.cache.size
-	if rs.resp.size() > limit/8 {
+	if int64(len(body)) > limit/8 {
 		return
 	}
 	now := time.Now()
@@ -493,7 +474,7 @@ func (s *Server) storeResponse(rs *reqState, r *http.Request, st *settings, stat
 	}
 	e := &cacheEntry{
 		primary: f.primary, host: strings.ToLower(r.Host), uri: r.RequestURI,
-		status: status, header: hdr, body: append([]byte(nil), rs.resp.bytes()...),
+		status: status, header: hdr, body: append([]byte(nil), body...),
 		stored: now, age: age, expires: now.Add(ttl), staleTill: now.Add(ttl + f.route.stale),
 	}
 	if et := h["Etag"]; len(et) == 1 {

@@ -45,16 +45,15 @@ func (o outcome) retryReason() string {
 
 // readBody reads the whole request body into rs.body before a worker or
 // upstream is taken, so a slow upload holds only this goroutine, and sets
-// rs.info.contentLength. ok false: the client has been answered (413,
-// 408, 400) or is gone.
-func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody, ok bool) {
+// rs.info.contentLength. A response other than next answers the client
+// (413, 408, 400) or says it is gone.
+func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody bool, resp response) {
 	w := &rs.rw
 	// HTTP/2 gives every request a Body; one whose HEADERS ended the
 	// stream has ContentLength 0 and nothing to read.
 	hasBody = r.Body != nil && r.Body != http.NoBody && (r.ProtoMajor < 2 || r.ContentLength != 0)
 	if hasBody && st.maxBody > 0 && r.ContentLength > st.maxBody {
-		s.tooLarge(w, st)
-		return hasBody, false
+		return hasBody, s.tooLarge(rs, st)
 	}
 	if hasBody {
 		rc := http.NewResponseController(w.w)
@@ -65,41 +64,35 @@ func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody,
 		rc.SetReadDeadline(time.Time{})
 		switch {
 		case errors.Is(err, errBodyTooLarge):
-			s.tooLarge(w, st)
-			return hasBody, false
+			return hasBody, s.tooLarge(rs, st)
 		case err != nil:
 			var ne net.Error
 			w.Header().Set("Connection", "close")
 			if errors.As(err, &ne) && ne.Timeout() {
-				plainError(w, http.StatusRequestTimeout, "berth: the request body did not arrive in time\n")
-				return hasBody, false
+				return hasBody, berthError(rs, http.StatusRequestTimeout, "berth: the request body did not arrive in time\n")
 			}
 			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-				return hasBody, false // client gone: 499
+				return hasBody, response{src: srcNone} // client gone: 499
 			}
-			plainError(w, http.StatusBadRequest, "berth: cannot read the request body: "+err.Error()+"\n")
-			return hasBody, false
+			return hasBody, berthError(rs, http.StatusBadRequest, "berth: cannot read the request body: "+err.Error()+"\n")
 		}
 		rs.info.contentLength = strconv.FormatInt(rs.body.size(), 10)
 	} else if _, ok := r.Header["Content-Length"]; ok {
 		rs.info.contentLength = "0"
 	}
-	return hasBody, true
+	return hasBody, response{src: srcNext}
 }
 
-func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
-	w := &rs.rw
-	hasBody, ok := s.readBody(rs, r, st)
-	if !ok {
-		return
-	}
+// workerExchange sends r to a worker of rs.rt's pool (uwsgi or ASGI) and
+// returns its answer, trying a second worker when the first never had the
+// request.
+func (s *Server) workerExchange(rs *reqState, r *http.Request, st *settings, hasBody bool) response {
 	rs.bodiless = !hasBody || rs.body.size() == 0
 	bodyInPkt := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
 	compact := rs.rt.allCompact.Load()
 	pkt, err := s.packet(rs, r, compact, hasBody && bodyInPkt)
 	if err != nil {
-		plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
-		return
+		return berthError(rs, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
 	}
 
 	var avoid *worker
@@ -114,13 +107,13 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			s.metrics.queueWait.Observe(waited.Seconds())
 		}
 		if err != nil {
-			s.unavailable(rs, st, err)
-			return
+			return s.unavailable(rs, st, err)
 		}
 		rs.worker, rs.wsock = g.w.id, g.w.socket
 		var out outcome
+		var resp response
 		if g.w.asgi {
-			out = s.asgiExchange(rs, r, st, g)
+			out, resp = s.asgiExchange(rs, r, st, g)
 		} else {
 			if g.w.compact != compact {
 				// The worker set changed between building the packet and
@@ -128,21 +121,19 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 				compact = g.w.compact
 				if pkt, err = s.packet(rs, r, compact, hasBody && bodyInPkt); err != nil {
 					g.w.rt.release(g.w, g.c, true)
-					plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
-					return
+					return berthError(rs, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
 				}
 			}
-			out = s.exchange(rs, r, st, g, pkt, bodyInPkt)
+			out, resp = s.uwsgiExchange(rs, r, st, g, pkt, bodyInPkt)
 		}
-		if st.logUp && rs.up.open {
+		if st.logUp && rs.up.open && resp.src != srcStream {
 			rs.up.end(time.Now())
 		}
-		if out == done {
-			return
-		}
-		if out == outOfFiles {
-			s.unavailable(rs, st, errOutOfFiles)
-			return
+		switch out {
+		case done:
+			return resp
+		case outOfFiles:
+			return s.unavailable(rs, st, errOutOfFiles)
 		}
 		// Only a request the worker never had is sent to another one. One
 		// it had read may be what killed it (a query of death): replaying
@@ -152,8 +143,7 @@ func (s *Server) proxy(rs *reqState, r *http.Request, st *settings) {
 			avoid = g.w
 			continue
 		}
-		plainError(w, http.StatusBadGateway, "berth: the worker failed to answer\n")
-		return
+		return backendFailed(rs, http.StatusBadGateway, "berth: the worker failed to answer\n")
 	}
 }
 
@@ -168,14 +158,13 @@ func (s *Server) packet(rs *reqState, r *http.Request, compact, withBody bool) (
 	return pkt, err
 }
 
-func (s *Server) tooLarge(w http.ResponseWriter, st *settings) {
-	w.Header().Set("Connection", "close")
-	plainError(w, http.StatusRequestEntityTooLarge,
+func (s *Server) tooLarge(rs *reqState, st *settings) response {
+	rs.rw.Header().Set("Connection", "close")
+	return berthError(rs, http.StatusRequestEntityTooLarge,
 		fmt.Sprintf("berth: the request body is larger than max_body_size (%d bytes)\n", st.maxBody))
 }
 
-func (s *Server) unavailable(rs *reqState, st *settings, err error) {
-	w := &rs.rw
+func (s *Server) unavailable(rs *reqState, st *settings, err error) response {
 	var kind, msg string
 	switch err {
 	case errNoWorker:
@@ -192,11 +181,11 @@ func (s *Server) unavailable(rs *reqState, st *settings, err error) {
 		kind, msg = kindQueueTimeout, fmt.Sprintf("berth: no worker became free within %s; retry later\n", st.queueTimeout)
 		s.log503(rs, "no worker became free within proxy.queue.timeout")
 	default: // the client left while queued: nothing to answer
-		return
+		return response{src: srcNone}
 	}
 	s.metrics.upstreamError(kind)
-	w.Header().Set("Retry-After", "1")
-	plainError(w, http.StatusServiceUnavailable, msg)
+	rs.rw.Header().Set("Retry-After", "1")
+	return backendFailed(rs, http.StatusServiceUnavailable, msg)
 }
 
 // noFilesLog says, at most every 5 seconds, that the proxy ran out of
@@ -210,9 +199,11 @@ func (s *Server) noFilesLog(rs *reqState) {
 	s.reqLogf(rs, "out of file descriptors: answering 503 to requests that need a worker connection; raise the proxy's ulimit -n (RLIMIT_NOFILE)")
 }
 
-// exchange sends the request on g's worker and relays its answer. It
-// always releases the worker slot.
-func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, pkt []byte, bodyInPkt bool) outcome {
+// uwsgiExchange sends the request on g's worker and reads its answer:
+// buffered whole (the worker is given back at once), or a stream that holds
+// the worker until the respond stage has relayed it. It always releases the
+// worker slot.
+func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g grant, pkt []byte, bodyInPkt bool) (outcome, response) {
 	wk := g.w
 	c := g.c
 	start := time.Now()
@@ -227,8 +218,9 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 	for ; ; sent = false {
 		if !sent {
 			var out outcome
-			if c, out = s.send(rs, r, st, wk, c, pkt, bodyInPkt, start); c == nil {
-				return out
+			var resp response
+			if c, out, resp = s.send(rs, r, st, wk, c, pkt, bodyInPkt, start); c == nil {
+				return out, resp
 			}
 		}
 		hd, err = readHead(c.br, h, r.Method, &rs.head)
@@ -237,14 +229,14 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		}
 		clear(h)
 		if isTimeout(err) {
-			return s.timedOut(rs, wk, c, st)
+			return done, s.timedOut(rs, wk, c, st)
 		}
 		var malformed *badResponse
 		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
 			s.reqLogf(rs, "worker %s: bad response: %v", wk.id, err)
 			wk.rt.release(wk, c, false)
-			return failed502
+			return failed502, response{}
 		}
 		if c.reused && !wk.rt.provenKeepalive(wk) {
 			// A worker that never answered on a reused connection (plain
@@ -260,188 +252,99 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, g grant, 
 		// request that is partly unread never reached the app.
 		if errors.Is(err, syscall.ECONNRESET) && rs.bodiless {
 			s.reqLogf(rs, "worker %s: closed the connection before reading %s %s; retrying it on another worker", wk.id, r.Method, r.URL.Path)
-			return retryUnread
+			return retryUnread, response{}
 		}
 		s.metrics.notRetried.Inc()
 		s.reqLogf(rs, "worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
-		return failed502
+		return failed502, response{}
 	}
 	if hd.status == http.StatusSwitchingProtocols {
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
 		wk.rt.release(wk, c, false)
-		return failed502
+		return failed502, response{}
 	}
 	rs.rbody.reset(c.br, hd)
 	if hd.stream {
-		return s.stream(rs, r, st, wk, c, hd)
+		rs.wstream = workerStream{s: s, rs: rs, st: st, wk: wk, c: c, hd: hd}
+		return done, response{src: srcStream, status: hd.status, noBody: hd.noBody, stream: &rs.wstream}
 	}
 
-	// Buffer the whole body, give the worker back, then feed the client.
+	// Buffer the whole body and give the worker back.
 	rs.resp.reset(respMemLimit, s.opts.TempDir)
 	if err := rs.resp.readFrom(&rs.rbody, 0, nil); err != nil {
 		clear(h)
 		if isTimeout(err) {
-			return s.timedOut(rs, wk, c, st)
+			return done, s.timedOut(rs, wk, c, st)
 		}
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: reading the response body: %v", wk.id, err)
 		wk.rt.release(wk, c, false)
-		return failed502
+		return failed502, response{}
 	}
 	if st.logUp {
 		rs.up.end(time.Now())
 	}
 	reuse := !hd.close && c.br.Buffered() == 0
 	wk.rt.release(wk, c, reuse)
-	s.relayBuffered(rs, r, st, hd)
-	return done
+	return done, response{src: srcSpool, status: hd.status, noBody: hd.noBody}
 }
 
-// relayBuffered sends the client a response whose body is in rs.resp.
-func (s *Server) relayBuffered(rs *reqState, r *http.Request, st *settings, hd respHead) {
-	h := rs.rw.Header()
-	w := &rs.rw
-	if rs.fill != nil {
-		s.storeResponse(rs, r, st, hd.status)
+// workerStream is a worker's streamed answer (X-Accel-Buffering: no or
+// text/event-stream): the worker is held until the end, and st.timeout
+// bounds the silence between two pieces.
+type workerStream struct {
+	s   *Server
+	rs  *reqState
+	st  *settings
+	wk  *worker
+	c   *upConn
+	hd  respHead
+	buf *[]byte
+}
+
+func (ws *workerStream) next() ([]byte, error) {
+	if ws.buf == nil {
+		ws.buf = getBuf()
 	}
-	if st.comp != nil && !hd.noBody && s.compressBuffered(rs, r, st.comp, hd.status) {
-		return
+	if ws.st.timeout > 0 {
+		ws.c.c.SetReadDeadline(time.Now().Add(ws.st.timeout))
 	}
-	if !hd.noBody {
-		n := strconv.FormatInt(rs.resp.size(), 10)
-		if v := h["Content-Length"]; len(v) == 1 {
-			v[0] = n // the head's own slice: no allocation
+	buf := (*ws.buf)[:cap(*ws.buf)]
+	n, err := ws.rs.rbody.Read(buf)
+	if err != nil && err != io.EOF {
+		if isTimeout(err) {
+			ws.s.metrics.upstreamError(kindTimeout)
+			ws.s.reqLogf(ws.rs, "worker %s: streamed response silent for %s; cut", ws.wk.id, ws.st.timeout)
 		} else {
-			h["Content-Length"] = []string{n}
+			ws.s.metrics.upstreamError(kindBadResponse)
+			ws.s.reqLogf(ws.rs, "worker %s: streamed response broke: %v", ws.wk.id, err)
 		}
 	}
-	w.WriteHeader(hd.status)
-	if rs.resp.size() == 0 {
-		return
-	}
-	if rs.resp.inMemory() && rs.resp.size() <= largeWrite {
-		w.Write(rs.resp.bytes())
-		return
-	}
-	s.writeLarge(rs)
+	return buf[:n], err
 }
 
-// writeLarge sends a large buffered body with a send deadline pushed
-// forward per chunk (nginx send_timeout), so a client that stops reading
-// is dropped instead of holding memory or a temp file forever.
-func (s *Server) writeLarge(rs *reqState) {
-	w := &rs.rw
-	rc := http.NewResponseController(w.w)
-	defer rc.SetWriteDeadline(time.Time{})
-	const chunk = 256 << 10
-	if rs.resp.inMemory() {
-		b := rs.resp.bytes()
-		for len(b) > 0 {
-			n := min(len(b), chunk)
-			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-			if _, err := w.Write(b[:n]); err != nil {
-				return
-			}
-			b = b[n:]
-		}
-		return
+func (ws *workerStream) end(clean bool) {
+	if ws.buf != nil {
+		putBuf(ws.buf)
+		ws.buf = nil
 	}
-	f, err := rs.resp.file()
-	if err != nil {
-		s.reqLogf(rs, "%v", err)
-		rs.abort = true
-		return
+	if ws.st.logUp {
+		ws.rs.up.end(time.Now())
 	}
-	for left := rs.resp.size(); left > 0; {
-		rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-		n, err := io.CopyN(w, f, min(left, chunk))
-		left -= n
-		if err != nil {
-			return
-		}
-	}
-}
-
-// stream relays a response as it comes (X-Accel-Buffering: no or
-// text/event-stream), flushing each chunk; the worker is held until the end.
-// st.timeout then bounds the silence between two chunks.
-func (s *Server) stream(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, hd respHead) outcome {
-	w := &rs.rw
-	var zw encoder
-	var enc uint8
-	if st.comp != nil && !hd.noBody {
-		if zw, enc = streamEncoder(rs, r, st.comp, hd); zw != nil {
-			s.edge.compressed.WithLabelValues(encNames[enc], "worker").Inc()
-			defer putEncoder(enc, false, zw)
-		}
-	}
-	w.WriteHeader(hd.status)
-	w.Flush()
-	rc := http.NewResponseController(w.w)
-	defer rc.SetWriteDeadline(time.Time{})
-	bp := getBuf()
-	defer putBuf(bp)
-	buf := (*bp)[:cap(*bp)]
-	clean := false
-	for {
-		if st.timeout > 0 {
-			c.c.SetReadDeadline(time.Now().Add(st.timeout))
-		}
-		n, err := rs.rbody.Read(buf)
-		if n > 0 {
-			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-			var werr error
-			if zw != nil {
-				if _, werr = zw.Write(buf[:n]); werr == nil {
-					werr = zw.Flush()
-				}
-			} else {
-				_, werr = w.Write(buf[:n])
-			}
-			if werr != nil {
-				break // the client left; closing the connection tells the worker
-			}
-			w.Flush()
-		}
-		if err == io.EOF {
-			clean = true
-			if zw != nil {
-				rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-				zw.Close()
-				w.Flush()
-			}
-			break
-		}
-		if err != nil {
-			if isTimeout(err) {
-				s.metrics.upstreamError(kindTimeout)
-				s.reqLogf(rs, "worker %s: streamed response silent for %s; cut", wk.id, st.timeout)
-			} else {
-				s.metrics.upstreamError(kindBadResponse)
-				s.reqLogf(rs, "worker %s: streamed response broke: %v", wk.id, err)
-			}
-			rs.abort = true
-			break
-		}
-	}
-	if st.logUp {
-		rs.up.end(time.Now())
-	}
-	wk.rt.release(wk, c, clean && !hd.close && c.br.Buffered() == 0)
-	return done
+	// An unclean end closes the connection, which tells the worker.
+	ws.wk.rt.release(ws.wk, ws.c, clean && !ws.hd.close && ws.c.br.Buffered() == 0)
 }
 
 // timedOut answers 504, drops the connection, and takes the worker out of
 // routing: the supervisor dumps and replaces it.
-func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) outcome {
+func (s *Server) timedOut(rs *reqState, wk *worker, c *upConn, st *settings) response {
 	s.metrics.upstreamError(kindTimeout)
 	s.reqLogf(rs, "worker %s: no answer within %s: 504, worker reported to the supervisor", wk.id, st.timeout)
 	wk.rt.noteTimeout(wk)
 	wk.rt.release(wk, c, false)
-	plainError(&rs.rw, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
-	return done
+	return backendFailed(rs, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
 }
 
 func isTimeout(err error) bool {
@@ -482,8 +385,8 @@ var errStale = errors.New("the pooled worker connection was closed or holds unso
 
 // send writes the request on c (nil: a new connection), replacing pooled
 // connections the worker had closed. On failure it has released the worker
-// and returns a nil connection and the outcome.
-func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome) {
+// and returns a nil connection, the outcome and, for a timeout, the 504.
+func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome, response) {
 	for {
 		var err error
 		c, err = writeRequest(wk, c, pkt, st.timeout, start)
@@ -492,13 +395,13 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 				// The proxy's limit, not the worker's fault: the worker
 				// stays in routing.
 				wk.rt.release(wk, nil, false)
-				return nil, outOfFiles
+				return nil, outOfFiles, response{}
 			}
 			s.metrics.upstreamError(kindDial)
 			s.reqLogf(rs, "worker %s: connect %s: %v", wk.id, wk.socket, err)
 			wk.rt.noteDialFailure(wk)
 			wk.rt.release(wk, nil, false)
-			return nil, retryDial
+			return nil, retryDial, response{}
 		}
 		if err != nil && c.reused && !isTimeout(err) {
 			// A pooled connection the worker closed while it sat idle (on
@@ -521,7 +424,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 		}
 		if err != nil {
 			if isTimeout(err) {
-				return nil, s.timedOut(rs, wk, c, st)
+				return nil, done, s.timedOut(rs, wk, c, st)
 			}
 			s.metrics.upstreamError(kindWrite)
 			wk.rt.release(wk, c, false)
@@ -529,9 +432,9 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 				s.metrics.notRetried.Inc()
 				s.reqLogf(rs, "worker %s: sending the body of %s %s failed after the request went out (%v): 502; not replayed", wk.id, r.Method, r.URL.Path, err)
 			}
-			return nil, out
+			return nil, out, response{}
 		}
-		return c, done
+		return c, done, response{}
 	}
 }
 

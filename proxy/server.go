@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -320,77 +319,27 @@ type reqState struct {
 	reqID    string // "" when proxy.request_id is off
 	up       upTimes
 	job      sendJob
-	fill     *fill   // this request fills a cache entry (cache.go)
 	rt       *router // the pool the request goes to
+	// The streamed answer being relayed, kept here so it costs no
+	// allocation: a worker's, an upstream server's or an ASGI app's.
+	wstream workerStream
+	ustream upstreamStream
+	astream asgiStream
+	// method, uri and proto are the request line for the access log (a
+	// refused head logs its own line).
+	method, uri, proto string
 }
 
-// ServeHTTP answers one request: static file, or a worker's answer.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	st := s.cfg.Load()
-	rs := s.reqPool.Get().(*reqState)
+// begin readies pooled state for a request answered on w.
+func (rs *reqState) begin(w http.ResponseWriter) {
 	rs.rw = respWriter{w: w}
 	rs.abort = false
 	rs.worker, rs.wsock, rs.reqID = "", "", ""
 	rs.up = upTimes{}
-	ci := s.clientInfo(rs, r, st)
-	if st.requestID {
-		rs.reqID = s.requestID(r, st, ci)
-		rs.rw.reqID = rs.reqID
-		rs.info.requestID = rs.reqID
-	}
-	method, uri, proto := r.Method, r.RequestURI, r.Proto
-	if rej := refusal(ci, r); rej != nil {
-		method, uri, proto = rej.line, "", ""
-		s.metrics.refused.WithLabelValues(strconv.Itoa(rej.status)).Inc()
-		rs.rw.Header().Set("Connection", "close")
-		plainError(&rs.rw, rej.status, "berth: bad request: "+rej.reason+"\n")
-	} else if status, why := checkRequest(r); status != 0 {
-		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
-		h := rs.rw.Header()
-		if r.ProtoMajor < 2 {
-			// HTTP/2 frames each request itself: the connection's other
-			// streams go on (x/net would turn this into GOAWAY).
-			h.Set("Connection", "close")
-		}
-		if status == http.StatusMethodNotAllowed {
-			h.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
-		}
-		plainError(&rs.rw, status, "berth: "+why+"\n")
-	} else {
-		s.handle(rs, r, st)
-	}
+}
 
-	status := rs.rw.status
-	if status == 0 {
-		status = 499 // nginx's code for a client that left before the answer
-	}
-	end := time.Now()
-	dur := end.Sub(start)
-	s.metrics.countCode(status)
-	s.metrics.duration.Observe(dur.Seconds())
-	if st.log != logOff {
-		e := logEntry{
-			when: end, remote: rs.info.remoteAddr, method: method, uri: uri, proto: proto,
-			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
-			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
-			reqID: rs.reqID, wsock: rs.wsock, in: &rs.info, r: r,
-		}
-		if st.logUp {
-			e.up = &rs.up
-		}
-		switch st.log {
-		case logJSON:
-			rs.line = appendJSON(rs.line[:0], &e)
-		case logCustom:
-			e.resp = rs.rw.Header()
-			rs.line = appendCustom(rs.line[:0], st.format, &e)
-		default:
-			rs.line = appendCombined(rs.line[:0], &e)
-		}
-		s.alog.write(rs.line)
-	}
-	abort := rs.abort
+// end drops what the request held before the state goes back to its pool.
+func (rs *reqState) end() {
 	rs.rw = respWriter{}
 	rs.job = sendJob{}
 	rs.rt = nil
@@ -399,62 +348,4 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if cap(rs.line) > 4<<10 {
 		rs.line = nil
 	}
-	s.reqPool.Put(rs)
-	if abort {
-		panic(http.ErrAbortHandler)
-	}
-}
-
-func (s *Server) handle(rs *reqState, r *http.Request, st *settings) {
-	if ts := st.tls; ts != nil {
-		if rs.info.scheme != "https" {
-			if ts.redirect {
-				redirectHTTPS(&rs.rw, r, ts)
-				return
-			}
-		} else if ts.hsts != nil {
-			rs.rw.hsts = ts.hsts
-		}
-	}
-	p := r.URL.Path
-	n, ok := normalizePath(p)
-	if len(st.mounts) > 0 {
-		suspicious := hasDotDot(p) || hasEncodedSlash(r)
-		if m, rel := st.match(n); ok && m != nil {
-			if suspicious {
-				http.NotFound(&rs.rw, r)
-				return
-			}
-			s.serveStatic(&rs.rw, r, st, m, rel)
-			return
-		}
-		if suspicious {
-			if m, _ := st.match(p); m != nil {
-				http.NotFound(&rs.rw, r)
-				return
-			}
-		}
-	}
-	if !ok {
-		rs.rw.Header().Set("Connection", "close")
-		plainError(&rs.rw, http.StatusBadRequest, "berth: bad request path\n")
-		return
-	}
-	rs.info.pathInfo = n
-	if st.routes != nil {
-		if g := st.route(n); g != nil {
-			s.proxyUpstream(rs, r, st, g)
-			return
-		}
-	}
-	rs.rt = s.rt
-	if len(st.pools) > 0 {
-		if pool := st.poolFor(n); pool != "" {
-			rs.rt = s.poolRouter(pool)
-		}
-	}
-	if st.cache != nil && s.proxyCached(rs, r, st) {
-		return
-	}
-	s.proxy(rs, r, st)
 }

@@ -284,18 +284,17 @@ func (s *Server) newH2() {
 
 // redirectHTTPS answers a plain request with 308 to its https:// URL: the
 // request's host (its port dropped) and the TLS listener's port.
-func redirectHTTPS(w http.ResponseWriter, r *http.Request, ts *tlsSettings) {
+func redirectHTTPS(rs *reqState, r *http.Request, ts *tlsSettings) response {
 	host := hostOnly(r.Host)
 	if host == "" {
-		plainError(w, http.StatusBadRequest, "berth: this server answers https:// only, and the request has no Host to redirect to\n")
-		return
+		return berthError(rs, http.StatusBadRequest, "berth: this server answers https:// only, and the request has no Host to redirect to\n")
 	}
 	uri := r.RequestURI
 	if !strings.HasPrefix(uri, "/") {
 		uri = "/"
 	}
-	w.Header()["Location"] = []string{"https://" + host + ts.port + uri}
-	plainError(w, http.StatusPermanentRedirect, "berth: use https\n")
+	rs.rw.Header()["Location"] = []string{"https://" + host + ts.port + uri}
+	return berthError(rs, http.StatusPermanentRedirect, "berth: use https\n")
 }
 
 // quickAck sends now the ACK the kernel holds back for the client's last

@@ -24,18 +24,16 @@ import (
 
 // tryEnd is how one try on a server ended.
 type tryEnd struct {
-	done    bool // the client has its answer (or is gone)
+	done    bool // resp is the answer (or says the client is gone)
+	resp    response
 	begun   bool // the server may have begun on the request
 	timeout bool
 	why     string // for the log and the error page
 }
 
-func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *group) {
-	w := &rs.rw
-	hasBody, ok := s.readBody(rs, r, st)
-	if !ok {
-		return
-	}
+// upstreamExchange sends r to a server of group g and returns its answer,
+// trying other servers as the group's retry rules allow.
+func (s *Server) upstreamExchange(rs *reqState, r *http.Request, st *settings, g *group, hasBody bool) response {
 	rs.bodiless = !hasBody || rs.body.size() == 0
 	gs := g.set.Load()
 	var req []byte
@@ -47,8 +45,7 @@ func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *g
 	}
 	rs.pkt = req
 	if err != nil {
-		plainError(w, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
-		return
+		return berthError(rs, http.StatusRequestHeaderFieldsTooLarge, "berth: "+err.Error()+"\n")
 	}
 	bodyInReq := !hasBody || (rs.body.inMemory() && rs.body.size() <= bodyInPacket)
 	if hasBody && bodyInReq {
@@ -71,23 +68,20 @@ func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *g
 		if p == nil {
 			if attempt > 0 {
 				s.up.m.refused.WithLabelValues(g.name, refusedTries).Inc()
-				plainError(w, http.StatusBadGateway, "berth: upstream "+g.name+": no other server to try\n")
-				return
+				return backendFailed(rs, http.StatusBadGateway, "berth: upstream "+g.name+": no other server to try\n")
 			}
-			w.Header().Set("Retry-After", "1")
+			rs.rw.Header().Set("Retry-After", "1")
 			if capped {
-				plainError(w, http.StatusServiceUnavailable, "berth: upstream "+g.name+": every server is at its max_conns; retry later\n")
-				return
+				return backendFailed(rs, http.StatusServiceUnavailable, "berth: upstream "+g.name+": every server is at its max_conns; retry later\n")
 			}
-			s.noLiveUpstream(g)
-			plainError(w, http.StatusBadGateway, "berth: upstream "+g.name+": no server is available (all failed, unhealthy or down)\n")
-			return
+			s.noLiveUpstream(rs, g)
+			return backendFailed(rs, http.StatusBadGateway, "berth: upstream "+g.name+": no server is available (all failed, unhealthy or down)\n")
 		}
-		rs.worker = p.label
+		rs.worker, rs.wsock = p.label, p.label
 		p.obs.requests.Inc()
 		end := s.tryPeer(rs, r, st, gs, g, p, c, req, bodyInReq, deadline)
 		if end.done {
-			return
+			return end.resp
 		}
 		tried = append(tried, p)
 		why := ""
@@ -109,36 +103,34 @@ func (s *Server) proxyUpstream(rs *reqState, r *http.Request, st *settings, g *g
 				reason = "replayed"
 			}
 			s.up.m.retries.WithLabelValues(g.name, reason).Inc()
-			s.logf("upstream %s: server %s: %s %s: %s; retrying on another server", g.name, p.label, r.Method, r.URL.Path, end.why)
+			s.reqLogf(rs, "upstream %s: server %s: %s %s: %s; retrying on another server", g.name, p.label, r.Method, r.URL.Path, end.why)
 			continue
 		}
 		if gs.cfg.RetryTries > 1 {
 			s.up.m.refused.WithLabelValues(g.name, why).Inc()
 		}
 		if end.timeout {
-			s.logf("upstream %s: server %s: %s %s: %s: 504", g.name, p.label, r.Method, r.URL.Path, end.why)
-			plainError(w, http.StatusGatewayTimeout, fmt.Sprintf("berth: upstream %s: server %s did not answer within %s\n", g.name, p.label, time.Duration(gs.cfg.Timeout)))
-			return
+			s.reqLogf(rs, "upstream %s: server %s: %s %s: %s: 504", g.name, p.label, r.Method, r.URL.Path, end.why)
+			return backendFailed(rs, http.StatusGatewayTimeout, fmt.Sprintf("berth: upstream %s: server %s did not answer within %s\n", g.name, p.label, time.Duration(gs.cfg.Timeout)))
 		}
 		note := ""
 		if why == refusedBegun {
 			note = "; not replayed on another server: it may have begun on it"
 		}
-		s.logf("upstream %s: server %s: %s %s: %s: 502%s", g.name, p.label, r.Method, r.URL.Path, end.why, note)
-		plainError(w, http.StatusBadGateway, "berth: upstream "+g.name+": the server failed to answer\n")
-		return
+		s.reqLogf(rs, "upstream %s: server %s: %s %s: %s: 502%s", g.name, p.label, r.Method, r.URL.Path, end.why, note)
+		return backendFailed(rs, http.StatusBadGateway, "berth: upstream "+g.name+": the server failed to answer\n")
 	}
 }
 
 // noLiveUpstream says, at most every 5 seconds per proxy, that a group had
 // no server to take a request.
-func (s *Server) noLiveUpstream(g *group) {
+func (s *Server) noLiveUpstream(rs *reqState, g *group) {
 	now := time.Now().UnixNano()
 	last := s.lastNoUpstream.Load()
 	if now-last < int64(5*time.Second) || !s.lastNoUpstream.CompareAndSwap(last, now) {
 		return
 	}
-	s.logf("upstream %s: no live server (failed, unhealthy or down): answering 502", g.name)
+	s.reqLogf(rs, "upstream %s: no live server (failed, unhealthy or down): answering 502", g.name)
 }
 
 // idempotent methods (RFC 9110 §9.2.2) may be replayed when allowed.
@@ -150,10 +142,19 @@ func idempotent(m string) bool {
 	return false
 }
 
-// tryPeer sends the request to p (on c, or a new connection) and relays
-// its answer. It always releases p.
+// tryPeer sends the request to p (on c, or a new connection) and reads
+// its answer: buffered whole (p given back at once), or a stream that holds
+// the connection until the respond stage has relayed it. It always
+// releases p.
 func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupSet, g *group, p *peer, c *pconn, req []byte, bodyInReq bool, deadline time.Time) tryEnd {
 	start := time.Now()
+	rs.up.begin(start)
+	streaming := false // a stream ends its own time (upstreamStream.end)
+	defer func() {
+		if !streaming && st.logUp {
+			rs.up.end(time.Now())
+		}
+	}()
 	end := start.Add(time.Duration(gs.cfg.Timeout))
 	if !deadline.IsZero() && deadline.Before(end) {
 		end = deadline
@@ -180,8 +181,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 			if c, err = p.dial(min(time.Duration(gs.cfg.ConnectTimeout), time.Until(end))); err != nil {
 				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 					g.release(p, nil, false, resNeutral, 0)
-					s.unavailable(rs, nil, errOutOfFiles)
-					return tryEnd{done: true}
+					return tryEnd{done: true, resp: s.unavailable(rs, nil, errOutOfFiles)}
 				}
 				s.metrics.upstreamError(kindDial)
 				return fail(nil, resFailed, tryEnd{timeout: isTimeout(err) && !time.Now().Before(end), why: "connect: " + err.Error()})
@@ -250,8 +250,9 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 	}
 	rs.rbody.reset(c.br, hd)
 	if hd.stream {
-		s.streamUpstream(rs, gs, g, p, c, hd, took)
-		return tryEnd{done: true}
+		streaming = true
+		rs.ustream = upstreamStream{s: s, rs: rs, st: st, gs: gs, g: g, p: p, c: c, hd: hd, took: took}
+		return tryEnd{done: true, resp: response{src: srcStream, status: hd.status, noBody: hd.noBody, stream: &rs.ustream}}
 	}
 	rs.resp.reset(respMemLimit, s.opts.TempDir)
 	if err := rs.resp.readFrom(&rs.rbody, 0, nil); err != nil {
@@ -267,56 +268,64 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 		c.c.SetDeadline(time.Time{})
 	}
 	g.release(p, c, reuse, resOK, took)
-	s.relayBuffered(rs, r, st, hd)
-	return tryEnd{done: true}
+	return tryEnd{done: true, resp: response{src: srcSpool, status: hd.status, noBody: hd.noBody}}
 }
 
-// streamUpstream relays a response as it comes (X-Accel-Buffering: no,
-// text/event-stream), flushing each chunk; the connection is held to the
-// end and the group's timeout bounds the silence between two chunks.
-func (s *Server) streamUpstream(rs *reqState, gs *groupSet, g *group, p *peer, c *pconn, hd respHead, took time.Duration) {
-	w := &rs.rw
-	w.WriteHeader(hd.status)
-	w.Flush()
-	rc := http.NewResponseController(w.w)
-	defer rc.SetWriteDeadline(time.Time{})
-	bp := getBuf()
-	defer putBuf(bp)
-	buf := (*bp)[:cap(*bp)]
-	clean := false
+// upstreamStream is a server's streamed answer (X-Accel-Buffering: no,
+// text/event-stream): the connection is held to the end and the group's
+// timeout bounds the silence between two pieces.
+type upstreamStream struct {
+	s    *Server
+	rs   *reqState
+	st   *settings
+	gs   *groupSet
+	g    *group
+	p    *peer
+	c    *pconn
+	hd   respHead
+	took time.Duration
+	buf  *[]byte
+	res  result // resFailed once the body broke
+}
+
+func (us *upstreamStream) next() ([]byte, error) {
+	if us.buf == nil {
+		us.buf = getBuf()
+	}
+	us.c.c.SetReadDeadline(time.Now().Add(time.Duration(us.gs.cfg.Timeout)))
+	buf := (*us.buf)[:cap(*us.buf)]
+	n, err := us.rs.rbody.Read(buf)
+	if err != nil && err != io.EOF {
+		if isTimeout(err) {
+			us.s.metrics.upstreamError(kindTimeout)
+			us.s.reqLogf(us.rs, "upstream %s: server %s: streamed response silent for %s; cut", us.g.name, us.p.label, time.Duration(us.gs.cfg.Timeout))
+		} else {
+			us.s.metrics.upstreamError(kindBadResponse)
+			us.s.reqLogf(us.rs, "upstream %s: server %s: streamed response broke: %v", us.g.name, us.p.label, err)
+		}
+		us.res = resFailed
+	}
+	return buf[:n], err
+}
+
+func (us *upstreamStream) end(clean bool) {
+	if us.buf != nil {
+		putBuf(us.buf)
+		us.buf = nil
+	}
+	if us.st.logUp {
+		us.rs.up.end(time.Now())
+	}
 	res := resOK
-	for {
-		c.c.SetReadDeadline(time.Now().Add(time.Duration(gs.cfg.Timeout)))
-		n, err := rs.rbody.Read(buf)
-		if n > 0 {
-			rc.SetWriteDeadline(time.Now().Add(sendTimeout))
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				break // the client left
-			}
-			w.Flush()
-		}
-		if err == io.EOF {
-			clean = true
-			break
-		}
-		if err != nil {
-			if isTimeout(err) {
-				s.metrics.upstreamError(kindTimeout)
-				s.logf("upstream %s: server %s: streamed response silent for %s; cut", g.name, p.label, time.Duration(gs.cfg.Timeout))
-			} else {
-				s.metrics.upstreamError(kindBadResponse)
-				s.logf("upstream %s: server %s: streamed response broke: %v", g.name, p.label, err)
-			}
-			res = resFailed
-			rs.abort = true
-			break
-		}
+	if us.res == resFailed {
+		res = resFailed
 	}
-	reuse := clean && !hd.close && c.br.Buffered() == 0
+	reuse := clean && !us.hd.close && us.c.br.Buffered() == 0
 	if reuse {
-		c.c.SetDeadline(time.Time{})
+		us.c.c.SetDeadline(time.Time{})
 	}
-	g.release(p, c, reuse, res, took)
+	us.g.release(us.p, us.c, reuse, res, us.took)
+	us.c = nil
 }
 
 // appendHTTPRequest appends r as an HTTP/1.1 request head to b[:0]:
