@@ -6,7 +6,7 @@ import (
 )
 
 // A child is a process berth started and has not reaped yet: the proxy, a
-// zygote, a worker, and (programs.go) a before-start task, a companion
+// zygote, a worker, and (companion.go) a before-start task, a companion
 // program or a periodic job's run. Supervisor.procs maps each pid to its
 // child; the one reaper's exits are handed to it through this interface, so
 // the event loop has one path for every kind of process and learns nothing
