@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
 )
 
 // sh is a companion whose last argument names it in fakeOS.startsOf.
@@ -325,5 +326,82 @@ func TestBeforeRollTaskFailureRefusesTheReload(t *testing.T) {
 	h.exit(h.last("migrate"), 0)
 	if h.s.pending == nil {
 		t.Fatal("no roll after the before-roll task succeeded")
+	}
+}
+
+// TestEveryKindStopsTheSameWay: one stop sequence for every kind of child,
+// with each kind's own signal, grace and process-group rule: the stop
+// signal now, no SIGKILL before the grace, SIGKILL after it (to the process
+// group too for a program). A zygote and a worker that never became ready
+// get no SIGKILL from the sequence.
+func TestEveryKindStopsTheSameWay(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*config.Config)
+		stop  func(h *harness) int // stops one child and returns its pid
+		sig   syscall.Signal
+		grace time.Duration // 0: no SIGKILL follows
+		group bool
+	}{
+		{"worker", nil, func(h *harness) int {
+			h.bootReady()
+			w := h.worker("1.1")
+			h.s.stopWorker(w)
+			return w.pid
+		}, syscall.SIGTERM, 5 * time.Second, false},
+		{"worker past a request's timeout", nil, func(h *harness) int {
+			h.bootReady()
+			h.s.onControl(ctlEvent{p: h.s.activeProxy(), msg: control.Message{Type: control.TypeTimeout, Worker: "1.1"}})
+			return h.worker("1.1").pid
+		}, syscall.SIGUSR2, dumpGrace, false},
+		{"worker past its start timeout", nil, func(h *harness) int {
+			h.bootReady()
+			h.s.onControl(ctlEvent{p: h.s.activeProxy(), msg: control.Message{Type: control.TypeDue, Worker: "1.1"}})
+			pid := h.worker("1.2").pid
+			h.tick(startTimeout + time.Second)
+			return pid
+		}, syscall.SIGKILL, 0, false},
+		{"proxy", nil, func(h *harness) int {
+			h.bootReady()
+			p := h.s.activeProxy()
+			h.s.stopProxy(p, "test")
+			return p.pid
+		}, syscall.SIGTERM, 6 * time.Second, false},
+		{"program", func(c *config.Config) { c.Programs = []config.Program{program("celery", config.RestartAlways, false)} },
+			func(h *harness) int {
+				h.bootReady()
+				h.s.stopUnit(h.s.programs[0], "test")
+				return h.only("celery")
+			}, syscall.SIGINT, 3 * time.Second, true},
+		{"zygote", func(c *config.Config) { c.Workers.Preload = true }, func(h *harness) int {
+			z := h.s.gen.zygote
+			h.s.stopZygoteProc(z)
+			return z.pid
+		}, syscall.SIGTERM, 0, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, c.edit)
+			pid := c.stop(h)
+			if !h.os.signalled(pid, c.sig) {
+				t.Fatalf("no %s at the stop: %v", c.sig, h.os.signals)
+			}
+			h.os.signals = nil
+			wait := c.grace - 50*time.Millisecond
+			if c.grace == 0 {
+				wait = time.Hour
+			}
+			h.tick(wait)
+			if h.os.signalled(pid, syscall.SIGKILL) || h.os.signalled(-pid, syscall.SIGKILL) {
+				t.Fatalf("SIGKILL before the grace of %s: %v", c.grace, h.os.signals)
+			}
+			if c.grace == 0 {
+				return
+			}
+			h.tick(100 * time.Millisecond)
+			if !h.os.signalled(pid, syscall.SIGKILL) || h.os.signalled(-pid, syscall.SIGKILL) != c.group {
+				t.Fatalf("after the grace: %v, want SIGKILL to %d (and to its group: %v)", h.os.signals, pid, c.group)
+			}
+		})
 	}
 }
