@@ -405,3 +405,65 @@ func TestEveryKindStopsTheSameWay(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadReconcilesProgramsAndJobs: a reload matches programs and jobs by
+// name: a new one is added, a changed one changed (a running program
+// restarted, a job rescheduled), an unchanged one left alone, a removed one
+// stopped or forgotten; what it did is listed in cfg's order, removals last.
+func TestReloadReconcilesProgramsAndJobs(t *testing.T) {
+	job := func(name, schedule string) config.Job { return config.Job{Companion: sh(name), Schedule: schedule} }
+	h := newHarness(t, func(c *config.Config) {
+		c.Programs = []config.Program{program("celery", config.RestartAlways, false), program("beat", config.RestartAlways, false),
+			program("same", config.RestartAlways, false)}
+		c.Cron = []config.Job{job("a", "@every 1h"), job("b", "@every 1h"), job("c", "@every 1h")}
+	})
+	h.bootReady()
+	celery, beat, same := h.only("celery"), h.only("beat"), h.only("same")
+	cfg := *h.s.cfg
+	changed := program("celery", config.RestartAlways, false)
+	changed.Env = map[string]string{"X": "1"}
+	cfg.Programs = []config.Program{program("flower", config.RestartAlways, false), changed, program("same", config.RestartAlways, false)}
+	cfg.Cron = []config.Job{job("d", "@every 1h"), job("b", "@every 2h"), job("a", "@every 1h")}
+	h.clk.advance(time.Minute)
+
+	did := h.s.applyPrograms(&cfg)
+	if got, want := strings.Join(did, "; "), "program flower added; program celery restarted; program beat removed"; got != want {
+		t.Errorf("programs: did %q, want %q", got, want)
+	}
+	var names []string
+	for _, u := range h.s.programs {
+		names = append(names, u.name)
+	}
+	if got := strings.Join(names, ","); got != "flower,celery,same" {
+		t.Errorf("programs after the reload: %s", got)
+	}
+	if !h.os.signalled(celery, syscall.SIGINT) || !h.os.signalled(beat, syscall.SIGINT) || h.os.signalled(same, syscall.SIGINT) {
+		t.Errorf("want celery and beat stopped, same left alone: %v", h.os.signals)
+	}
+	if len(h.os.startsOf("flower")) != 1 {
+		t.Error("flower not started")
+	}
+
+	jobs := map[string]*unit{}
+	for _, u := range h.s.jobs {
+		jobs[u.name] = u
+	}
+	aNext := jobs["a"].job.runAt
+	did = h.s.applyCron(&cfg)
+	if got, want := strings.Join(did, "; "), "cron d added; cron b changed; cron c removed"; got != want {
+		t.Errorf("cron: did %q, want %q", got, want)
+	}
+	names = nil
+	for _, u := range h.s.jobs {
+		names = append(names, u.name)
+	}
+	if got := strings.Join(names, ","); got != "d,b,a" {
+		t.Errorf("jobs after the reload: %s", got)
+	}
+	now := h.clk.now()
+	if !jobs["c"].job.gone || jobs["a"].job.runAt != aNext || jobs["b"] != h.s.jobs[1] ||
+		!jobs["b"].job.runAt.Equal(now.Add(2*time.Hour)) || !h.s.jobs[0].job.runAt.Equal(now.Add(time.Hour)) {
+		t.Errorf("jobs: c gone %v, a next %s (was %s), b next %s, d next %s, now %s", jobs["c"].job.gone,
+			jobs["a"].job.runAt, aNext, jobs["b"].job.runAt, h.s.jobs[0].job.runAt, now)
+	}
+}
