@@ -294,6 +294,42 @@ func (s *Supervisor) tickUnit(u *unit, now time.Time) {
 	}
 }
 
+// reconcile is how a reload makes the running units of one kind cfg's, by
+// name: a unit new in want is kept and handed to add (which starts or
+// schedules it); one in both stays, and change applies want's settings to
+// it and says what it did ("" for nothing); one that is gone from want is
+// handed to remove. It returns the units to keep, in want's order, and what
+// it did, for the log ("program celery added").
+func reconcile(kind string, running, want []*unit, add func(*unit), change func(u, nu *unit) string, remove func(*unit)) ([]*unit, []string) {
+	old := map[string]*unit{}
+	for _, u := range running {
+		old[u.name] = u
+	}
+	var keep []*unit
+	var did []string
+	for _, nu := range want {
+		u := old[nu.name]
+		delete(old, nu.name)
+		if u == nil {
+			keep = append(keep, nu)
+			add(nu)
+			did = append(did, kind+" "+nu.name+" added")
+			continue
+		}
+		if what := change(u, nu); what != "" {
+			did = append(did, kind+" "+u.name+" "+what)
+		}
+		keep = append(keep, u)
+	}
+	for _, u := range running {
+		if _, gone := old[u.name]; gone {
+			remove(u)
+			did = append(did, kind+" "+u.name+" removed")
+		}
+	}
+	return keep, did
+}
+
 // unitGroup is u's cgroup, created (or its limits applied) at each start.
 func (s *Supervisor) unitGroup(u *unit) (cgroup.Group, bool) {
 	c := s.cg
