@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,7 +85,12 @@ func (s *Supervisor) tlsControl(cfg *config.Config) *control.TLS {
 	return t
 }
 
-// reloadCertificates re-reads the certificate files after they changed.
+// reloadCertificates re-reads the certificate files after they changed. It
+// does not wait for a roll: the pair is read and checked first (a broken one
+// changes nothing, the pair in use keeps serving), then swapped in and sent
+// to the proxies at once. A reload rolling in meanwhile whose config names
+// the same files takes the same read for its commit, which would otherwise
+// put back the pair it read when it was staged.
 func (s *Supervisor) reloadCertificates(reason string) {
 	certs, err := loadCertificates(s.cfg)
 	if err != nil {
@@ -93,10 +99,12 @@ func (s *Supervisor) reloadCertificates(reason string) {
 		s.metrics.reloads.WithLabelValues("failed").Inc()
 		return
 	}
-	if sameCertificates(certs, s.certs) {
+	if st := s.pending; st != nil && !st.code && slices.Equal(certFiles(st.cfg), certFiles(s.cfg)) {
+		st.certs = certs
+	}
+	if !s.swapCertificates(certs) {
 		return
 	}
-	s.certs = certs
 	for _, p := range s.proxies {
 		s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(s.cfg)})
 	}
@@ -108,6 +116,17 @@ func (s *Supervisor) reloadCertificates(reason string) {
 	s.log.Printf("tls (%s): %s; new connections get them, open ones keep theirs", reason, msg)
 	s.reloadState = reloadStatus{At: s.now(), OK: true, Message: msg, Reason: reason}
 	s.metrics.reloads.WithLabelValues("ok").Inc()
+}
+
+// swapCertificates makes certs, read and checked, the ones the proxies are
+// sent, and says whether that changed them. After boot it is the one writer
+// of s.certs: a reload's commit and a renewal both swap through it.
+func (s *Supervisor) swapCertificates(certs []control.Certificate) bool {
+	if sameCertificates(certs, s.certs) {
+		return false
+	}
+	s.certs = certs
+	return true
 }
 
 // certFiles are the files whose change reloads the certificates.

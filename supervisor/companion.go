@@ -72,8 +72,6 @@ type unit struct {
 
 	pid      int
 	started  time.Time
-	stopping bool
-	stopAt   time.Time // SIGKILL when passed; zero once sent
 	deadline time.Time // the run's timeout; zero = none
 	timedOut bool
 	why      string   // why it is being stopped, for the log
@@ -85,6 +83,8 @@ type unit struct {
 
 	prog *programState // programs only
 	job  *jobState     // jobs only
+
+	stopSeq // its run's stop
 }
 
 func (u *unit) exited(s *Supervisor, e Exit) { s.unitExited(u, e) }
@@ -229,7 +229,10 @@ func (s *Supervisor) startUnit(u *unit) error {
 		return err
 	}
 	u.pid, u.started, u.out = pid, s.now(), out
-	u.stopping, u.stopAt, u.timedOut, u.why = false, time.Time{}, false, ""
+	// Its stop's SIGKILL takes its process group too: a Celery pool left
+	// behind must not work on.
+	u.stopSeq = stopSeq{group: true}
+	u.timedOut, u.why = false, ""
 	u.deadline = time.Time{}
 	if sp.timeout > 0 {
 		u.deadline = u.started.Add(sp.timeout)
@@ -250,9 +253,8 @@ func (s *Supervisor) stopUnit(u *unit, why string) {
 	if u.pid == 0 || u.stopping {
 		return
 	}
-	u.stopping, u.why = true, why
-	u.stopAt = s.now().Add(u.spec.stopTimeout)
-	_ = s.os.Signal(u.pid, u.spec.stopSignal)
+	u.why = why
+	s.stop(&u.stopSeq, u.pid, u.spec.stopSignal, u.spec.stopTimeout)
 }
 
 // unitExited ends u's run: common bookkeeping, then the kind's policy.
@@ -279,22 +281,53 @@ func exitCodeOf(e Exit) int {
 	return e.Status.ExitStatus()
 }
 
-// tickUnit escalates u's stop and enforces its run timeout.
+// tickUnit enforces u's run timeout (its stop's SIGKILL comes from
+// killOverdue, as every child's does).
 func (s *Supervisor) tickUnit(u *unit, now time.Time) {
 	if u.pid == 0 {
 		return
-	}
-	if u.stopping && !u.stopAt.IsZero() && now.After(u.stopAt) {
-		s.log.Printf("%s (pid %d) did not stop within %s of %s: SIGKILL", u.label(), u.pid, u.spec.stopTimeout, unix.SignalName(u.spec.stopSignal))
-		_ = s.os.Signal(u.pid, syscall.SIGKILL)
-		_ = s.os.SignalGroup(u.pid, syscall.SIGKILL)
-		u.stopAt = time.Time{}
 	}
 	if !u.stopping && !u.deadline.IsZero() && now.After(u.deadline) {
 		s.log.Printf("%s (pid %d) ran past its timeout of %s: stopping it", u.label(), u.pid, u.spec.timeout)
 		u.timedOut = true
 		s.stopUnit(u, "timeout")
 	}
+}
+
+// reconcile is how a reload makes the running units of one kind cfg's, by
+// name: a unit new in want is kept and handed to add (which starts or
+// schedules it); one in both stays, and change applies want's settings to
+// it and says what it did ("" for nothing); one that is gone from want is
+// handed to remove. It returns the units to keep, in want's order, and what
+// it did, for the log ("program celery added").
+func reconcile(kind string, running, want []*unit, add func(*unit), change func(u, nu *unit) string, remove func(*unit)) ([]*unit, []string) {
+	old := map[string]*unit{}
+	for _, u := range running {
+		old[u.name] = u
+	}
+	var keep []*unit
+	var did []string
+	for _, nu := range want {
+		u := old[nu.name]
+		delete(old, nu.name)
+		if u == nil {
+			keep = append(keep, nu)
+			add(nu)
+			did = append(did, kind+" "+nu.name+" added")
+			continue
+		}
+		if what := change(u, nu); what != "" {
+			did = append(did, kind+" "+u.name+" "+what)
+		}
+		keep = append(keep, u)
+	}
+	for _, u := range running {
+		if _, gone := old[u.name]; gone {
+			remove(u)
+			did = append(did, kind+" "+u.name+" removed")
+		}
+	}
+	return keep, did
 }
 
 // unitGroup is u's cgroup, created (or its limits applied) at each start.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/control"
 )
 
 // sh is a companion whose last argument names it in fakeOS.startsOf.
@@ -325,5 +326,144 @@ func TestBeforeRollTaskFailureRefusesTheReload(t *testing.T) {
 	h.exit(h.last("migrate"), 0)
 	if h.s.pending == nil {
 		t.Fatal("no roll after the before-roll task succeeded")
+	}
+}
+
+// TestEveryKindStopsTheSameWay: one stop sequence for every kind of child,
+// with each kind's own signal, grace and process-group rule: the stop
+// signal now, no SIGKILL before the grace, SIGKILL after it (to the process
+// group too for a program). A zygote and a worker that never became ready
+// get no SIGKILL from the sequence.
+func TestEveryKindStopsTheSameWay(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*config.Config)
+		stop  func(h *harness) int // stops one child and returns its pid
+		sig   syscall.Signal
+		grace time.Duration // 0: no SIGKILL follows
+		group bool
+	}{
+		{"worker", nil, func(h *harness) int {
+			h.bootReady()
+			w := h.worker("1.1")
+			h.s.stopWorker(w)
+			return w.pid
+		}, syscall.SIGTERM, 5 * time.Second, false},
+		{"worker past a request's timeout", nil, func(h *harness) int {
+			h.bootReady()
+			h.s.onControl(ctlEvent{p: h.s.activeProxy(), msg: control.Message{Type: control.TypeTimeout, Worker: "1.1"}})
+			return h.worker("1.1").pid
+		}, syscall.SIGUSR2, dumpGrace, false},
+		{"worker past its start timeout", nil, func(h *harness) int {
+			h.bootReady()
+			h.s.onControl(ctlEvent{p: h.s.activeProxy(), msg: control.Message{Type: control.TypeDue, Worker: "1.1"}})
+			pid := h.worker("1.2").pid
+			h.tick(startTimeout + time.Second)
+			return pid
+		}, syscall.SIGKILL, 0, false},
+		{"proxy", nil, func(h *harness) int {
+			h.bootReady()
+			p := h.s.activeProxy()
+			h.s.stopProxy(p, "test")
+			return p.pid
+		}, syscall.SIGTERM, 6 * time.Second, false},
+		{"program", func(c *config.Config) { c.Programs = []config.Program{program("celery", config.RestartAlways, false)} },
+			func(h *harness) int {
+				h.bootReady()
+				h.s.stopUnit(h.s.programs[0], "test")
+				return h.only("celery")
+			}, syscall.SIGINT, 3 * time.Second, true},
+		{"zygote", func(c *config.Config) { c.Workers.Preload = true }, func(h *harness) int {
+			z := h.s.gen.zygote
+			h.s.stopZygoteProc(z)
+			return z.pid
+		}, syscall.SIGTERM, 0, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, c.edit)
+			pid := c.stop(h)
+			if !h.os.signalled(pid, c.sig) {
+				t.Fatalf("no %s at the stop: %v", c.sig, h.os.signals)
+			}
+			h.os.signals = nil
+			wait := c.grace - 50*time.Millisecond
+			if c.grace == 0 {
+				wait = time.Hour
+			}
+			h.tick(wait)
+			if h.os.signalled(pid, syscall.SIGKILL) || h.os.signalled(-pid, syscall.SIGKILL) {
+				t.Fatalf("SIGKILL before the grace of %s: %v", c.grace, h.os.signals)
+			}
+			if c.grace == 0 {
+				return
+			}
+			h.tick(100 * time.Millisecond)
+			if !h.os.signalled(pid, syscall.SIGKILL) || h.os.signalled(-pid, syscall.SIGKILL) != c.group {
+				t.Fatalf("after the grace: %v, want SIGKILL to %d (and to its group: %v)", h.os.signals, pid, c.group)
+			}
+		})
+	}
+}
+
+// TestReloadReconcilesProgramsAndJobs: a reload matches programs and jobs by
+// name: a new one is added, a changed one changed (a running program
+// restarted, a job rescheduled), an unchanged one left alone, a removed one
+// stopped or forgotten; what it did is listed in cfg's order, removals last.
+func TestReloadReconcilesProgramsAndJobs(t *testing.T) {
+	job := func(name, schedule string) config.Job { return config.Job{Companion: sh(name), Schedule: schedule} }
+	h := newHarness(t, func(c *config.Config) {
+		c.Programs = []config.Program{program("celery", config.RestartAlways, false), program("beat", config.RestartAlways, false),
+			program("same", config.RestartAlways, false)}
+		c.Cron = []config.Job{job("a", "@every 1h"), job("b", "@every 1h"), job("c", "@every 1h")}
+	})
+	h.bootReady()
+	celery, beat, same := h.only("celery"), h.only("beat"), h.only("same")
+	cfg := *h.s.cfg
+	changed := program("celery", config.RestartAlways, false)
+	changed.Env = map[string]string{"X": "1"}
+	cfg.Programs = []config.Program{program("flower", config.RestartAlways, false), changed, program("same", config.RestartAlways, false)}
+	cfg.Cron = []config.Job{job("d", "@every 1h"), job("b", "@every 2h"), job("a", "@every 1h")}
+	h.clk.advance(time.Minute)
+
+	did := h.s.applyPrograms(&cfg)
+	if got, want := strings.Join(did, "; "), "program flower added; program celery restarted; program beat removed"; got != want {
+		t.Errorf("programs: did %q, want %q", got, want)
+	}
+	var names []string
+	for _, u := range h.s.programs {
+		names = append(names, u.name)
+	}
+	if got := strings.Join(names, ","); got != "flower,celery,same" {
+		t.Errorf("programs after the reload: %s", got)
+	}
+	if !h.os.signalled(celery, syscall.SIGINT) || !h.os.signalled(beat, syscall.SIGINT) || h.os.signalled(same, syscall.SIGINT) {
+		t.Errorf("want celery and beat stopped, same left alone: %v", h.os.signals)
+	}
+	if len(h.os.startsOf("flower")) != 1 {
+		t.Error("flower not started")
+	}
+
+	jobs := map[string]*unit{}
+	for _, u := range h.s.jobs {
+		jobs[u.name] = u
+	}
+	aNext := jobs["a"].job.runAt
+	did = h.s.applyCron(&cfg)
+	if got, want := strings.Join(did, "; "), "cron d added; cron b changed; cron c removed"; got != want {
+		t.Errorf("cron: did %q, want %q", got, want)
+	}
+	names = nil
+	for _, u := range h.s.jobs {
+		names = append(names, u.name)
+	}
+	if got := strings.Join(names, ","); got != "d,b,a" {
+		t.Errorf("jobs after the reload: %s", got)
+	}
+	now := h.clk.now()
+	if !jobs["c"].job.gone || jobs["a"].job.runAt != aNext || jobs["b"] != h.s.jobs[1] ||
+		!jobs["b"].job.runAt.Equal(now.Add(2*time.Hour)) || !h.s.jobs[0].job.runAt.Equal(now.Add(time.Hour)) {
+		t.Errorf("jobs: c gone %v, a next %s (was %s), b next %s, d next %s, now %s", jobs["c"].job.gone,
+			jobs["a"].job.runAt, aNext, jobs["b"].job.runAt, h.s.jobs[0].job.runAt, now)
 	}
 }

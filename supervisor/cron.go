@@ -120,43 +120,32 @@ func (s *Supervisor) jobEnded(u *unit, e Exit) {
 // applyCron makes the jobs cfg's. A job keeps its counters and a run in
 // progress across a reload; a changed schedule takes effect from now.
 func (s *Supervisor) applyCron(cfg *config.Config) []string {
-	old := map[string]*unit{}
-	for _, u := range s.jobs {
-		old[u.name] = u
+	var want []*unit
+	for _, j := range cfg.Cron {
+		want = append(want, s.jobUnit(cfg, j))
 	}
 	now := s.now()
-	var keep []*unit
 	var did []string
-	for _, j := range cfg.Cron {
-		nu := s.jobUnit(cfg, j)
-		u := old[j.Name]
-		delete(old, j.Name)
-		switch {
-		case u == nil:
-			u = nu
-			s.scheduleJob(u, now)
-			did = append(did, "cron "+j.Name+" added")
-		case u.spec.key != nu.spec.key || u.job.schedule != nu.job.schedule || u.job.delay != nu.job.delay:
+	s.jobs, did = reconcile(kindJob, s.jobs, want, func(u *unit) { s.scheduleJob(u, now) },
+		func(u, nu *unit) string {
+			js, njs := u.job, nu.job
+			if u.spec.key == nu.spec.key && js.schedule == njs.schedule && js.delay == njs.delay {
+				return ""
+			}
 			// A run in progress finishes with the settings it started with.
 			u.spec = nu.spec
-			if u.job.schedule != nu.job.schedule || u.job.delay != nu.job.delay {
-				u.job.schedule, u.job.sched, u.job.delay = nu.job.schedule, nu.job.sched, nu.job.delay
+			if js.schedule != njs.schedule || js.delay != njs.delay {
+				js.schedule, js.sched, js.delay = njs.schedule, njs.sched, njs.delay
 				s.scheduleJob(u, now)
 			}
-			did = append(did, "cron "+j.Name+" changed")
-		}
-		keep = append(keep, u)
-	}
-	for _, u := range s.jobs {
-		if _, removed := old[u.name]; removed {
+			return "changed"
+		},
+		func(u *unit) {
 			u.job.gone = true
 			if u.pid == 0 {
 				s.releaseUnitGroup(u)
 			}
-			did = append(did, "cron "+u.name+" removed")
-		}
-	}
-	s.jobs = keep
+		})
 	return did
 }
 

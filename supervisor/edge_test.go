@@ -30,8 +30,8 @@ func TestEdgeModeStartsNoWorker(t *testing.T) {
 	}
 	p := h.s.activeProxy()
 	var cfg *control.Proxy
-	for len(p.out) > 0 {
-		if m := <-p.out; m.Type == control.TypeConfig {
+	for _, m := range h.sentTo(p) {
+		if m.Type == control.TypeConfig {
 			cfg = m.Config
 		}
 	}

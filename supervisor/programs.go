@@ -167,48 +167,34 @@ func (s *Supervisor) tickPrograms(now time.Time) {
 // stop signal and started again; a new one starts; a removed one stops;
 // the others keep running untouched. It returns what it did, for the log.
 func (s *Supervisor) applyPrograms(cfg *config.Config) []string {
-	old := map[string]*unit{}
-	for _, u := range s.programs {
-		old[u.name] = u
-	}
-	var keep []*unit
-	var did []string
+	var want []*unit
 	for _, p := range cfg.Programs {
-		nu := s.programUnit(cfg, p)
-		u := old[p.Name]
-		delete(old, p.Name)
-		switch {
-		case u == nil:
-			keep = append(keep, nu)
-			s.launchProgram(nu)
-			did = append(did, "program "+p.Name+" added")
-			continue
-		case u.spec.key == nu.spec.key:
-		case u.pid != 0:
-			u.prog.respawn = &nu.spec
-			s.stopUnit(u, "settings changed")
-			did = append(did, "program "+p.Name+" restarted")
-		default:
-			u.spec, u.prog.failures = nu.spec, 0
-			s.launchProgram(u)
-			did = append(did, "program "+p.Name+" restarted")
-		}
-		keep = append(keep, u)
+		want = append(want, s.programUnit(cfg, p))
 	}
-	for _, u := range s.programs {
-		if _, removed := old[u.name]; !removed {
-			continue
-		}
-		u.prog.gone = true
-		s.metrics.programUp.DeleteLabelValues(u.name)
-		if u.pid != 0 {
-			s.stopUnit(u, "removed from the config")
-		} else {
-			s.releaseUnitGroup(u)
-		}
-		did = append(did, "program "+u.name+" removed")
-	}
-	s.programs = keep
+	var did []string
+	s.programs, did = reconcile(kindProgram, s.programs, want, s.launchProgram,
+		func(u, nu *unit) string {
+			switch {
+			case u.spec.key == nu.spec.key:
+				return ""
+			case u.pid != 0:
+				u.prog.respawn = &nu.spec
+				s.stopUnit(u, "settings changed")
+			default:
+				u.spec, u.prog.failures = nu.spec, 0
+				s.launchProgram(u)
+			}
+			return "restarted"
+		},
+		func(u *unit) {
+			u.prog.gone = true
+			s.metrics.programUp.DeleteLabelValues(u.name)
+			if u.pid != 0 {
+				s.stopUnit(u, "removed from the config")
+			} else {
+				s.releaseUnitGroup(u)
+			}
+		})
 	return did
 }
 

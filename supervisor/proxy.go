@@ -187,9 +187,8 @@ func (s *Supervisor) onControl(ev ctlEvent) {
 			s.restarts["timeout"]++
 			// faulthandler prints every thread's stack on SIGUSR2; the
 			// SIGKILL follows at the deadline, from the tick.
-			_ = s.os.Signal(w.pid, syscall.SIGUSR2)
 			w.state = wStopping
-			w.deadline = s.now().Add(dumpGrace)
+			s.stop(&w.stopSeq, w.pid, syscall.SIGUSR2, dumpGrace)
 			s.sendWorkers()
 		}
 	case control.TypeDrained:
@@ -243,12 +242,9 @@ func (s *Supervisor) sumRequests() {
 }
 
 func (s *Supervisor) stopProxy(p *proxyProc, why string) {
-	if p.stopping {
+	if !s.stop(&p.stopSeq, p.pid, syscall.SIGTERM, s.cfg.Workers.GracefulTimeout.D()+time.Second) {
 		return
 	}
-	p.stopping = true
-	p.deadline = s.now().Add(s.cfg.Workers.GracefulTimeout.D() + time.Second)
-	_ = s.os.Signal(p.pid, syscall.SIGTERM)
 	// Draining workers no longer wait for this proxy.
 	for _, w := range s.workers {
 		if w.state == wDraining {

@@ -46,7 +46,7 @@ type staged struct {
 	admin     *adminServer          // bound, not serving until commit
 	adminSet  bool                  // admin.listen changed (admin nil: moved to "off")
 	cgroupsUp bool                  // cgroup limits were written for cfg: abort writes prev's back
-	certs     []control.Certificate // cfg's certificates, read and checked
+	certs     []control.Certificate // cfg's certificates, read and checked; the newest read until commit
 	gen       *generation           // rolling in; nil when the workers stay
 
 	prevGen  *generation
@@ -234,10 +234,7 @@ func (s *Supervisor) commit(st *staged) {
 		s.cfg, s.cfgHash = cfg, st.hash
 		s.generation++
 	}
-	certsChanged := !st.code && !sameCertificates(s.certs, st.certs)
-	if !st.code {
-		s.certs = st.certs
-	}
+	certsChanged := !st.code && s.swapCertificates(st.certs)
 	if ch.Proxy || certsChanged {
 		for _, p := range s.proxies {
 			s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(cfg)})

@@ -1,7 +1,15 @@
 package supervisor
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -9,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/config"
 	"github.com/berth-dev/berth/control"
 )
 
@@ -296,5 +305,94 @@ func TestWatchRetriedAfterFailure(t *testing.T) {
 	h.tick(time.Second)
 	if h.s.watch == nil {
 		t.Fatal("watch not re-created by the retry")
+	}
+}
+
+// writeTestCert writes a fresh self-signed certificate and its key to
+// dir/tls.crt and dir/tls.key, and returns the certificate's PEM.
+func writeTestCert(t *testing.T, dir, name string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	cert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), cert, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// TestCertificatesRenewedDuringARoll: certificate files renewed while a
+// reload's new worker generation rolls in reach the proxy at once, and the
+// roll's commit keeps them: it must not put back the pair it read when it
+// was staged.
+func TestCertificatesRenewedDuringARoll(t *testing.T) {
+	dir := t.TempDir()
+	first := writeTestCert(t, dir, "first.example")
+	crt, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	h := newHarness(t, func(c *config.Config) {
+		c.TLS.Certificates = []config.Certificate{{Cert: crt, Key: key}}
+	})
+	h.bootReady()
+	yaml := baseYAML + fmt.Sprintf("tls: {certificates: [{cert: %q, key: %q}]}\n", crt, key)
+	h.withConfigFile(yaml)
+	p := h.s.activeProxy()
+	certsSent := func() []byte {
+		t.Helper()
+		var last *control.Proxy
+		for _, m := range h.sentTo(p) {
+			if m.Type == control.TypeConfig {
+				last = m.Config
+			}
+		}
+		if last == nil || last.TLS == nil || len(last.TLS.Certificates) != 1 {
+			t.Fatalf("the proxy's last config carries no certificate: %+v", last)
+		}
+		return last.TLS.Certificates[0].CertPEM
+	}
+	if !bytes.Equal(certsSent(), first) {
+		t.Fatal("the proxy was not sent the certificate at boot")
+	}
+
+	// A reload that needs a new worker generation: it reads the
+	// certificates now and commits when both slots run the new generation.
+	h.writeConfig(strings.Replace(yaml, "app: {", "app: {env: {ROLL: \"1\"}, ", 1))
+	h.s.reload(reloadRequest{reason: "test"})
+	if h.s.pending == nil {
+		t.Fatalf("no roll: %+v", h.s.reloadState)
+	}
+	a, b := h.s.slots[0].next.id, h.s.slots[1].next.id
+
+	// The pair is renewed during the roll (cert-manager does not wait).
+	renewed := writeTestCert(t, dir, "renewed.example")
+	h.s.reload(reloadRequest{reason: "certificate files changed", certs: true})
+	if !bytes.Equal(certsSent(), renewed) {
+		t.Fatal("the renewed certificate did not reach the proxy during the roll")
+	}
+
+	h.ready(a)
+	h.ready(b)
+	if h.s.pending != nil || !h.s.reloadState.OK {
+		t.Fatalf("the roll did not commit: pending %v, last %+v", h.s.pending != nil, h.s.reloadState)
+	}
+	if got := certsSent(); bytes.Equal(got, first) {
+		t.Error("the commit sent the proxy back the certificate the reload read before the renewal")
+	} else if !bytes.Equal(got, renewed) {
+		t.Error("after the commit the proxy was not sent the renewed certificate")
+	}
+	if len(h.s.certs) != 1 || !bytes.Equal(h.s.certs[0].CertPEM, renewed) {
+		t.Error("after the commit s.certs is not the renewed certificate")
 	}
 }

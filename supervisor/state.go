@@ -75,10 +75,11 @@ type worker struct {
 	dueWhy string
 	// drainedBy records which proxies reported it drained.
 	drainedBy map[int]bool
-	// deadline is when the current state is given up on: starting too long,
-	// draining too long (then SIGTERM anyway), stopping too long (SIGKILL).
+	// deadline is when the current state is given up on: forking or
+	// starting too long, draining too long (then SIGTERM anyway). Stopping
+	// too long is the stopSeq's (SIGKILL).
 	deadline time.Time
-	killed   bool // SIGKILL sent
+	stopSeq
 
 	requests int64 // served, summed over proxies' stats
 	rss      int64
@@ -174,10 +175,9 @@ type proxyProc struct {
 	conn      net.Conn
 	out       chan control.Message
 	ready     bool
-	stopping  bool
-	deadline  time.Time // SIGKILL when stopping passes it
-	metrics   string    // its /metrics unix socket
+	metrics   string // its /metrics unix socket
 	listeners []*listener
 	started   time.Time
 	stats     control.Stats
+	stopSeq
 }

@@ -565,24 +565,14 @@ func (s *Supervisor) onTick() {
 			s.scheduleRestart(sl)
 		case w.state == wStarting && now.After(w.deadline):
 			s.log.Printf("worker %s (pid %d) did not become ready within %s: killing it", w.id, w.pid, startTimeout)
-			_ = s.os.Signal(w.pid, syscall.SIGKILL)
-			w.state, w.killed = wStopping, true
+			w.state = wStopping
+			s.stop(&w.stopSeq, w.pid, syscall.SIGKILL, noEscalation)
 		case w.state == wDraining && now.After(w.deadline):
 			s.log.Printf("worker %s (pid %d) still busy after %s of draining: stopping it anyway", w.id, w.pid, s.cfg.Workers.GracefulTimeout.D())
 			s.stopWorker(w)
-		case w.state == wStopping && !w.killed && now.After(w.deadline):
-			s.log.Printf("worker %s (pid %d) did not stop in time: SIGKILL", w.id, w.pid)
-			_ = s.os.Signal(w.pid, syscall.SIGKILL)
-			w.killed = true
 		}
 	}
-	for _, p := range s.proxies {
-		if p.stopping && !p.deadline.IsZero() && now.After(p.deadline) {
-			s.log.Printf("proxy %d (pid %d) did not stop in time: SIGKILL", p.n, p.pid)
-			_ = s.os.Signal(p.pid, syscall.SIGKILL)
-			p.deadline = time.Time{}
-		}
-	}
+	s.killOverdue(now)
 	if s.phase <= phaseDelay && s.fatal == nil {
 		for _, sl := range s.slots {
 			if !sl.restartAt.IsZero() && now.After(sl.restartAt) {

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,22 +19,58 @@ import (
 	"github.com/berth-dev/berth/control"
 )
 
-// fakeOS records starts and signals; no process is ever created.
+// fakeOS records starts and signals; no process is ever created. It
+// reads each proxy's control socket as the proxy would (proxyInbox).
 type fakeOS struct {
 	next    int
 	started []ProcSpec
 	pids    []int
 	signals []string // "pid:SIGNAME"
 	exits   chan Exit
+	inboxes map[int]*proxyInbox // by proxy pid
 }
 
-func newFakeOS() *fakeOS { return &fakeOS{next: 1000, exits: make(chan Exit, 16)} }
+func newFakeOS() *fakeOS {
+	return &fakeOS{next: 1000, exits: make(chan Exit, 16), inboxes: map[int]*proxyInbox{}}
+}
 
 func (f *fakeOS) Start(s ProcSpec) (int, error) {
 	f.next++
 	f.started = append(f.started, s)
 	f.pids = append(f.pids, f.next)
+	if len(s.Args) == 2 && s.Args[1] == "proxy" {
+		f.inboxes[f.next] = readInbox(s.Files[0]) // fd 3: its control socket
+	}
 	return f.next, nil
+}
+
+// proxyInbox is every message a proxy was sent, in order, read off the
+// proxy's end of its control socket.
+type proxyInbox struct {
+	mu   sync.Mutex
+	msgs []control.Message
+}
+
+func readInbox(f *os.File) *proxyInbox {
+	in := &proxyInbox{}
+	conn, err := net.FileConn(f) // a dup: the supervisor closes f
+	if err != nil {
+		panic(err)
+	}
+	go func() {
+		defer conn.Close()
+		c := control.NewConn(conn)
+		for {
+			m, err := c.Receive()
+			if err != nil {
+				return
+			}
+			in.mu.Lock()
+			in.msgs = append(in.msgs, m)
+			in.mu.Unlock()
+		}
+	}()
+	return in
 }
 
 func (f *fakeOS) Signal(pid int, sig syscall.Signal) error {
@@ -75,10 +113,11 @@ func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 type harness struct {
-	t   *testing.T
-	s   *Supervisor
-	os  *fakeOS
-	clk *clock
+	t     *testing.T
+	s     *Supervisor
+	os    *fakeOS
+	clk   *clock
+	marks int // sentTo's
 }
 
 func newHarness(t *testing.T, edit func(*config.Config)) *harness {
@@ -113,6 +152,32 @@ func newHarness(t *testing.T, edit func(*config.Config)) *harness {
 	}
 	t.Cleanup(s.closeAll)
 	return &harness{t: t, s: s, os: fo, clk: clk}
+}
+
+// sentTo returns every message proxy p was sent until now, as p read them:
+// it sends p a mark and waits until p has read it.
+func (h *harness) sentTo(p *proxyProc) []control.Message {
+	h.t.Helper()
+	const mark = "test: mark"
+	h.marks++
+	h.s.send(p, control.Message{Type: mark, Worker: fmt.Sprint(h.marks)})
+	in := h.os.inboxes[p.pid]
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		in.mu.Lock()
+		msgs := append([]control.Message(nil), in.msgs...)
+		in.mu.Unlock()
+		if n := len(msgs); n > 0 && msgs[n-1].Type == mark && msgs[n-1].Worker == fmt.Sprint(h.marks) {
+			var out []control.Message
+			for _, m := range msgs {
+				if m.Type != mark {
+					out = append(out, m)
+				}
+			}
+			return out
+		}
+	}
+	h.t.Fatalf("proxy %d did not read its control socket", p.n)
+	return nil
 }
 
 func (h *harness) ready(id string) {

@@ -294,8 +294,7 @@ func (s *Supervisor) stopWorker(w *worker) {
 		return
 	}
 	w.state = wStopping
-	w.deadline = s.now().Add(s.cfg.Workers.GracefulTimeout.D())
-	_ = s.os.Signal(w.pid, syscall.SIGTERM)
+	s.stop(&w.stopSeq, w.pid, syscall.SIGTERM, s.cfg.Workers.GracefulTimeout.D())
 }
 
 func (s *Supervisor) workerExited(w *worker, e Exit) {

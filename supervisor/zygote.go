@@ -26,9 +26,9 @@ type zygote struct {
 	ready     bool
 	pending   []*worker // fork requests waiting for READY
 	started   time.Time
-	stopping  bool
 	failures  int
 	restartAt time.Time
+	stopSeq
 }
 
 type zygoteReply struct {
@@ -190,16 +190,14 @@ func (s *Supervisor) stopZygoteProc(z *zygote) {
 	if z.stopping {
 		return
 	}
-	z.stopping = true
 	z.restartAt = time.Time{}
 	if z.conn != nil {
 		// EOF on its command socket is the zygote's signal to exit.
 		z.conn.Close()
 		z.conn = nil
 	}
-	if z.pid > 0 {
-		_ = s.os.Signal(z.pid, syscall.SIGTERM)
-	}
+	// No SIGKILL of its own: a shutdown's deadline kills what is left.
+	s.stop(&z.stopSeq, z.pid, syscall.SIGTERM, noEscalation)
 	for _, w := range z.pending {
 		s.forgetWorker(w)
 	}
