@@ -104,7 +104,7 @@ func (s *Supervisor) startProxy() error {
 	s.proxies = append(s.proxies, p)
 	s.placeProxy(p)
 	go readControl(p, s.ctlCh)
-	go writeControl(p)
+	go writeControl(p.ctl, p.out)
 	s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(s.cfg)})
 	s.sendWorkers()
 	return nil
@@ -125,10 +125,13 @@ func readControl(p *proxyProc, ch chan<- ctlEvent) {
 
 // writeControl sends from the proxy's outbox, so a proxy that stops reading
 // can never block the loop.
-func writeControl(p *proxyProc) {
-	for m := range p.out {
-		if err := p.ctl.Send(m); err != nil {
-			for range p.out {
+// writeControl sends out's messages on ctl until out is closed. It takes
+// the channel, not the proxyProc: proxyExited sets p.out to nil, and a
+// failed send drains what is left of this channel, never a nil one.
+func writeControl(ctl *control.Conn, out <-chan control.Message) {
+	for m := range out {
+		if err := ctl.Send(m); err != nil {
+			for range out {
 			}
 			return
 		}
