@@ -147,7 +147,7 @@ func appendJSON(b []byte, e *logEntry) []byte {
 	b = append(b, `,"referer":`...)
 	b = appendJSONString(b, e.referer)
 	b = append(b, `,"host":`...)
-	b = appendJSONString(b, e.in.serverName)
+	b = appendJSONString(b, e.in.ServerName)
 	b = append(b, `,"request_id":`...)
 	b = appendJSONString(b, e.reqID)
 	b = append(b, `,"upstream_duration_ms":`...)

@@ -369,15 +369,15 @@ func appendHead(b []byte, flags byte, r *http.Request, in *reqInfo) (_ []byte, o
 	case r.ProtoMajor == 2:
 		version = "2"
 	}
-	scheme := in.scheme
+	scheme := in.Scheme
 	if flags&flagWebsocket != 0 {
 		scheme = "ws"
-		if in.scheme == "https" {
+		if in.Scheme == "https" {
 			scheme = "wss"
 		}
 	}
 	b = append(b, flags)
-	fields := [...]string{r.Method, scheme, raw, in.pathInfo, r.URL.RawQuery, in.remoteAddr, in.remotePort, in.serverName, in.serverPort, version}
+	fields := [...]string{r.Method, scheme, raw, in.PathInfo, r.URL.RawQuery, in.RemoteAddr, in.RemotePort, in.ServerName, in.ServerPort, version}
 	for i, f := range fields {
 		if i > 0 {
 			b = append(b, 0)
@@ -400,7 +400,7 @@ func appendHead(b []byte, flags byte, r *http.Request, in *reqInfo) (_ []byte, o
 			continue // the proxy framed the body: it sends its own content-length
 		}
 		if strings.IndexByte(name, '_') >= 0 || hasNUL(name) {
-			// As for uwsgi (skipRequestHeader): X_Forwarded_For would be
+			// As for uwsgi (uwsgi.SkipHeader): X_Forwarded_For would be
 			// X-Forwarded-For to an app that maps names to CGI-style keys
 			// (Django's ASGI handler does).
 			continue
@@ -415,9 +415,9 @@ func appendHead(b []byte, flags byte, r *http.Request, in *reqInfo) (_ []byte, o
 			b = append(b, v...)
 		}
 	}
-	if in.contentLength != "" {
+	if in.ContentLength != "" {
 		b = append(b, "\x00content-length\x00"...)
-		b = append(b, in.contentLength...)
+		b = append(b, in.ContentLength...)
 	}
 	return b, true
 }

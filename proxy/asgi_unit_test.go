@@ -83,8 +83,8 @@ func TestAppendHead(t *testing.T) {
 	r.Header.Set("X_Spoof", "1")
 	r.Header.Set("Transfer-Encoding", "chunked")
 	r.Header.Set("Accept", "text/html")
-	in := &reqInfo{scheme: "https", pathInfo: "/a b/c", remoteAddr: "10.0.0.1", remotePort: "5555",
-		serverName: "example.com", serverPort: "443", contentLength: "7"}
+	in := &reqInfo{Scheme: "https", PathInfo: "/a b/c", RemoteAddr: "10.0.0.1", RemotePort: "5555",
+		ServerName: "example.com", ServerPort: "443", ContentLength: "7"}
 	b, ok := appendHead(nil, flagBody, r, in)
 	if !ok {
 		t.Fatal("refused a clean head")
@@ -103,11 +103,11 @@ func TestAppendHead(t *testing.T) {
 		t.Errorf("headers %v: want host, accept and the proxy's content-length; no underscore names, no transfer-encoding", got)
 	}
 	ws := httptest.NewRequest("GET", "/ws", nil)
-	b, _ = appendHead(nil, flagWebsocket, ws, &reqInfo{scheme: "https", pathInfo: "/ws"})
+	b, _ = appendHead(nil, flagWebsocket, ws, &reqInfo{Scheme: "https", PathInfo: "/ws"})
 	if strings.Split(string(b[1:]), "\x00")[1] != "wss" {
 		t.Errorf("websocket over https: scheme %q, want wss", strings.Split(string(b[1:]), "\x00")[1])
 	}
-	if _, ok := appendHead(nil, 0, httptest.NewRequest("GET", "/", nil), &reqInfo{pathInfo: "/a\x00b"}); ok {
+	if _, ok := appendHead(nil, 0, httptest.NewRequest("GET", "/", nil), &reqInfo{PathInfo: "/a\x00b"}); ok {
 		t.Error("a NUL in the decoded path was let through")
 	}
 }

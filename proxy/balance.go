@@ -270,17 +270,17 @@ func (k hashKey) sum(r *http.Request, in *reqInfo) uint32 {
 		case keyLit:
 			add(p.lit)
 		case keyRemoteAddr:
-			add(in.remoteAddr)
+			add(in.RemoteAddr)
 		case keyRequestURI:
 			add(r.RequestURI)
 		case keyURI:
-			add(in.pathInfo)
+			add(in.PathInfo)
 		case keyArgs:
 			add(r.URL.RawQuery)
 		case keyHost:
 			add(hostOnly(r.Host))
 		case keyScheme:
-			add(in.scheme)
+			add(in.Scheme)
 		case keyMethod:
 			add(r.Method)
 		case keyHeader:

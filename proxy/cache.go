@@ -181,7 +181,7 @@ func (cr *cacheRoute) bypass(r *http.Request) bool {
 // r is not the cache's: not on a cached URL, not GET or HEAD, or bypassing
 // it (an Authorization, a session cookie).
 func (s *Server) cacheRouteFor(rs *reqState, r *http.Request, st *settings) *cacheRoute {
-	route := st.cache.match(rs.info.pathInfo)
+	route := st.cache.match(rs.info.PathInfo)
 	if route == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		return nil
 	}

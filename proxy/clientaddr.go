@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/berth-dev/berth/proxy/cgi"
 )
 
 // connInfo is computed once per client connection.
@@ -70,14 +72,14 @@ func connInfoOf(r *http.Request) *connInfo {
 func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) *connInfo {
 	ci := connInfoOf(r)
 	in := &rs.info
-	*in = reqInfo{remoteAddr: ci.remoteHost, remotePort: ci.remotePort, scheme: "http"}
+	*in = reqInfo{RemoteAddr: ci.remoteHost, RemotePort: ci.remotePort, Scheme: "http"}
 	if r.TLS != nil || ci.tls {
-		in.scheme = "https"
+		in.Scheme = "https"
 	}
 	if len(st.trusted) > 0 && st.isTrusted(ci.remoteIP) {
 		if xff := r.Header["X-Forwarded-For"]; len(xff) > 0 {
 			if a, ok := realIP(st, xff); ok {
-				in.remoteAddr, in.remotePort = a, ""
+				in.RemoteAddr, in.RemotePort = a, ""
 			}
 		}
 		if xfp := r.Header["X-Forwarded-Proto"]; len(xfp) > 0 {
@@ -88,21 +90,21 @@ func (s *Server) clientInfo(rs *reqState, r *http.Request, st *settings) *connIn
 			v = strings.TrimSpace(v)
 			switch {
 			case strings.EqualFold(v, "https"):
-				in.scheme = "https"
+				in.Scheme = "https"
 			case strings.EqualFold(v, "http"):
-				in.scheme = "http"
+				in.Scheme = "http"
 			}
 		}
 	}
-	in.serverName = hostOnly(r.Host)
-	if in.serverName == "" {
-		in.serverName = ci.localHost
+	in.ServerName = hostOnly(r.Host)
+	if in.ServerName == "" {
+		in.ServerName = ci.localHost
 	}
-	in.serverPort = ci.localPort
-	if in.serverPort == "" {
-		in.serverPort = "80"
-		if in.scheme == "https" {
-			in.serverPort = "443"
+	in.ServerPort = ci.localPort
+	if in.ServerPort == "" {
+		in.ServerPort = "80"
+		if in.Scheme == "https" {
+			in.ServerPort = "443"
 		}
 	}
 	return ci
@@ -159,4 +161,15 @@ func hostOnly(h string) string {
 		return h[:i]
 	}
 	return h
+}
+
+// reqInfo is what a request's encodings need beyond its head (package cgi).
+type reqInfo = cgi.Vars
+
+// headerValue is a field's first value, "" when absent.
+func headerValue(h http.Header, canonicalKey string) string {
+	if v := h[canonicalKey]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }

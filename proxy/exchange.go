@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/uwsgi"
 )
 
 // outcome of one exchange with a worker.
@@ -45,7 +47,7 @@ func (o outcome) retryReason() string {
 
 // readBody reads the whole request body into rs.body before a worker or
 // upstream is taken, so a slow upload holds only this goroutine, and sets
-// rs.info.contentLength. A response other than next answers the client
+// rs.info.ContentLength. A response other than next answers the client
 // (413, 408, 400) or says it is gone.
 func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody bool, resp response) {
 	w := &rs.rw
@@ -76,9 +78,9 @@ func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody 
 			}
 			return hasBody, berthError(rs, http.StatusBadRequest, "berth: cannot read the request body: "+err.Error()+"\n")
 		}
-		rs.info.contentLength = strconv.FormatInt(rs.body.size(), 10)
+		rs.info.ContentLength = strconv.FormatInt(rs.body.size(), 10)
 	} else if _, ok := r.Header["Content-Length"]; ok {
-		rs.info.contentLength = "0"
+		rs.info.ContentLength = "0"
 	}
 	return hasBody, response{src: srcNext}
 }
@@ -150,7 +152,7 @@ func (s *Server) workerExchange(rs *reqState, r *http.Request, st *settings, has
 // packet builds the request packet for a worker of the given kind in
 // rs.pkt, with the buffered body appended when withBody.
 func (s *Server) packet(rs *reqState, r *http.Request, compact, withBody bool) ([]byte, error) {
-	pkt, err := appendPacket(rs.pkt, r, &rs.info, compact)
+	pkt, err := uwsgi.AppendPacket(rs.pkt, r, &rs.info, compact)
 	if err == nil && withBody {
 		pkt = append(pkt, rs.body.bytes()...)
 	}

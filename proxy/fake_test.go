@@ -4,19 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/uwsgi"
 
 	"github.com/berth-dev/berth/control"
 )
@@ -159,53 +158,11 @@ func (fw *fakeWorker) serve(c net.Conn) {
 }
 
 func readUwsgi(br *bufio.Reader) (*fakeReq, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+	p, err := uwsgi.Read(br)
+	if err != nil {
 		return nil, err
 	}
-	if hdr[0] != 0 || hdr[3] != 0 {
-		return nil, fmt.Errorf("bad modifiers %v", hdr)
-	}
-	data := make([]byte, binary.LittleEndian.Uint16(hdr[1:3]))
-	if _, err := io.ReadFull(br, data); err != nil {
-		return nil, err
-	}
-	req := &fakeReq{vars: map[string]string{}}
-	for len(data) > 0 {
-		if len(data) < 2 {
-			return nil, errors.New("truncated key length")
-		}
-		kl := int(binary.LittleEndian.Uint16(data))
-		data = data[2:]
-		if len(data) < kl+2 {
-			return nil, errors.New("truncated key")
-		}
-		k := string(data[:kl])
-		data = data[kl:]
-		vl := int(binary.LittleEndian.Uint16(data))
-		data = data[2:]
-		if len(data) < vl {
-			return nil, errors.New("truncated value")
-		}
-		req.vars[k] = string(data[:vl])
-		req.keys = append(req.keys, k)
-		data = data[vl:]
-	}
-	if cl := req.vars["CONTENT_LENGTH"]; cl != "" {
-		n, err := strconv.ParseUint(cl, 10, 63) // Atoi took "-1" (and make panicked)
-		if err != nil {
-			return nil, fmt.Errorf("CONTENT_LENGTH %q: %w", cl, err)
-		}
-		// Grow with the bytes that come, not the length declared: a
-		// CONTENT_LENGTH of 2^40 must not allocate a terabyte.
-		if req.body, err = io.ReadAll(io.LimitReader(br, int64(n))); err != nil {
-			return nil, err
-		}
-		if uint64(len(req.body)) != n {
-			return nil, io.ErrUnexpectedEOF
-		}
-	}
-	return req, nil
+	return &fakeReq{vars: p.Vars, keys: p.Keys, body: p.Body}, nil
 }
 
 // respond writes a keep-alive framed response (Content-Length).

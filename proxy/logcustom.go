@@ -57,7 +57,7 @@ func appendCustom(b []byte, f *logformat.Format, e *logEntry) []byte {
 		case logformat.RemoteAddr:
 			b = appendVal(b, esc, e.remote, true)
 		case logformat.RemotePort:
-			b = appendVal(b, esc, e.in.remotePort, e.in.remotePort != "")
+			b = appendVal(b, esc, e.in.RemotePort, e.in.RemotePort != "")
 		case logformat.RemoteUser:
 			b = appendVal(b, esc, "", false)
 		case logformat.TimeLocal:
@@ -81,7 +81,7 @@ func appendCustom(b []byte, f *logformat.Format, e *logEntry) []byte {
 		case logformat.RequestURI:
 			b = appendVal(b, esc, e.uri, true)
 		case logformat.URI:
-			u := e.in.pathInfo
+			u := e.in.PathInfo
 			if u == "" && e.r != nil {
 				u = e.r.URL.Path
 			}
@@ -100,7 +100,7 @@ func appendCustom(b []byte, f *logformat.Format, e *logEntry) []byte {
 		case logformat.ServerProtocol:
 			b = appendVal(b, esc, e.proto, e.proto != "")
 		case logformat.Scheme:
-			b = appendVal(b, esc, e.in.scheme, e.in.scheme != "")
+			b = appendVal(b, esc, e.in.Scheme, e.in.Scheme != "")
 		case logformat.Host:
 			// The Host header's name, as nginx's $host with no server_name:
 			// empty for an HTTP/1.0 request without one.
@@ -112,7 +112,7 @@ func appendCustom(b []byte, f *logformat.Format, e *logEntry) []byte {
 				}
 			}
 		case logformat.ServerPort:
-			b = appendVal(b, esc, e.in.serverPort, e.in.serverPort != "")
+			b = appendVal(b, esc, e.in.ServerPort, e.in.ServerPort != "")
 		case logformat.Status:
 			b = strconv.AppendInt(b, int64(e.status), 10)
 		case logformat.BodyBytesSent:

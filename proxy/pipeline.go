@@ -59,7 +59,7 @@ func (s *Server) ingress(rs *reqState, r *http.Request, st *settings) response {
 	if st.requestID {
 		rs.reqID = s.requestID(r, st, ci)
 		rs.rw.reqID = rs.reqID
-		rs.info.requestID = rs.reqID
+		rs.info.RequestID = rs.reqID
 		// Every backend reads the ID from the request: the client's own
 		// never reaches one (the uwsgi encoders, the ASGI head and the
 		// upstream HTTP head all copy this field).
@@ -113,7 +113,7 @@ type routing struct {
 // route is stage 2.
 func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing) response {
 	if ts := st.tls; ts != nil {
-		if rs.info.scheme != "https" {
+		if rs.info.Scheme != "https" {
 			if ts.redirect {
 				return redirectHTTPS(rs, r, ts)
 			}
@@ -142,7 +142,7 @@ func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing)
 		rs.rw.Header().Set("Connection", "close")
 		return berthError(rs, http.StatusBadRequest, "berth: bad request path\n")
 	}
-	rs.info.pathInfo = n
+	rs.info.PathInfo = n
 	ro.kind = routeWorkers
 	if st.routes != nil {
 		if g := st.route(n); g != nil {
@@ -207,7 +207,7 @@ func (s *Server) finish(rs *reqState, r *http.Request, st *settings, ro *routing
 	s.metrics.duration.Observe(dur.Seconds())
 	if st.log != logOff {
 		e := logEntry{
-			when: end, remote: rs.info.remoteAddr, method: rs.method, uri: rs.uri, proto: rs.proto,
+			when: end, remote: rs.info.RemoteAddr, method: rs.method, uri: rs.uri, proto: rs.proto,
 			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
 			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
 			reqID: rs.reqID, wsock: rs.wsock, in: &rs.info, r: r,

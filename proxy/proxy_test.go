@@ -994,7 +994,7 @@ func TestLogFormatsExact(t *testing.T) {
 	when := time.Date(2024, 3, 9, 7, 5, 3, 0, time.FixedZone("", -5*3600))
 	e := &logEntry{when: when, remote: "10.1.2.3", method: "GET", uri: "/a\"b\x01", proto: "HTTP/1.1", status: 404,
 		bytes: 12, dur: 1500 * time.Microsecond, worker: "2.1", ua: "ü\"\n",
-		in: &reqInfo{serverName: "example.com"}, reqID: "0123456789abcdef0123456789abcdef", up: &upTimes{n: 1, d: [2]time.Duration{1200 * time.Microsecond}}}
+		in: &reqInfo{ServerName: "example.com"}, reqID: "0123456789abcdef0123456789abcdef", up: &upTimes{n: 1, d: [2]time.Duration{1200 * time.Microsecond}}}
 	if got, want := string(appendCombined(nil, e)), `10.1.2.3 - - [09/Mar/2024:07:05:03 -0500] "GET /a\x22b\x01 HTTP/1.1" 404 12 "-" "\xC3\xBC\x22\x0A"`+"\n"; got != want {
 		t.Errorf("combined\n got %s\nwant %s", got, want)
 	}

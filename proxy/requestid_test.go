@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/uwsgi"
+
 	"github.com/berth-dev/berth/control"
 )
 
@@ -228,13 +230,13 @@ func TestRequestIDVar(t *testing.T) {
 		r, _ := http.NewRequest("GET", "http://h/x", nil)
 		r.RequestURI = "/x"
 		r.Header.Set("X-Request-Id", "from-client")
-		pkt, err := appendPacket(nil, r, &reqInfo{pathInfo: "/x", requestID: "ours"}, compact)
+		pkt, err := uwsgi.AppendPacket(nil, r, &reqInfo{PathInfo: "/x", RequestID: "ours"}, compact)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var vars map[string]string
 		if compact {
-			vars, err = decodeCompact(pkt)
+			vars, err = uwsgi.DecodeCompact(pkt)
 		} else {
 			vars, err = decodeClassic(pkt)
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/berth-dev/berth/proxy/uwsgi"
+
 	"github.com/berth-dev/berth/control"
 )
 
@@ -102,8 +104,8 @@ func TestAppendPacket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &reqInfo{remoteAddr: "1.2.3.4", remotePort: "5", scheme: "https", pathInfo: "/x", serverName: "h", serverPort: "443"}
-	pkt, err := appendPacket(nil, r, in, false)
+	in := &reqInfo{RemoteAddr: "1.2.3.4", RemotePort: "5", Scheme: "https", PathInfo: "/x", ServerName: "h", ServerPort: "443"}
+	pkt, err := uwsgi.AppendPacket(nil, r, in, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +124,7 @@ func TestAppendPacket(t *testing.T) {
 	// Vars past 64 KiB are refused, not truncated into a corrupt packet.
 	r.Header.Set("X-Huge", strings.Repeat("a", 40000))
 	r.Header.Set("X-Huge2", strings.Repeat("b", 40000))
-	if _, err := appendPacket(nil, r, in, false); err != errVarsTooLarge {
+	if _, err := uwsgi.AppendPacket(nil, r, in, false); err != uwsgi.ErrVarsTooLarge {
 		t.Errorf("oversized vars: %v", err)
 	}
 }

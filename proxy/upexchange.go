@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/uwsgi"
 )
 
 // tryEnd is how one try on a server ended.
@@ -39,7 +41,7 @@ func (s *Server) upstreamExchange(rs *reqState, r *http.Request, st *settings, g
 	var req []byte
 	var err error
 	if gs.proto == protoUwsgi {
-		req, err = appendPacket(rs.pkt, r, &rs.info, false)
+		req, err = uwsgi.AppendPacket(rs.pkt, r, &rs.info, false)
 	} else {
 		req = appendHTTPRequest(rs.pkt, r, &rs.info, connInfoOf(r), st)
 	}
@@ -346,7 +348,7 @@ func appendHTTPRequest(b []byte, r *http.Request, in *reqInfo, ci *connInfo, st 
 	if r.Host != "" {
 		b = append(b, r.Host...)
 	} else {
-		b = append(b, in.serverName...)
+		b = append(b, in.ServerName...)
 	}
 	b = append(b, "\r\n"...)
 	conn := r.Header["Connection"]
@@ -376,14 +378,14 @@ func appendHTTPRequest(b []byte, r *http.Request, in *reqInfo, ci *connInfo, st 
 	if ci.remoteIP.IsValid() {
 		b = append(b, ci.remoteHost...)
 	} else {
-		b = append(b, in.remoteAddr...) // a unix socket peer: the address it vouched for
+		b = append(b, in.RemoteAddr...) // a unix socket peer: the address it vouched for
 	}
 	b = append(b, "\r\nX-Forwarded-Proto: "...)
-	b = append(b, in.scheme...)
+	b = append(b, in.Scheme...)
 	b = append(b, "\r\n"...)
-	if in.contentLength != "" {
+	if in.ContentLength != "" {
 		b = append(b, "Content-Length: "...)
-		b = append(b, in.contentLength...)
+		b = append(b, in.ContentLength...)
 		b = append(b, "\r\n"...)
 	}
 	return append(b, "\r\n"...)

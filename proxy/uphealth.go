@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/uwsgi"
+
 	"github.com/berth-dev/berth/control"
 )
 
@@ -102,10 +104,11 @@ func checkPeer(p *peer, cfg control.Upstream) error {
 			{"SERVER_NAME", hostOnly(host)}, {"SERVER_PORT", "80"}, {"REMOTE_ADDR", "127.0.0.1"},
 			{"HTTP_USER_AGENT", "berth-health-check"},
 		} {
-			req = appendVar(req, kv[0], kv[1])
+			req = uwsgi.AppendVar(req, kv[0], kv[1])
 		}
-		n := len(req) - 4
-		req[1], req[2] = byte(n), byte(n>>8)
+		if err := uwsgi.SetSize(req); err != nil {
+			return err
+		}
 	} else {
 		req = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: berth-health-check\r\nConnection: close\r\n\r\n", cfg.HealthPath, host)
 	}

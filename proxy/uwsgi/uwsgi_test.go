@@ -1,20 +1,22 @@
-package proxy
+package uwsgi
 
 import (
 	"bufio"
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/berth-dev/berth/proxy/cgi"
 )
 
-// FuzzUwsgiPacket checks the uwsgi request codec: appendPacket (what the
+// FuzzUwsgiPacket checks the uwsgi request codec: AppendPacket (what the
 // proxy sends a worker) and readUwsgi (the tests' decoder, the fake
 // worker's). For any bytes:
 //
@@ -23,7 +25,7 @@ import (
 //     up (a CONTENT_LENGTH of 2^40 must not allocate 1 TB);
 //   - read as an HTTP request (the way net/http hands it to the proxy, plus
 //     an X-Pad header of a fuzzed length up to twice the protocol's limit),
-//     appendPacket either refuses it with errVarsTooLarge, exactly when the
+//     AppendPacket either refuses it with ErrVarsTooLarge, exactly when the
 //     vars exceed 64 KiB, or encodes vars that decode to exactly what
 //     docs/internals.md promises (each var once, nothing more), which the
 //     Python worker's rules accept, and allocates in proportion to them.
@@ -38,9 +40,9 @@ func FuzzUwsgiPacket(f *testing.F) {
 		"GET /caf%C3%A9/%0A?q=%00 HTTP/1.1\r\nHost: x\r\nX-A: \xff\t1\r\n\r\n",
 	} {
 		f.Add([]byte(s), uint32(0))
-		f.Add([]byte(s), uint32(uwsgiMaxVars-600))
+		f.Add([]byte(s), uint32(MaxVars-600))
 	}
-	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), uint32(uwsgiMaxVars+1))
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), uint32(MaxVars+1))
 	// Raw uwsgi packets, for the decoder.
 	f.Add([]byte("\x00\x00\x00\x00"), uint32(0))
 	f.Add([]byte("\x00\xff\xff\x00"), uint32(0))
@@ -58,17 +60,17 @@ func FuzzUwsgiPacket(f *testing.F) {
 		if err != nil {
 			return
 		}
-		pathInfo, ok := normalizePath(r.URL.Path)
-		if !ok {
-			return // the proxy answers 400 itself
+		pathInfo := r.URL.Path
+		if strings.IndexByte(pathInfo, 0) >= 0 {
+			return // the proxy answers 400 itself (%00 in the path)
 		}
-		if n := pad % (2*uwsgiMaxVars + 100); n > 0 {
+		if n := pad % (2*MaxVars + 100); n > 0 {
 			r.Header.Set("X-Pad", strings.Repeat("p", int(n)))
 		}
-		in := &reqInfo{remoteAddr: "192.0.2.1", remotePort: "4711", scheme: "http", pathInfo: pathInfo,
-			serverName: hostOnly(r.Host), serverPort: "8080"}
+		in := &cgi.Vars{RemoteAddr: "192.0.2.1", RemotePort: "4711", Scheme: "http", PathInfo: pathInfo,
+			ServerName: hostOnly(r.Host), ServerPort: "8080"}
 		if len(body) > 0 || r.Header.Get("Content-Length") != "" {
-			in.contentLength = strconv.Itoa(len(body))
+			in.ContentLength = strconv.Itoa(len(body))
 		}
 		want := promisedVars(r, in)
 		size := 0
@@ -77,13 +79,13 @@ func FuzzUwsgiPacket(f *testing.F) {
 		}
 
 		var pkt []byte
-		allocated := allocatedBy(func() { pkt, err = appendPacket(nil, r, in, false) })
+		allocated := allocatedBy(func() { pkt, err = AppendPacket(nil, r, in, false) })
 		if limit := 3*uint64(len(pkt)) + 4096; allocated > limit {
-			t.Errorf("appendPacket allocated %d bytes for a %d-byte packet (limit %d)", allocated, len(pkt), limit)
+			t.Errorf("AppendPacket allocated %d bytes for a %d-byte packet (limit %d)", allocated, len(pkt), limit)
 		}
-		if size > uwsgiMaxVars {
-			if !errors.Is(err, errVarsTooLarge) {
-				t.Fatalf("vars of %d bytes: err = %v, want errVarsTooLarge", size, err)
+		if size > MaxVars {
+			if !errors.Is(err, ErrVarsTooLarge) {
+				t.Fatalf("vars of %d bytes: err = %v, want ErrVarsTooLarge", size, err)
 			}
 			return
 		}
@@ -93,80 +95,56 @@ func FuzzUwsgiPacket(f *testing.F) {
 		if len(pkt) != 4+size || pkt[0] != 0 || pkt[3] != 0 || int(pkt[1])|int(pkt[2])<<8 != size {
 			t.Fatalf("packet of %d bytes, header % x; want 4+%d bytes, header 00 %02x %02x 00", len(pkt), pkt[:min(4, len(pkt))], size, byte(size), byte(size>>8))
 		}
-		got, err := readUwsgi(bufio.NewReader(io.MultiReader(bytes.NewReader(pkt), bytes.NewReader(body))))
+		got, err := Read(bufio.NewReader(io.MultiReader(bytes.NewReader(pkt), bytes.NewReader(body))))
 		if err != nil {
 			t.Fatalf("the packet does not decode: %v\n%q", err, pkt)
 		}
-		if len(got.keys) != len(got.vars) {
-			t.Errorf("a var is sent twice: %q", got.keys)
+		if len(got.Keys) != len(got.Vars) {
+			t.Errorf("a var is sent twice: %q", got.Keys)
 		}
 		for k, v := range want {
-			if g, ok := got.vars[k]; !ok || g != v {
+			if g, ok := got.Vars[k]; !ok || g != v {
 				t.Errorf("%s = %q (sent: %v), want %q", k, g, ok, v)
 			}
 		}
-		for k := range got.vars {
+		for k := range got.Vars {
 			if _, ok := want[k]; !ok {
-				t.Errorf("unexpected var %s = %q", k, got.vars[k])
+				t.Errorf("unexpected var %s = %q", k, got.Vars[k])
 			}
 		}
-		if !bytes.Equal(got.body, body) {
-			t.Errorf("body %q, want %q", got.body, body)
+		if !bytes.Equal(got.Body, body) {
+			t.Errorf("body %q, want %q", got.Body, body)
 		}
-		if err := workerRefuses(got.vars); err != nil {
+		if err := workerRefuses(got.Vars); err != nil {
 			t.Errorf("the worker would refuse this packet: %v", err)
 		}
 
 		// The compact encoding carries exactly the same vars.
-		cpkt, err := appendPacket(nil, r, in, true)
+		cpkt, err := AppendPacket(nil, r, in, true)
 		if err != nil {
 			t.Fatalf("compact: %v", err)
 		}
-		cvars, err := decodeCompact(cpkt)
+		cvars, err := DecodeCompact(cpkt)
 		if err != nil {
 			t.Fatalf("compact packet %q: %v", cpkt, err)
 		}
-		if !maps.Equal(cvars, got.vars) {
-			t.Errorf("compact vars %q, plain vars %q", cvars, got.vars)
+		if !maps.Equal(cvars, got.Vars) {
+			t.Errorf("compact vars %q, plain vars %q", cvars, got.Vars)
 		}
 	})
 }
 
-// decodeCompact decodes a modCompact packet as berth_worker.py does: one
-// split on NUL; every key and value is followed by a NUL.
-func decodeCompact(pkt []byte) (map[string]string, error) {
-	if len(pkt) < 4 || pkt[0] != modCompact || pkt[3] != 0 {
-		return nil, fmt.Errorf("header % x", pkt[:min(4, len(pkt))])
-	}
-	n := int(pkt[1]) | int(pkt[2])<<8
-	if len(pkt) < 4+n {
-		return nil, fmt.Errorf("datasize %d, %d bytes", n, len(pkt)-4)
-	}
-	parts := strings.Split(string(pkt[4:4+n]), "\x00")
-	if len(parts)%2 != 1 || parts[len(parts)-1] != "" {
-		return nil, fmt.Errorf("%d strings: not key/value pairs ending in NUL", len(parts)-1)
-	}
-	vars := map[string]string{}
-	for i := 0; i+1 < len(parts); i += 2 {
-		if _, dup := vars[parts[i]]; dup {
-			return nil, fmt.Errorf("%s twice", parts[i])
-		}
-		vars[parts[i]] = parts[i+1]
-	}
-	return vars, nil
-}
-
-// promisedVars restates, apart from appendPacket, the vars docs/internals.md
+// promisedVars restates, apart from AppendPacket, the vars docs/internals.md
 // and nginx's uwsgi_params say a request becomes.
-func promisedVars(r *http.Request, in *reqInfo) map[string]string {
+func promisedVars(r *http.Request, in *cgi.Vars) map[string]string {
 	v := map[string]string{
 		"QUERY_STRING": r.URL.RawQuery, "REQUEST_METHOD": r.Method, "CONTENT_TYPE": r.Header.Get("Content-Type"),
-		"CONTENT_LENGTH": in.contentLength, "REQUEST_URI": r.RequestURI, "PATH_INFO": in.pathInfo,
-		"DOCUMENT_ROOT": "", "SERVER_PROTOCOL": r.Proto, "REQUEST_SCHEME": in.scheme,
-		"REMOTE_ADDR": in.remoteAddr, "REMOTE_PORT": in.remotePort, "SERVER_PORT": in.serverPort,
-		"SERVER_NAME": in.serverName, "BERTH_KEEPALIVE": "1",
+		"CONTENT_LENGTH": in.ContentLength, "REQUEST_URI": r.RequestURI, "PATH_INFO": in.PathInfo,
+		"DOCUMENT_ROOT": "", "SERVER_PROTOCOL": r.Proto, "REQUEST_SCHEME": in.Scheme,
+		"REMOTE_ADDR": in.RemoteAddr, "REMOTE_PORT": in.RemotePort, "SERVER_PORT": in.ServerPort,
+		"SERVER_NAME": in.ServerName, "BERTH_KEEPALIVE": "1",
 	}
-	if in.scheme == "https" {
+	if in.Scheme == "https" {
 		v["HTTPS"] = "on"
 	}
 	if r.Host != "" {
@@ -261,14 +239,14 @@ func checkDecoder(t *testing.T, raw []byte) {
 	allocated := allocatedBy(func() {
 		br := bufio.NewReader(bytes.NewReader(raw))
 		for {
-			if _, err := readUwsgi(br); err != nil {
+			if _, err := Read(br); err != nil {
 				return
 			}
 		}
 	})
 	// 4 KiB of bufio; per byte of input, at most one var (4 bytes: two
 	// empty strings) and its map entry and keys slot, with growth.
-	if limit := uint64(4096 + uwsgiMaxVars + 64*len(raw) + 16<<10); allocated > limit {
+	if limit := uint64(4096 + MaxVars + 64*len(raw) + 16<<10); allocated > limit {
 		t.Fatalf("decoding %d bytes allocated %d bytes (limit %d)", len(raw), allocated, limit)
 	}
 }
@@ -280,4 +258,43 @@ func allocatedBy(fn func()) uint64 {
 	fn()
 	runtime.ReadMemStats(&after)
 	return after.TotalAlloc - before.TotalAlloc
+}
+
+// hostOnly is the host of a Host field, its port dropped.
+func hostOnly(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
+}
+
+func TestAppendPacket(t *testing.T) {
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(
+		"GET /x?q=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\nCookie: a=1\r\nCookie: b=2\r\nUser-Agent: ua\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &cgi.Vars{RemoteAddr: "1.2.3.4", RemotePort: "5", Scheme: "https", PathInfo: "/x", ServerName: "h", ServerPort: "443"}
+	pkt, err := AppendPacket(nil, r, in, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := Read(bufio.NewReader(bytes.NewReader(pkt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{
+		"HTTP_X_A": "1, 2", "HTTP_COOKIE": "a=1; b=2", "HTTPS": "on", "REQUEST_SCHEME": "https",
+		"HTTP_USER_AGENT": "ua", "QUERY_STRING": "q=1", "HTTP_HOST": "h", "SERVER_PORT": "443",
+	} {
+		if req.Vars[k] != want {
+			t.Errorf("%s = %q, want %q", k, req.Vars[k], want)
+		}
+	}
+	// Vars past 64 KiB are refused, not truncated into a corrupt packet.
+	r.Header.Set("X-Huge", strings.Repeat("a", 40000))
+	r.Header.Set("X-Huge2", strings.Repeat("b", 40000))
+	if _, err := AppendPacket(nil, r, in, false); err != ErrVarsTooLarge {
+		t.Errorf("oversized vars: %v", err)
+	}
 }
