@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/rawsock"
+
 	"github.com/berth-dev/berth/proxy/uwsgi"
 )
 
@@ -377,7 +379,7 @@ func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start
 		c.deadline = false
 	}
 	c.cnt.n = 0
-	_, err := c.raw.write(pkt)
+	_, err := c.raw.Write(pkt)
 	return c, err
 }
 
@@ -416,7 +418,7 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 		if err == nil && !bodyInPkt {
 			out = failed502 // the worker may have begun on the packet
 			if rs.body.inMemory() {
-				_, err = c.raw.write(rs.body.bytes())
+				_, err = c.raw.Write(rs.body.bytes())
 			} else {
 				var f *os.File
 				if f, err = rs.body.file(); err == nil {
@@ -489,7 +491,7 @@ type upConn struct {
 // upstream server: raw system calls, and a counted, buffered reader for
 // the response.
 type sockIO struct {
-	raw *rawSock
+	raw *rawsock.Sock
 	cnt countingReader
 	br  *bufio.Reader
 }
@@ -504,7 +506,7 @@ func newSockIO(c net.Conn) (sockIO, error) {
 	if err != nil {
 		return sockIO{}, err
 	}
-	raw := newRawSock(rc)
+	raw := rawsock.New(rc)
 	s := sockIO{raw: raw, cnt: countingReader{raw: raw}}
 	return s, nil
 }
@@ -516,18 +518,18 @@ func newSockIO(c net.Conn) (sockIO, error) {
 // connection that becomes readable). One non-blocking peek: EAGAIN is the
 // clean case.
 func (s *sockIO) unsolicited() bool {
-	return s.br.Buffered() > 0 || s.raw.peek()
+	return s.br.Buffered() > 0 || s.raw.Peek()
 }
 
 // countingReader counts the bytes a worker sent, to tell "failed before any
 // response byte" (retryable) from a broken response.
 type countingReader struct {
-	raw *rawSock
+	raw *rawsock.Sock
 	n   int64
 }
 
 func (r *countingReader) Read(p []byte) (int, error) {
-	n, err := r.raw.read(p)
+	n, err := r.raw.Read(p)
 	r.n += int64(n)
 	return n, err
 }

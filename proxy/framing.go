@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/berth-dev/berth/proxy/rawsock"
 )
 
 // framing.go decides where each request on a client connection begins and
@@ -431,7 +433,7 @@ func (l framedListener) Accept() (net.Conn, error) {
 	fc := &framedConn{Conn: c}
 	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			fc.raw = newRawSock(rc)
+			fc.raw = rawsock.New(rc)
 		}
 	}
 	return fc, nil
@@ -451,7 +453,7 @@ type framedConn struct {
 	ok   int  // buf[:ok] may be handed on
 	sent bool // the synthetic request for a refusal was queued
 	rej  atomic.Pointer[rejection]
-	raw  *rawSock // nil: plain Read and Write (rawsock.go)
+	raw  *rawsock.Sock // nil: plain Read and Write (rawsock.go)
 	// tunneled: the connection was handed to another protocol (a
 	// websocket after its handshake): bytes pass through unjudged.
 	tunneled atomic.Bool
@@ -468,7 +470,7 @@ func (c *framedConn) read(p []byte) (int, error) {
 	if c.raw == nil {
 		return c.Conn.Read(p)
 	}
-	n, err := c.raw.read(p)
+	n, err := c.raw.Read(p)
 	if err != nil && err != io.EOF {
 		// net/http tells a client that went away from a broken request
 		// by the *net.OpError a net.Conn returns.
@@ -482,7 +484,7 @@ func (c *framedConn) Write(p []byte) (int, error) {
 	if c.raw == nil {
 		return c.Conn.Write(p)
 	}
-	n, err := c.raw.write(p)
+	n, err := c.raw.Write(p)
 	if err != nil {
 		err = &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}

@@ -191,7 +191,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 		}
 		c.c.SetDeadline(end)
 		c.cnt.n = 0
-		n, err := c.raw.write(req)
+		n, err := c.raw.Write(req)
 		if err != nil && c.reused && !isTimeout(err) {
 			s.metrics.upstreamError(kindStale)
 			c.close()
@@ -201,7 +201,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 		}
 		if err == nil && !bodyInReq {
 			if rs.body.inMemory() {
-				_, err = c.raw.write(rs.body.bytes())
+				_, err = c.raw.Write(rs.body.bytes())
 			} else {
 				var f *os.File
 				if f, err = rs.body.file(); err == nil {

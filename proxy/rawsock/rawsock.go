@@ -1,13 +1,5 @@
-package proxy
-
-import (
-	"io"
-	"syscall"
-	"unsafe"
-)
-
-// rawsock.go does the proxy's socket reads and writes without telling the
-// Go scheduler they are system calls.
+// Package rawsock does the proxy's socket reads and writes without
+// telling the Go scheduler they are system calls.
 //
 // A read or write on a non-blocking socket never blocks: it moves bytes
 // or answers EAGAIN at once. net.Conn still wraps each one in
@@ -19,14 +11,21 @@ import (
 // kept finding work, cost a quarter of the proxy's CPU. RawSyscall skips
 // the bookkeeping; waiting for readiness still goes through the netpoller
 // (syscall.RawConn), so deadlines work as before.
+package rawsock
 
-// rawSock is one socket's raw reads and writes. syscall.RawConn takes a
+import (
+	"io"
+	"syscall"
+	"unsafe"
+)
+
+// Sock is one socket's raw reads and writes. syscall.RawConn takes a
 // callback; a closure made per call would be a heap allocation per read
 // and write, so each direction keeps its callback (a method value bound
-// once) and its arguments in the rawSock. A read and a write may run at
+// once) and its arguments in the Sock. A read and a write may run at
 // the same time (net/http's background read beside a response); two reads,
 // or two writes, never do.
-type rawSock struct {
+type Sock struct {
 	rc syscall.RawConn
 
 	rbuf   []byte
@@ -43,15 +42,15 @@ type rawSock struct {
 	peekFn func(uintptr) bool
 }
 
-func newRawSock(rc syscall.RawConn) *rawSock {
-	s := &rawSock{rc: rc}
+func New(rc syscall.RawConn) *Sock {
+	s := &Sock{rc: rc}
 	s.readFn, s.writeFn, s.peekFn = s.doRead, s.doWrite, s.doPeek
 	return s
 }
 
-// read reads into p, waiting in the netpoller while nothing is there. It
+// Read reads into p, waiting in the netpoller while nothing is there. It
 // returns io.EOF at the end of the stream.
-func (s *rawSock) read(p []byte) (int, error) {
+func (s *Sock) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -71,7 +70,7 @@ func (s *rawSock) read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *rawSock) doRead(fd uintptr) bool {
+func (s *Sock) doRead(fd uintptr) bool {
 	for {
 		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rbuf[0])), uintptr(len(s.rbuf)))
 		switch e {
@@ -85,9 +84,9 @@ func (s *rawSock) doRead(fd uintptr) bool {
 	}
 }
 
-// write writes all of p, waiting in the netpoller while the socket buffer
+// Write writes all of p, waiting in the netpoller while the socket buffer
 // is full.
-func (s *rawSock) write(p []byte) (int, error) {
+func (s *Sock) Write(p []byte) (int, error) {
 	s.wbuf, s.wdone, s.werrno = p, 0, 0
 	err := s.rc.Write(s.writeFn)
 	done, errno := s.wdone, s.werrno
@@ -98,7 +97,7 @@ func (s *rawSock) write(p []byte) (int, error) {
 	return done, err
 }
 
-func (s *rawSock) doWrite(fd uintptr) bool {
+func (s *Sock) doWrite(fd uintptr) bool {
 	for s.wdone < len(s.wbuf) {
 		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wbuf[s.wdone])), uintptr(len(s.wbuf)-s.wdone))
 		switch e {
@@ -115,16 +114,16 @@ func (s *rawSock) doWrite(fd uintptr) bool {
 	return true
 }
 
-// peek says whether the socket has a byte to read, or has been closed by
+// Peek says whether the socket has a byte to read, or has been closed by
 // the peer, without waiting and without taking the byte. It must not run
 // beside read.
-func (s *rawSock) peek() bool {
+func (s *Sock) Peek() bool {
 	s.peeked = false
 	s.rc.Read(s.peekFn)
 	return s.peeked
 }
 
-func (s *rawSock) doPeek(fd uintptr) bool {
+func (s *Sock) doPeek(fd uintptr) bool {
 	var one [1]byte
 	_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&one[0])), 1,
 		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)

@@ -1,0 +1,95 @@
+package rawsock
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pair is a connected unix socket pair: a Sock on one end, a net.Conn on
+// the other.
+func pair(t *testing.T) (*Sock, net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sock")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := conn(fds[0]), conn(fds[1])
+	rc, err := a.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(rc), a, b
+}
+
+func TestReadWritePeek(t *testing.T) {
+	s, a, b := pair(t)
+	if s.Peek() {
+		t.Fatal("Peek on a quiet socket says bytes wait")
+	}
+	if n, err := s.Write([]byte("ping")); n != 4 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	buf := make([]byte, 8)
+	if n, err := io.ReadFull(b, buf[:4]); n != 4 || err != nil || string(buf[:4]) != "ping" {
+		t.Fatalf("the peer read %q, %v", buf[:n], err)
+	}
+	b.Write([]byte("pong"))
+	deadline := time.Now().Add(2 * time.Second)
+	for !s.Peek() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !s.Peek() {
+		t.Fatal("Peek does not see the peer's bytes")
+	}
+	if n, err := s.Read(buf); n != 4 || err != nil || string(buf[:4]) != "pong" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if n, err := s.Read(nil); n != 0 || err != nil {
+		t.Fatalf("an empty Read = %d, %v", n, err)
+	}
+	// A read waits in the netpoller: the deadline set on the conn ends it.
+	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := s.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v", err)
+	}
+	a.SetReadDeadline(time.Time{})
+	b.Close()
+	if _, err := s.Read(buf); err != io.EOF {
+		t.Fatalf("Read after the peer closed: %v, want io.EOF", err)
+	}
+}
+
+// A write larger than the socket buffer goes out whole as the peer reads.
+func TestLargeWrite(t *testing.T) {
+	s, _, b := pair(t)
+	big := make([]byte, 4<<20)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	got := make(chan []byte)
+	go func() {
+		all, _ := io.ReadAll(io.LimitReader(b, int64(len(big))))
+		got <- all
+	}()
+	if n, err := s.Write(big); n != len(big) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if all := <-got; len(all) != len(big) || all[12345] != big[12345] {
+		t.Fatalf("the peer got %d bytes", len(all))
+	}
+}
