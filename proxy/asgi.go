@@ -14,44 +14,16 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/asgiwire"
 )
 
-// Frame types, the same numbers as worker/berth_asgi.py.
-const (
-	fRequest    = 1  // proxy → worker: flags byte, then NUL-separated head fields
-	fBody       = 2  // both: data, more follows
-	fEnd        = 3  // both: the last data of the sender's half
-	fText       = 4  // both: a websocket text message
-	fBinary     = 5  // both: a websocket binary message
-	fWindow     = 6  // both: u32 credit for data payload bytes
-	fDisconnect = 7  // proxy → worker: u16 code, reason: the client is gone, the stream forgotten
-	fGoaway     = 8  // proxy → worker: u16 code: end this websocket/stream (drain)
-	fStart      = 9  // worker → proxy: u16 status, NUL-separated header names and values
-	fAccept     = 10 // worker → proxy: subprotocol, NUL-separated header names and values
-	fClose      = 11 // worker → proxy: u16 code, reason: the app closed the websocket
-	fAbort      = 12 // worker → proxy: the app failed
-
-	flagWebsocket = 1
-	flagBody      = 2
-
-	frameHeader = 9 // u32 length of what follows it, u8 type, u32 stream
-	// asgiWindow is the credit each side starts with per stream and
-	// direction: what one stream may have in flight unconsumed.
-	asgiWindow = 256 << 10
-	// asgiChunk is the largest data frame the proxy sends.
-	asgiChunk = 64 << 10
-	// maxFrame bounds a frame from a worker; a longer one is a protocol
-	// error that drops the connection.
-	maxFrame = 64 << 20
-	// muxWriteTimeout bounds one frame write: a worker whose event loop
-	// stopped reading for this long has its connection dropped (every
-	// stream on it fails) rather than stalling every other stream.
-	muxWriteTimeout = 30 * time.Second
-)
+// muxWriteTimeout bounds one frame write: a worker whose event loop
+// stopped reading for this long has its connection dropped (every
+// stream on it fails) rather than stalling every other stream.
+const muxWriteTimeout = 30 * time.Second
 
 var (
 	errMuxClosed = errors.New("the connection to the ASGI worker was lost")
@@ -122,7 +94,7 @@ func (s *Server) dialMux(w *worker) (*muxConn, error) {
 
 // open registers a new stream.
 func (mc *muxConn) open(ws bool) (*astream, error) {
-	st := &astream{mc: mc, ws: ws, window: asgiWindow,
+	st := &astream{mc: mc, ws: ws, window: asgiwire.InitialWindow,
 		sig: make(chan struct{}, 1), creditSig: make(chan struct{}, 1), drainSig: make(chan struct{}, 1)}
 	mc.mu.Lock()
 	defer mc.mu.Unlock()
@@ -143,23 +115,16 @@ func (mc *muxConn) forget(st *astream) {
 }
 
 func (mc *muxConn) readLoop(s *Server) {
-	var hdr [frameHeader]byte
+	var hdr [asgiwire.HeaderLen]byte
 	var err error
 	// Buffered: a response's START and END (and many frames under load)
 	// arrive in one read.
 	br := bufio.NewReaderSize(mc.c, 32<<10)
 	for {
-		if _, err = io.ReadFull(br, hdr[:]); err != nil {
-			break
-		}
-		n := binary.BigEndian.Uint32(hdr[0:4])
-		if n < 5 || n > maxFrame {
-			err = fmt.Errorf("frame length %d out of range", n)
-			break
-		}
-		typ, id := hdr[4], binary.BigEndian.Uint32(hdr[5:9])
-		p := make([]byte, n-5)
-		if _, err = io.ReadFull(br, p); err != nil {
+		var typ uint8
+		var id uint32
+		var p []byte
+		if typ, id, p, err = asgiwire.ReadFrame(br, hdr[:]); err != nil {
 			break
 		}
 		mc.mu.Lock()
@@ -169,7 +134,7 @@ func (mc *muxConn) readLoop(s *Server) {
 			continue // ended on our side meanwhile (a late WINDOW, say)
 		}
 		st.mu.Lock()
-		if typ == fWindow && len(p) == 4 {
+		if typ == asgiwire.FrameWindow && len(p) == 4 {
 			st.window += int64(binary.BigEndian.Uint32(p))
 			st.mu.Unlock()
 			wake(st.creditSig)
@@ -218,15 +183,13 @@ func wake(c chan struct{}) {
 // write sends one frame. A write that fails or times out kills the
 // connection: a frame cut in half leaves nothing to resynchronise on.
 func (mc *muxConn) write(typ uint8, id uint32, p []byte) error {
-	var small [frameHeader + 256]byte
-	hdr := small[:frameHeader]
-	binary.BigEndian.PutUint32(hdr[0:4], uint32(len(p)+5))
-	hdr[4] = typ
-	binary.BigEndian.PutUint32(hdr[5:9], id)
+	var small [asgiwire.HeaderLen + 256]byte
+	hdr := small[:asgiwire.HeaderLen]
+	asgiwire.PutHeader(hdr, typ, id, len(p))
 	mc.wmu.Lock()
 	mc.c.SetWriteDeadline(time.Now().Add(muxWriteTimeout))
 	var err error
-	if len(p) <= len(small)-frameHeader {
+	if len(p) <= len(small)-asgiwire.HeaderLen {
 		_, err = mc.c.Write(append(hdr, p...))
 	} else {
 		bufs := net.Buffers{hdr, p}
@@ -257,7 +220,7 @@ func (st *astream) credit(n int) {
 	}
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], uint32(n))
-	st.send(fWindow, b[:])
+	st.send(asgiwire.FrameWindow, b[:])
 }
 
 // take returns the next frame from the worker, or ok false when none is
@@ -349,95 +312,4 @@ func (w *worker) drainStreams(code uint16) int {
 		st.requestDrain(code)
 	}
 	return len(list)
-}
-
-// appendHead encodes the REQUEST payload: flags, then method, scheme,
-// raw path, decoded path, query, client host and port, server host and
-// port, HTTP version, then each header as a lower-case name and a value,
-// all NUL-separated. ok is false on a NUL in any of them: the framer and
-// net/http refuse NUL in a head, but a decoded path can hold %00 (which
-// nginx refuses with 400 too).
-func appendHead(b []byte, flags byte, r *http.Request, in *reqInfo) (_ []byte, ok bool) {
-	raw := r.RequestURI
-	if i := strings.IndexByte(raw, '?'); i >= 0 {
-		raw = raw[:i]
-	}
-	version := "1.1"
-	switch {
-	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
-		version = "1.0"
-	case r.ProtoMajor == 2:
-		version = "2"
-	}
-	scheme := in.Scheme
-	if flags&flagWebsocket != 0 {
-		scheme = "ws"
-		if in.Scheme == "https" {
-			scheme = "wss"
-		}
-	}
-	b = append(b, flags)
-	fields := [...]string{r.Method, scheme, raw, in.PathInfo, r.URL.RawQuery, in.RemoteAddr, in.RemotePort, in.ServerName, in.ServerPort, version}
-	for i, f := range fields {
-		if i > 0 {
-			b = append(b, 0)
-		}
-		if hasNUL(f) {
-			return b, false
-		}
-		b = append(b, f...)
-	}
-	if r.Host != "" {
-		if hasNUL(r.Host) {
-			return b, false
-		}
-		b = append(b, "\x00host\x00"...)
-		b = append(b, r.Host...)
-	}
-	for name, vals := range r.Header {
-		switch name {
-		case "Content-Length", "Transfer-Encoding", "Host":
-			continue // the proxy framed the body: it sends its own content-length
-		}
-		if strings.IndexByte(name, '_') >= 0 || hasNUL(name) {
-			// As for uwsgi (uwsgi.SkipHeader): X_Forwarded_For would be
-			// X-Forwarded-For to an app that maps names to CGI-style keys
-			// (Django's ASGI handler does).
-			continue
-		}
-		for _, v := range vals {
-			if hasNUL(v) {
-				return b, false
-			}
-			b = append(b, 0)
-			b = appendLower(b, name)
-			b = append(b, 0)
-			b = append(b, v...)
-		}
-	}
-	if in.ContentLength != "" {
-		b = append(b, "\x00content-length\x00"...)
-		b = append(b, in.ContentLength...)
-	}
-	return b, true
-}
-
-func hasNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
-}
-
-func appendLower(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		b = append(b, c)
-	}
-	return b
 }

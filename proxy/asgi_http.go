@@ -8,14 +8,14 @@ package proxy
 // back only as the client takes it.
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"syscall"
 	"time"
+
+	"github.com/berth-dev/berth/proxy/asgiwire"
 )
 
 // drainGrace is how long a stream or websocket told to end by a drain
@@ -59,12 +59,12 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	var flags byte
 	hasBody := rs.body.size() > 0
 	if ws {
-		flags |= flagWebsocket
+		flags |= asgiwire.FlagWebsocket
 		hasBody = false
 	} else if hasBody {
-		flags |= flagBody
+		flags |= asgiwire.FlagBody
 	}
-	head, ok := appendHead(rs.pkt[:0], flags, r, &rs.info)
+	head, ok := asgiwire.AppendHead(rs.pkt[:0], flags, r, &rs.info)
 	rs.pkt = head
 	if !ok {
 		rs.rw.Header().Set("Connection", "close")
@@ -72,7 +72,7 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	}
 	start := time.Now()
 	rs.up.begin(start)
-	if err := stream.send(fRequest, head); err != nil {
+	if err := stream.send(asgiwire.FrameRequest, head); err != nil {
 		s.metrics.upstreamError(kindWrite)
 		return retryWrite, response{} // the connection died: the worker has no whole frame
 	}
@@ -84,7 +84,7 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	if hasBody {
 		// A failure here (the connection lost, the app not reading)
 		// shows in the wait for the answer.
-		if rs.body.inMemory() && rs.body.size() <= asgiWindow {
+		if rs.body.inMemory() && rs.body.size() <= asgiwire.InitialWindow {
 			sendBody(stream, &rs.body, nil, st.timeout)
 		} else {
 			// Larger than the window: sent beside the wait for the
@@ -174,13 +174,13 @@ func equalFoldTrim(s, t string) bool {
 func sendBody(stream *astream, body *spool, stop <-chan struct{}, timeout time.Duration) error {
 	if body.inMemory() {
 		b := body.bytes()
-		for len(b) > asgiChunk {
-			if err := stream.sendData(fBody, b[:asgiChunk], stop, timeout); err != nil {
+		for len(b) > asgiwire.MaxChunk {
+			if err := stream.sendData(asgiwire.FrameBody, b[:asgiwire.MaxChunk], stop, timeout); err != nil {
 				return err
 			}
-			b = b[asgiChunk:]
+			b = b[asgiwire.MaxChunk:]
 		}
-		return stream.sendData(fEnd, b, stop, timeout)
+		return stream.sendData(asgiwire.FrameEnd, b, stop, timeout)
 	}
 	f, err := body.file()
 	if err != nil {
@@ -188,16 +188,16 @@ func sendBody(stream *astream, body *spool, stop <-chan struct{}, timeout time.D
 	}
 	bp := getBuf()
 	defer putBuf(bp)
-	buf := (*bp)[:min(cap(*bp), asgiChunk)]
+	buf := (*bp)[:min(cap(*bp), asgiwire.MaxChunk)]
 	for left := body.size(); ; {
 		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), left)])
 		left -= int64(n)
 		if err != nil && left > 0 {
 			return err
 		}
-		typ := uint8(fBody)
+		typ := uint8(asgiwire.FrameBody)
 		if left == 0 {
-			typ = fEnd
+			typ = asgiwire.FrameEnd
 		}
 		// sendData writes before returning: buf can be reused.
 		if err := stream.sendData(typ, buf[:n], stop, timeout); err != nil {
@@ -268,12 +268,12 @@ func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, strea
 	f, err := stream.next(gone, deadline, false)
 	switch {
 	case err == errClientGone:
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, response{src: srcNone} // the access log says 499
 	case err == errTimeout:
 		s.metrics.upstreamError(kindTimeout)
 		s.reqLogf(rs, "worker %s: no answer to %s %s within %s: 504", wk.id, r.Method, r.URL.Path, st.timeout)
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, backendFailed(rs, http.StatusGatewayTimeout, fmt.Sprintf("berth: the worker did not answer within %s\n", st.timeout))
 	case err != nil:
 		s.metrics.upstreamError(kindReset)
@@ -281,27 +281,27 @@ func (s *Server) asgiResponse(rs *reqState, r *http.Request, st *settings, strea
 		s.reqLogf(rs, "worker %s: connection lost before it answered %s %s (it died or was killed): 502; not replayed on another worker", wk.id, r.Method, r.URL.Path)
 		return failed502, response{}
 	}
-	if f.typ != fStart {
+	if f.typ != asgiwire.FrameStart {
 		s.metrics.upstreamError(kindBadResponse)
-		if f.typ == fAbort {
+		if f.typ == asgiwire.FrameAbort {
 			s.reqLogf(rs, "worker %s: the app failed before answering %s %s", wk.id, r.Method, r.URL.Path)
 		} else {
 			s.reqLogf(rs, "worker %s: frame %d where the response start was due", wk.id, f.typ)
 		}
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return failed502, response{}
 	}
-	status, ok := parseStart(f.p, h)
+	status, ok := asgiwire.ParseStart(f.p, h)
 	if !ok {
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: malformed response start (%d bytes)", wk.id, len(f.p))
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return failed502, response{}
 	}
 	noBody := r.Method == http.MethodHead || status == http.StatusNoContent || status == http.StatusNotModified
 	f, err = stream.next(gone, time.Time{}, true)
-	if err == nil && f.typ == fEnd {
+	if err == nil && f.typ == asgiwire.FrameEnd {
 		// The whole body in one piece.
 		if st.logUp {
 			rs.up.end(time.Now())
@@ -348,15 +348,15 @@ func (as *asgiStream) next() ([]byte, error) {
 		if err != nil {
 			switch err {
 			case errClientGone:
-				st.sendCode(fDisconnect, 1006)
+				st.sendCode(asgiwire.FrameDisconnect, 1006)
 				return nil, errClientGone
 			case errDrain:
-				st.sendCode(fGoaway, st.drainCode())
+				st.sendCode(asgiwire.FrameGoaway, st.drainCode())
 				as.graceEnd = time.Now().Add(drainGrace)
 				continue
 			case errTimeout:
 				// The grace after a drain passed: end the response here.
-				st.sendCode(fDisconnect, 1006)
+				st.sendCode(asgiwire.FrameDisconnect, 1006)
 				return nil, io.EOF
 			default:
 				as.s.metrics.upstreamError(kindBadResponse)
@@ -365,18 +365,18 @@ func (as *asgiStream) next() ([]byte, error) {
 			}
 		}
 		switch f.typ {
-		case fBody:
+		case asgiwire.FrameBody:
 			as.havePrev, as.prevLen = true, len(f.p)
 			return f.p, nil
-		case fEnd:
+		case asgiwire.FrameEnd:
 			return f.p, io.EOF
-		case fAbort:
+		case asgiwire.FrameAbort:
 			as.s.reqLogf(as.rs, "worker %s: the app failed in the middle of the response to %s %s", wk.id, as.r.Method, as.r.URL.Path)
 			return nil, errAppFailed
 		default:
 			as.s.metrics.upstreamError(kindBadResponse)
 			as.s.reqLogf(as.rs, "worker %s: frame %d in a response body", wk.id, f.typ)
-			st.sendCode(fDisconnect, 1006)
+			st.sendCode(asgiwire.FrameDisconnect, 1006)
 			return nil, errAppFailed
 		}
 	}
@@ -384,7 +384,7 @@ func (as *asgiStream) next() ([]byte, error) {
 
 func (as *asgiStream) end(clean bool) {
 	if !clean {
-		as.stream.sendCode(fDisconnect, 1006)
+		as.stream.sendCode(asgiwire.FrameDisconnect, 1006)
 	}
 	if as.s.cfg.Load().logUp {
 		as.rs.up.end(time.Now())
@@ -397,66 +397,3 @@ func (as *asgiStream) end(clean bool) {
 
 // errAppFailed: the app broke off its streamed answer.
 var errAppFailed = errors.New("the app failed in the middle of the response")
-
-// parseStart reads a START payload (u16 status, then NUL-separated header
-// names and values) into h. Hop-by-hop headers are dropped: the proxy
-// frames the response itself.
-func parseStart(p []byte, h http.Header) (int, bool) {
-	if len(p) < 2 {
-		return 0, false
-	}
-	status := int(binary.BigEndian.Uint16(p))
-	if status < 200 || status > 999 {
-		return 0, false
-	}
-	p = p[2:]
-	if len(p) == 0 {
-		return status, true
-	}
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, 0)
-		if i < 0 {
-			return 0, false
-		}
-		name := p[:i]
-		p = p[i+1:]
-		j := bytes.IndexByte(p, 0)
-		var value []byte
-		if j < 0 {
-			value, p = p, nil
-		} else {
-			value, p = p[:j], p[j+1:]
-		}
-		if !validHeaderName(name) || !validHeaderValue(value) {
-			return 0, false
-		}
-		key := http.CanonicalHeaderKey(string(name))
-		switch key {
-		case "Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Te", "Trailer":
-			continue
-		}
-		h[key] = append(h[key], string(value))
-	}
-	return status, true
-}
-
-func validHeaderName(b []byte) bool {
-	if len(b) == 0 {
-		return false
-	}
-	for _, c := range b {
-		if c <= ' ' || c >= 0x7f || bytes.IndexByte([]byte("\"(),/:;<=>?@[\\]{}"), c) >= 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func validHeaderValue(b []byte) bool {
-	for _, c := range b {
-		if (c < ' ' && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}

@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/asgiwire"
+
 	"github.com/coder/websocket"
 )
 
@@ -39,12 +41,12 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 	f, err := stream.next(r.Context().Done(), deadline, false)
 	switch {
 	case err == errClientGone:
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, response{src: srcNone}
 	case err == errTimeout:
 		s.metrics.upstreamError(kindTimeout)
 		s.reqLogf(rs, "worker %s: no answer to the websocket handshake %s within %s: 504", wk.id, r.URL.Path, st.timeout)
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, backendFailed(rs, http.StatusGatewayTimeout, "berth: the worker did not answer the websocket handshake in time\n")
 	case err != nil:
 		s.metrics.upstreamError(kindReset)
@@ -52,26 +54,26 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 		return failed502, response{}
 	}
 	switch f.typ {
-	case fAccept:
-	case fClose:
+	case asgiwire.FrameAccept:
+	case asgiwire.FrameClose:
 		// websocket.close before websocket.accept refuses the handshake
 		// (ASGI: 403).
 		return done, berthError(rs, http.StatusForbidden, "berth: the app refused the websocket\n")
-	case fAbort:
+	case asgiwire.FrameAbort:
 		s.reqLogf(rs, "worker %s: the app failed before accepting the websocket %s", wk.id, r.URL.Path)
 		return done, berthError(rs, http.StatusInternalServerError, "Internal Server Error\n")
 	default:
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: frame %d where the websocket handshake answer was due", wk.id, f.typ)
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return failed502, response{}
 	}
-	sub, ok := parseAccept(f.p, w.Header())
+	sub, ok := asgiwire.ParseAccept(f.p, w.Header())
 	if !ok {
 		clear(w.Header())
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: malformed websocket accept", wk.id)
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return failed502, response{}
 	}
 	opts := &websocket.AcceptOptions{
@@ -91,7 +93,7 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 	conn, err := websocket.Accept(w, r, opts)
 	if err != nil {
 		s.reqLogf(rs, "worker %s: websocket handshake with the client failed: %v", wk.id, err)
-		stream.sendCode(fDisconnect, 1006)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, response{src: srcNone}
 	}
 	w.status = http.StatusSwitchingProtocols
@@ -133,16 +135,16 @@ func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
 					} else {
 						b = binary.BigEndian.AppendUint16(b, 1006) // gone without a close frame
 					}
-					stream.send(fDisconnect, b)
+					stream.send(asgiwire.FrameDisconnect, b)
 				}
 				return
 			}
 			if draining.Load() {
 				continue // not accepted: the close code tells the client to resend
 			}
-			ft := uint8(fText)
+			ft := uint8(asgiwire.FrameText)
 			if typ == websocket.MessageBinary {
-				ft = fBinary
+				ft = asgiwire.FrameBinary
 			}
 			if err := stream.sendData(ft, data, ctx.Done(), 0); err != nil {
 				conn.CloseNow()
@@ -163,12 +165,12 @@ func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
 			// Stop handing client messages to the app, tell it, and
 			// let it answer what it has.
 			draining.Store(true)
-			stream.sendCode(fGoaway, stream.drainCode())
+			stream.sendCode(asgiwire.FrameGoaway, stream.drainCode())
 			graceEnd = time.Now().Add(drainGrace)
 			continue
 		case errTimeout:
 			// The app did not end within the grace: close for it.
-			stream.sendCode(fDisconnect, stream.drainCode())
+			stream.sendCode(asgiwire.FrameDisconnect, stream.drainCode())
 			s.closeWebsocket(conn, websocket.StatusCode(stream.drainCode()), "", clientGone)
 			return
 		default:
@@ -177,23 +179,23 @@ func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
 			return
 		}
 		switch f.typ {
-		case fText, fBinary:
+		case asgiwire.FrameText, asgiwire.FrameBinary:
 			mt := websocket.MessageText
-			if f.typ == fBinary {
+			if f.typ == asgiwire.FrameBinary {
 				mt = websocket.MessageBinary
 			}
 			wctx, wcancel := context.WithTimeout(ctx, sendTimeout)
 			err := conn.Write(wctx, mt, f.p)
 			wcancel()
 			if err != nil {
-				stream.sendCode(fDisconnect, 1006)
+				stream.sendCode(asgiwire.FrameDisconnect, 1006)
 				conn.CloseNow()
 				<-clientGone
 				return
 			}
 			s.metrics.wsOut.Inc()
 			stream.credit(len(f.p))
-		case fClose:
+		case asgiwire.FrameClose:
 			if len(f.p) >= 2 {
 				code = websocket.StatusCode(binary.BigEndian.Uint16(f.p))
 				reason = string(f.p[2:])
@@ -205,12 +207,12 @@ func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
 			}
 			s.closeWebsocket(conn, code, reason, clientGone)
 			return
-		case fAbort:
+		case asgiwire.FrameAbort:
 			s.closeWebsocket(conn, websocket.StatusInternalError, "", clientGone)
 			return
 		default:
 			s.logf("worker %s: frame %d on a websocket", stream.mc.w.id, f.typ)
-			stream.sendCode(fDisconnect, 1006)
+			stream.sendCode(asgiwire.FrameDisconnect, 1006)
 			s.closeWebsocket(conn, websocket.StatusInternalError, "", clientGone)
 			return
 		}
@@ -227,32 +229,4 @@ func (s *Server) closeWebsocket(conn *websocket.Conn, code websocket.StatusCode,
 		conn.CloseNow()
 	}
 	<-clientGone
-}
-
-// parseAccept reads an ACCEPT payload: the subprotocol, then NUL-separated
-// header names and values, which go into h for the 101 answer.
-func parseAccept(p []byte, h http.Header) (string, bool) {
-	sub := p
-	var rest []byte
-	for i, c := range p {
-		if c == 0 {
-			sub, rest = p[:i], p[i+1:]
-			break
-		}
-	}
-	if !validHeaderValue(sub) {
-		return "", false
-	}
-	if len(rest) > 0 {
-		// Same encoding as a START's headers, behind a dummy status.
-		buf := make([]byte, 2, 2+len(rest))
-		buf[0], buf[1] = 0, 200
-		if _, ok := parseStart(append(buf, rest...), h); !ok {
-			return "", false
-		}
-		for _, k := range []string{"Sec-Websocket-Accept", "Sec-Websocket-Protocol", "Sec-Websocket-Extensions", "Content-Length"} {
-			delete(h, k) // the handshake's own, set by the library
-		}
-	}
-	return string(sub), true
 }
