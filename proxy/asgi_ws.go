@@ -87,7 +87,7 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 	}
 	if ci := connInfoOf(r); ci.framed != nil {
 		// From the handshake on, the connection speaks websocket: the
-		// HTTP/1.1 framer lets its bytes through unjudged.
+		// HTTP/1.1 http1.Framer lets its bytes through unjudged.
 		ci.framed.tunnel()
 	}
 	conn, err := websocket.Accept(w, r, opts)

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/http1"
+
 	"github.com/berth-dev/berth/proxy/rawsock"
 
 	"github.com/berth-dev/berth/proxy/uwsgi"
@@ -217,7 +219,7 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 	}
 	rs.up.begin(start)
 	h := rs.rw.Header()
-	var hd respHead
+	var hd http1.Head
 	var err error
 	for ; ; sent = false {
 		if !sent {
@@ -227,7 +229,7 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 				return out, resp
 			}
 		}
-		hd, err = readHead(c.br, h, r.Method, &rs.head)
+		hd, err = http1.ReadHead(c.br, h, r.Method, &rs.head)
 		if err == nil {
 			break
 		}
@@ -235,7 +237,7 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 		if isTimeout(err) {
 			return done, s.timedOut(rs, wk, c, st)
 		}
-		var malformed *badResponse
+		var malformed *http1.BadResponse
 		if errors.As(err, &malformed) || c.cnt.n > 0 {
 			s.metrics.upstreamError(kindBadResponse)
 			s.reqLogf(rs, "worker %s: bad response: %v", wk.id, err)
@@ -262,17 +264,17 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 		s.reqLogf(rs, "worker %s: closed the connection after reading %s %s, without answering (it died or was killed): 502; not replayed on another worker, which it could kill too", wk.id, r.Method, r.URL.Path)
 		return failed502, response{}
 	}
-	if hd.status == http.StatusSwitchingProtocols {
+	if hd.Status == http.StatusSwitchingProtocols {
 		clear(h)
 		s.metrics.upstreamError(kindBadResponse)
 		s.reqLogf(rs, "worker %s: answered 101 Switching Protocols, which berth does not relay", wk.id)
 		wk.rt.release(wk, c, false)
 		return failed502, response{}
 	}
-	rs.rbody.reset(c.br, hd)
-	if hd.stream {
+	rs.rbody.Reset(c.br, hd)
+	if hd.Stream {
 		rs.wstream = workerStream{s: s, rs: rs, st: st, wk: wk, c: c, hd: hd}
-		return done, response{src: srcStream, status: hd.status, noBody: hd.noBody, stream: &rs.wstream}
+		return done, response{src: srcStream, status: hd.Status, noBody: hd.NoBody, stream: &rs.wstream}
 	}
 
 	// Buffer the whole body and give the worker back.
@@ -290,9 +292,9 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 	if st.logUp {
 		rs.up.end(time.Now())
 	}
-	reuse := !hd.close && c.br.Buffered() == 0
+	reuse := !hd.Close && c.br.Buffered() == 0
 	wk.rt.release(wk, c, reuse)
-	return done, response{src: srcSpool, status: hd.status, noBody: hd.noBody}
+	return done, response{src: srcSpool, status: hd.Status, noBody: hd.NoBody}
 }
 
 // workerStream is a worker's streamed answer (X-Accel-Buffering: no or
@@ -304,7 +306,7 @@ type workerStream struct {
 	st  *settings
 	wk  *worker
 	c   *upConn
-	hd  respHead
+	hd  http1.Head
 	buf *[]byte
 }
 
@@ -338,7 +340,7 @@ func (ws *workerStream) end(clean bool) {
 		ws.rs.up.end(time.Now())
 	}
 	// An unclean end closes the connection, which tells the worker.
-	ws.wk.rt.release(ws.wk, ws.c, clean && !ws.hd.close && ws.c.br.Buffered() == 0)
+	ws.wk.rt.release(ws.wk, ws.c, clean && !ws.hd.Close && ws.c.br.Buffered() == 0)
 }
 
 // timedOut answers 504, drops the connection, and takes the worker out of

@@ -67,7 +67,7 @@ func (m refMsg) matches(entry string) bool {
 }
 
 // refFrame is a reference framing of a request stream, written
-// independently of the proxy's framer: the messages whose boundaries RFC
+// independently of the proxy's http1.Framer: the messages whose boundaries RFC
 // 9112 makes unambiguous, up to the first that is not.
 func refFrame(b []byte) []refMsg {
 	var out []refMsg

@@ -51,7 +51,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.finish(rs, r, st, &ro, start)
 }
 
-// ingress is stage 1. A head the framer refused never got here as it was:
+// ingress is stage 1. A head the http1.Framer refused never got here as it was:
 // its synthetic stand-in is answered with the refusal.
 func (s *Server) ingress(rs *reqState, r *http.Request, st *settings) response {
 	ci := s.clientInfo(rs, r, st)
@@ -66,10 +66,10 @@ func (s *Server) ingress(rs *reqState, r *http.Request, st *settings) response {
 		r.Header["X-Request-Id"] = []string{rs.reqID}
 	}
 	if rej := refusal(ci, r); rej != nil {
-		rs.method, rs.uri, rs.proto = rej.line, "", ""
-		s.metrics.refused.WithLabelValues(strconv.Itoa(rej.status)).Inc()
+		rs.method, rs.uri, rs.proto = rej.Line, "", ""
+		s.metrics.refused.WithLabelValues(strconv.Itoa(rej.Status)).Inc()
 		rs.rw.Header().Set("Connection", "close")
-		return berthError(rs, rej.status, "berth: bad request: "+rej.reason+"\n")
+		return berthError(rs, rej.Status, "berth: bad request: "+rej.Reason+"\n")
 	}
 	if status, why := checkRequest(r); status != 0 {
 		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/http1"
+
 	"github.com/berth-dev/berth/control"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -308,9 +310,9 @@ type reqState struct {
 	body  spool
 	resp  spool
 	line  []byte
-	abort bool     // the response is broken mid-way: cut the connection
-	head  []byte   // scratch for the worker's response head
-	rbody respBody // the worker's response body reader
+	abort bool       // the response is broken mid-way: cut the connection
+	head  []byte     // scratch for the worker's response head
+	rbody http1.Body // the worker's response body reader
 	// bodiless: the request has no body, so a worker that did not read
 	// all of its packet never called the app.
 	bodiless bool

@@ -4,7 +4,7 @@ package proxy
 // dispatches on ALPN: "h2" goes to golang.org/x/net/http2's ServeConn with
 // the same handler (HTTP/2 frames its own messages, and x/net/http2 checks
 // content-length against the DATA it gets), anything else is HTTP/1.1 and
-// goes through the same framer (framing.go) as a plain connection, then to
+// goes through the same http1.Framer (framing.go) as a plain connection, then to
 // the same http.Server. net/http therefore never sees a *tls.Conn: the
 // connection's TLS-ness travels in connInfo, so the app sees
 // wsgi.url_scheme https and HTTPS=on either way.

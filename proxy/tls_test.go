@@ -108,7 +108,7 @@ func tlsConfig(certs ...control.Certificate) control.Proxy {
 }
 
 // TestTLSHTTP1AndHTTP2 serves the same handler over HTTP/1.1 (through the
-// framer) and HTTP/2 (ALPN h2), and the app sees https either way.
+// http1.Framer) and HTTP/2 (ALPN h2), and the app sees https either way.
 func TestTLSHTTP1AndHTTP2(t *testing.T) {
 	fw := startFake(t, "w1", 4, func(fw *fakeWorker, c net.Conn, req *fakeReq) bool {
 		req.vars["BODY"] = string(req.body)
@@ -157,7 +157,7 @@ func TestTLSHTTP1AndHTTP2(t *testing.T) {
 	}
 }
 
-// TestTLSFramerStillGuards: HTTP/1.1 over TLS goes through the framer, so
+// TestTLSFramerStillGuards: HTTP/1.1 over TLS goes through the http1.Framer, so
 // an ambiguous request is refused there as on a plain connection.
 func TestTLSFramerStillGuards(t *testing.T) {
 	fw := startFake(t, "w1", 1, hello)

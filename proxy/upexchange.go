@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/http1"
+
 	"github.com/berth-dev/berth/proxy/uwsgi"
 )
 
@@ -167,7 +169,7 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 		g.release(p, c, false, res, 0)
 		return e
 	}
-	var hd respHead
+	var hd http1.Head
 	for {
 		if c != nil && c.unsolicited() {
 			// Closed (or written to) by the server while it sat in the
@@ -214,11 +216,11 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 			s.metrics.upstreamError(kindWrite)
 			return fail(c, resFailed, tryEnd{begun: n > 0, timeout: isTimeout(err), why: "sending the request: " + err.Error()})
 		}
-		hd, err = readHead(c.br, h, r.Method, &rs.head)
+		hd, err = http1.ReadHead(c.br, h, r.Method, &rs.head)
 		if err == nil {
 			break
 		}
-		var malformed *badResponse
+		var malformed *http1.BadResponse
 		switch {
 		case isTimeout(err):
 			s.metrics.upstreamError(kindTimeout)
@@ -246,15 +248,15 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 	}
 	took := time.Since(start)
 	p.obs.latency.Observe(took.Seconds())
-	if hd.status == http.StatusSwitchingProtocols {
+	if hd.Status == http.StatusSwitchingProtocols {
 		s.metrics.upstreamError(kindBadResponse)
 		return fail(c, resFailed, tryEnd{begun: true, why: "answered 101 Switching Protocols, which berth does not relay"})
 	}
-	rs.rbody.reset(c.br, hd)
-	if hd.stream {
+	rs.rbody.Reset(c.br, hd)
+	if hd.Stream {
 		streaming = true
 		rs.ustream = upstreamStream{s: s, rs: rs, st: st, gs: gs, g: g, p: p, c: c, hd: hd, took: took}
-		return tryEnd{done: true, resp: response{src: srcStream, status: hd.status, noBody: hd.noBody, stream: &rs.ustream}}
+		return tryEnd{done: true, resp: response{src: srcStream, status: hd.Status, noBody: hd.NoBody, stream: &rs.ustream}}
 	}
 	rs.resp.reset(respMemLimit, s.opts.TempDir)
 	if err := rs.resp.readFrom(&rs.rbody, 0, nil); err != nil {
@@ -265,12 +267,12 @@ func (s *Server) tryPeer(rs *reqState, r *http.Request, st *settings, gs *groupS
 		s.metrics.upstreamError(kindBadResponse)
 		return fail(c, resFailed, tryEnd{begun: true, why: "reading the response body: " + err.Error()})
 	}
-	reuse := !hd.close && c.br.Buffered() == 0
+	reuse := !hd.Close && c.br.Buffered() == 0
 	if reuse {
 		c.c.SetDeadline(time.Time{})
 	}
 	g.release(p, c, reuse, resOK, took)
-	return tryEnd{done: true, resp: response{src: srcSpool, status: hd.status, noBody: hd.noBody}}
+	return tryEnd{done: true, resp: response{src: srcSpool, status: hd.Status, noBody: hd.NoBody}}
 }
 
 // upstreamStream is a server's streamed answer (X-Accel-Buffering: no,
@@ -284,7 +286,7 @@ type upstreamStream struct {
 	g    *group
 	p    *peer
 	c    *pconn
-	hd   respHead
+	hd   http1.Head
 	took time.Duration
 	buf  *[]byte
 	res  result // resFailed once the body broke
@@ -322,7 +324,7 @@ func (us *upstreamStream) end(clean bool) {
 	if us.res == resFailed {
 		res = resFailed
 	}
-	reuse := clean && !us.hd.close && us.c.br.Buffered() == 0
+	reuse := clean && !us.hd.Close && us.c.br.Buffered() == 0
 	if reuse {
 		us.c.c.SetDeadline(time.Time{})
 	}

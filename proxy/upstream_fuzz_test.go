@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/proxy/http1"
+
 	"github.com/berth-dev/berth/control"
 )
 
@@ -190,8 +192,8 @@ type relayWant struct {
 // below 100) must be a 502, never relayed.
 func predictRelay(raw []byte, method string, keepOpen bool) relayWant {
 	var scratch []byte
-	var malformed *badResponse
-	if _, err := readHead(bufio.NewReader(bytes.NewReader(raw)), http.Header{}, method, &scratch); errors.As(err, &malformed) {
+	var malformed *http1.BadResponse
+	if _, err := http1.ReadHead(bufio.NewReader(bytes.NewReader(raw)), http.Header{}, method, &scratch); errors.As(err, &malformed) {
 		return relayWant{}
 	}
 	req := &http.Request{Method: method}
