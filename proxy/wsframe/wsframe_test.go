@@ -13,6 +13,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -610,8 +611,15 @@ func readFrame(br *bufio.Reader) (op Opcode, p []byte, err error) {
 }
 
 // TestConcurrentWrites: one goroutine reads (answering pings) while many
-// write; every frame must reach the client whole. Run it under -race.
+// write, some frames too big for one Write; every frame must reach the
+// client whole, and nothing after the close. Run it under -race.
 func TestConcurrentWrites(t *testing.T) {
+	size := func(w, i int) int {
+		if i%50 == 49 {
+			return 70000 + w*i // header and payload in two Writes
+		}
+		return (w * i) % 3000
+	}
 	srv, cli := net.Pipe()
 	defer srv.Close()
 	defer cli.Close()
@@ -629,7 +637,7 @@ func TestConcurrentWrites(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
-				p := fmt.Appendf(nil, "%d %d %s", w, i, strings.Repeat("x", (w*i)%3000))
+				p := fmt.Appendf(nil, "%d %d %s", w, i, strings.Repeat("x", size(w, i)))
 				if err := c.WriteMessage(OpBinary, p); err != nil {
 					t.Error(err)
 					return
@@ -669,7 +677,7 @@ func TestConcurrentWrites(t *testing.T) {
 			}
 			fmt.Sscan(parts[0], &w)
 			fmt.Sscan(parts[1], &i)
-			if i != next[w] || len(parts[2]) != (w*i)%3000 {
+			if i != next[w] || len(parts[2]) != size(w, i) {
 				t.Fatalf("writer %d: message %d (%d x), want %d", w, i, len(parts[2]), next[w])
 			}
 			next[w]++
@@ -681,9 +689,38 @@ func TestConcurrentWrites(t *testing.T) {
 	if err := <-readDone; describe(err) != "close 1000" {
 		t.Fatalf("read: %v", err)
 	}
-	go c.WriteClose(1000, "")
-	if op, _, err := readFrame(br); err != nil || op != OpClose {
-		t.Fatalf("close: %v %v", op, err)
+
+	// Writers racing a close: the close is the last frame out.
+	var wg2 sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			for i := 0; i < 20; i++ {
+				if err := c.WriteMessage(OpText, []byte("late")); err != nil && err != ErrClosed {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg2.Add(1)
+	go func() {
+		defer wg2.Done()
+		if err := c.WriteClose(1000, ""); err != nil {
+			t.Error(err)
+		}
+	}()
+	go func() { wg2.Wait(); srv.Close() }()
+	var ops []Opcode
+	for {
+		op, _, err := readFrame(br)
+		if err != nil {
+			break
+		}
+		ops = append(ops, op)
+	}
+	if len(ops) == 0 || ops[len(ops)-1] != OpClose || slices.Index(ops, OpClose) != len(ops)-1 {
+		t.Fatalf("frames at the close: %v", ops)
 	}
 }
 
