@@ -3,7 +3,9 @@
 // one goroutine blocked in a read and a Conn of about a hundred bytes: no
 // read buffer, no write buffer, no message kept between messages. It
 // negotiates no extensions (so no compression) and leaves timeouts to the
-// caller's deadlines on the net.Conn.
+// caller's deadlines on the net.Conn. Text is checked for UTF-8 a whole
+// frame at a time (a frame's bad first bytes are not caught before its
+// last ones arrive; a bad fragment is, before the next).
 package wsframe
 
 import (
@@ -76,7 +78,7 @@ var ErrClosed = errors.New("websocket: write after the close frame")
 type Conn struct {
 	rw     io.ReadWriter
 	prefix []byte   // read ahead by net/http; consumed before rw, then dropped
-	rerr   error    // after any read error the stream is out of step for good
+	rerr   error    // a final read error: the stream is out of step
 	hdr    [14]byte // the frame header being read: 2 bytes, length, mask key
 
 	wmu  sync.Mutex
@@ -97,7 +99,8 @@ func NewConn(rw io.ReadWriter, prefix []byte) *Conn {
 }
 
 // ReadMessage returns the next whole text or binary message, answering
-// pings on the way. limit bounds the message's size in bytes: a longer
+// pings on the way (a pong waits behind any write in progress, so a
+// client too slow to take what is written also stalls the reader). limit bounds the message's size in bytes: a longer
 // one is refused (1009) from its frame headers, before anything is
 // allocated for it. The slice is the caller's.
 //
