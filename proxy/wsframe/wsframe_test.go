@@ -823,6 +823,21 @@ func TestIdleConnHoldsNothing(t *testing.T) {
 	}
 }
 
+// A length over the limit is refused from the header: nothing is
+// allocated for what the client only claims to send.
+func TestOversizeAllocatesNothing(t *testing.T) {
+	for _, in := range [][]byte{long(0x82, 1<<62), long(0x82, 1<<20+1), cat(f(0x02, "ab"), long(0x80, 1<<20-1))} {
+		var before, after runtime.MemStats
+		c := NewConn(&rw{r: bytes.NewReader(in)}, nil)
+		runtime.ReadMemStats(&before)
+		_, _, err := c.ReadMessage(1 << 20)
+		runtime.ReadMemStats(&after)
+		if a := after.TotalAlloc - before.TotalAlloc; describe(err) != "protocol 1009" || a > 1024 {
+			t.Errorf("% x: %v, %d bytes allocated", in[:4], err, a)
+		}
+	}
+}
+
 func TestAcceptKey(t *testing.T) {
 	// RFC 6455 §1.3.
 	if got := AcceptKey("dGhlIHNhbXBsZSBub25jZQ=="); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
