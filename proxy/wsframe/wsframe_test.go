@@ -818,7 +818,10 @@ func TestIdleConnHoldsNothing(t *testing.T) {
 	heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
 	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / n
 	t.Logf("idle Conn: %d bytes of heap, %d of stack", heap, stack)
-	if heap+stack > 4096 && !raceOn {
+	// The heap is the Conn, the test's reader, and the goroutine itself
+	// (its g, ~450 bytes). New stacks start at the average size of those
+	// the runtime has seen, so earlier tests can make them 4 KiB.
+	if heap > 1024 || stack > 4096 && !raceOn {
 		t.Errorf("an idle Conn costs %d bytes of heap and %d of stack", heap, stack)
 	}
 }
