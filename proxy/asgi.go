@@ -15,6 +15,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/proxy/asgiwire"
@@ -32,9 +34,10 @@ var (
 
 // muxConn is one connection to an ASGI worker.
 type muxConn struct {
-	w   *worker
-	c   *net.UnixConn
-	wmu sync.Mutex // one frame at a time on the wire
+	w     *worker
+	c     *net.UnixConn
+	wmu   sync.Mutex // one frame at a time on the wire
+	wdead bool       // a write failed: nothing more is written (under wmu)
 
 	mu      sync.Mutex
 	streams map[uint32]*astream
@@ -67,6 +70,46 @@ type astream struct {
 	// 1001 shutdown); drainSig is signalled once.
 	drain    uint16
 	drainSig chan struct{}
+	// notify, when set, is called (on the connection's reader, never
+	// blocking) whenever sig or drainSig is: a websocket's relay has no
+	// goroutine parked on them (asgi_ws.go).
+	notify atomic.Pointer[func()]
+}
+
+// setNotify sets (nil: clears) what is called on every frame, drain and
+// failure of the stream.
+func (st *astream) setNotify(f func()) {
+	if f == nil {
+		st.notify.Store(nil)
+		return
+	}
+	st.notify.Store(&f)
+	// A frame may have come before: its wake found no one to call.
+	if st.waiting() {
+		f()
+	}
+}
+
+// poke wakes whoever waits on sig and calls notify.
+func (st *astream) poke(c chan struct{}) {
+	wake(c)
+	if f := st.notify.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// hasFrames says whether a frame or a failure is there to handle.
+func (st *astream) hasFrames() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.inbox) > 0 || st.err != nil
+}
+
+// waiting says whether a frame, a failure or a drain is there to handle.
+func (st *astream) waiting() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.inbox) > 0 || st.err != nil || st.drain != 0
 }
 
 // dialMux returns w's connection, dialing it when there is none.
@@ -142,7 +185,7 @@ func (mc *muxConn) readLoop(s *Server) {
 		}
 		st.inbox = append(st.inbox, aframe{typ, p})
 		st.mu.Unlock()
-		wake(st.sig)
+		st.poke(st.sig)
 	}
 	if err == io.EOF || errors.Is(err, net.ErrClosed) {
 		err = errMuxClosed
@@ -167,8 +210,8 @@ func (mc *muxConn) fail(err error) {
 		st.mu.Lock()
 		st.err = err
 		st.mu.Unlock()
-		wake(st.sig)
 		wake(st.creditSig)
+		st.poke(st.sig)
 	}
 }
 
@@ -181,12 +224,20 @@ func wake(c chan struct{}) {
 }
 
 // write sends one frame. A write that fails or times out kills the
-// connection: a frame cut in half leaves nothing to resynchronise on.
+// connection: a frame cut in half leaves nothing to resynchronise on. A
+// worker that closed its end (it exited) may still have frames on their way
+// to the reader (the closes of its websockets, sent as it stopped): then
+// only writing stops, and the reader fails the streams once it has read
+// everything, at EOF.
 func (mc *muxConn) write(typ uint8, id uint32, p []byte) error {
 	var small [asgiwire.HeaderLen + 256]byte
 	hdr := small[:asgiwire.HeaderLen]
 	asgiwire.PutHeader(hdr, typ, id, len(p))
 	mc.wmu.Lock()
+	if mc.wdead {
+		mc.wmu.Unlock()
+		return errMuxClosed
+	}
 	mc.c.SetWriteDeadline(time.Now().Add(muxWriteTimeout))
 	var err error
 	if len(p) <= len(small)-asgiwire.HeaderLen {
@@ -195,12 +246,19 @@ func (mc *muxConn) write(typ uint8, id uint32, p []byte) error {
 		bufs := net.Buffers{hdr, p}
 		_, err = bufs.WriteTo(mc.c)
 	}
-	mc.wmu.Unlock()
 	if err != nil {
-		mc.fail(fmt.Errorf("%w: write: %v", errMuxClosed, err))
+		mc.wdead = true
+	}
+	mc.wmu.Unlock()
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		mc.c.CloseWrite()
 		return errMuxClosed
 	}
-	return nil
+	mc.fail(fmt.Errorf("%w: write: %v", errMuxClosed, err))
+	return errMuxClosed
 }
 
 // send writes a frame of this stream.
@@ -283,7 +341,7 @@ func (st *astream) requestDrain(code uint16) {
 	}
 	st.mu.Unlock()
 	if first {
-		wake(st.drainSig)
+		st.poke(st.drainSig)
 	}
 }
 

@@ -78,8 +78,14 @@ func (s *Server) asgiExchange(rs *reqState, r *http.Request, st *settings, g gra
 	}
 	if ws {
 		// A websocket writes to the client itself, from the handshake on:
-		// the one backend exchange that does (asgi_ws.go).
-		return s.websocket(rs, r, st, stream, start)
+		// the one backend exchange that does (asgi_ws.go). Accepted, it
+		// outlives this call and gives the worker back when it ends.
+		out, resp := s.websocket(rs, r, st, stream, start, func() {
+			mc.forget(stream)
+			wk.rt.release(wk, nil, false)
+		})
+		held = rs.detached
+		return out, resp
 	}
 	if hasBody {
 		// A failure here (the connection lost, the app not reading)

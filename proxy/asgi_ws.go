@@ -2,9 +2,9 @@ package proxy
 
 // asgi_ws.go: a websocket on an ASGI worker. The app decides the
 // handshake (websocket.accept with its subprotocol and headers, or
-// websocket.close: 403); only then is the connection hijacked and the
-// handshake answered, by github.com/coder/websocket, which also does all of
-// the framing. Messages are relayed both ways within the stream's windows.
+// websocket.close: 403); only then is the connection taken over and the
+// handshake answered; package wsframe does the framing. Messages are relayed
+// both ways within the stream's windows.
 //
 // A drain (the worker replaced, or the proxy stopping) stops accepting
 // client messages, tells the app (websocket.disconnect with the drain's
@@ -15,23 +15,23 @@ package proxy
 // (1012 service restart, 1001 going away) and sends it again elsewhere.
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/http"
-	"sync/atomic"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/berth-dev/berth/proxy/asgiwire"
-
-	"github.com/coder/websocket"
+	"github.com/berth-dev/berth/proxy/wsframe"
 )
 
 // wsMaxMessage bounds a client message when max_body_size is 0 (no limit
 // for bodies, which are spooled to disk; a message is held in memory).
 const wsMaxMessage = 16 << 20
 
-func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time) (outcome, response) {
+func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *astream, start time.Time, release func()) (outcome, response) {
 	wk := stream.mc.w
 	w := &rs.rw
 	var deadline time.Time
@@ -76,157 +76,339 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return failed502, response{}
 	}
-	opts := &websocket.AcceptOptions{
-		// Origin checks are the app's (it has the Origin header), as
-		// behind nginx.
-		InsecureSkipVerify: true,
-		CompressionMode:    websocket.CompressionDisabled,
+	key, err := wsframe.CheckRequest(r)
+	if err != nil {
+		// The app accepted a handshake that is not one (isWebsocket only
+		// looked at Upgrade and Connection): the client gets the reason.
+		s.reqLogf(rs, "worker %s: websocket handshake from the client refused: %v", wk.id, err)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
+		clear(w.Header())
+		status := http.StatusBadRequest
+		var he *wsframe.HandshakeError
+		if errors.As(err, &he) {
+			status = he.Status
+		}
+		return done, berthError(rs, status, "berth: "+err.Error()+"\n")
 	}
-	if sub != "" {
-		opts.Subprotocols = []string{sub}
+	hj, ok := w.w.(http.Hijacker)
+	if !ok {
+		s.reqLogf(rs, "worker %s: websocket over %s, which cannot be taken over: 505", wk.id, r.Proto)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
+		clear(w.Header())
+		return done, berthError(rs, http.StatusHTTPVersionNotSupported, "berth: websockets need HTTP/1.1\n")
+	}
+	var extra [][2]string
+	for name, vals := range w.Header() {
+		for _, v := range vals {
+			extra = append(extra, [2]string{name, v})
+		}
 	}
 	if ci := connInfoOf(r); ci.framed != nil {
 		// From the handshake on, the connection speaks websocket: the
-		// HTTP/1.1 http1.Framer lets its bytes through unjudged.
+		// HTTP/1.1 framer lets its bytes through unjudged.
 		ci.framed.tunnel()
 	}
-	conn, err := websocket.Accept(w, r, opts)
+	raw, brw, err := hj.Hijack()
 	if err != nil {
+		s.reqLogf(rs, "worker %s: websocket: taking the connection over failed: %v", wk.id, err)
+		stream.sendCode(asgiwire.FrameDisconnect, 1006)
+		return done, response{src: srcNone}
+	}
+	// Bytes net/http read past the handshake are the first frames; its
+	// buffers are not kept.
+	var prefix []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		prefix, _ = brw.Reader.Peek(n)
+	}
+	raw.SetWriteDeadline(time.Now().Add(sendTimeout))
+	if err := wsframe.WriteAccept(raw, key, sub, extra); err != nil {
+		raw.Close()
 		s.reqLogf(rs, "worker %s: websocket handshake with the client failed: %v", wk.id, err)
 		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, response{src: srcNone}
 	}
+	raw.SetWriteDeadline(time.Time{})
 	w.status = http.StatusSwitchingProtocols
 	limit := st.maxBody
 	if limit <= 0 {
 		limit = wsMaxMessage
 	}
-	conn.SetReadLimit(limit)
 	s.wsOpen.Add(1)
 	s.metrics.wsOpen.Inc()
-	defer func() {
-		s.metrics.wsOpen.Dec()
-		s.wsOpen.Done()
-	}()
-	s.relayWebsocket(conn, stream)
+	rl := &wsRelay{s: s, rs: rs, r: r, st: st, raw: raw, conn: wsframe.NewConn(raw, prefix), stream: stream,
+		limit: limit, release: release, closeCode: wsframe.CloseNormal, stop: make(chan struct{})}
+	rs.detached = true
+	// The request's scratch is not needed while the websocket lives.
+	rs.pkt, rs.head, rs.line = nil, nil, nil
+	rs.body.release()
+	stream.setNotify(rl.kick)
+	go rl.readClient()
 	return done, response{src: srcNone}
 }
 
-// relayWebsocket runs an accepted websocket until either side closes it.
-func (s *Server) relayWebsocket(conn *websocket.Conn, stream *astream) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var draining atomic.Bool
-	clientGone := make(chan struct{})
-	// The client side: messages in, within the stream's window.
-	go func() {
-		defer close(clientGone)
-		for {
-			typ, data, err := conn.Read(ctx)
-			if err != nil {
-				if !draining.Load() {
-					// The client's code and reason reach the app's
-					// websocket.disconnect.
-					var b []byte
-					var ce websocket.CloseError
-					if errors.As(err, &ce) {
-						b = binary.BigEndian.AppendUint16(b, uint16(ce.Code))
-						b = append(b, ce.Reason...)
-					} else {
-						b = binary.BigEndian.AppendUint16(b, 1006) // gone without a close frame
-					}
-					stream.send(asgiwire.FrameDisconnect, b)
-				}
-				return
-			}
-			if draining.Load() {
-				continue // not accepted: the close code tells the client to resend
-			}
-			ft := uint8(asgiwire.FrameText)
-			if typ == websocket.MessageBinary {
-				ft = asgiwire.FrameBinary
-			}
-			if err := stream.sendData(ft, data, ctx.Done(), 0); err != nil {
-				conn.CloseNow()
-				return
-			}
-			s.metrics.wsIn.Inc()
-		}
-	}()
-	var graceEnd time.Time
-	code, reason := websocket.StatusNormalClosure, ""
+// wsRelay is one accepted websocket between a client and an ASGI app. The
+// request's handler has returned by the time it runs: one goroutine reads
+// the client (parked in a read while the websocket is idle, at a shallow
+// stack), and the app's frames are written by a writer that their arrival
+// starts and that ends once it has written them, so an idle websocket holds
+// one parked goroutine, the connection and no buffer. The reader ends the
+// request: the stream forgotten, the worker given back, the access log line.
+//
+// A drain (the worker replaced, or the proxy stopping) stops passing client
+// messages on, tells the app (websocket.disconnect with the drain's code,
+// after the messages it already has), relays what the app still sends, and
+// closes with that code: every message the app was handed is answered
+// before the close; one the client sent after the drain began is never
+// handed to the app, and the client learns it from the close code (1012
+// service restart, 1001 going away) and sends it again elsewhere.
+type wsRelay struct {
+	s       *Server
+	rs      *reqState
+	r       *http.Request
+	st      *settings
+	raw     net.Conn
+	conn    *wsframe.Conn
+	stream  *astream
+	limit   int64
+	release func() // the stream forgotten, the worker given back
+	// stop is closed once client messages may no longer reach the app (a
+	// drain began, a close went out): a send waiting for the app's window
+	// gives up.
+	stop     chan struct{}
+	stopOnce sync.Once
+
+	mu        sync.Mutex
+	writing   bool // a writer is draining the stream's frames
+	draining  bool // client messages are no longer passed on
+	drained   bool // the drain's GOAWAY went to the app
+	closing   bool // a close frame went to the client
+	appGone   bool // the app was told the client is gone
+	closeCode uint16
+	grace     *time.Timer
+}
+
+// kick starts a writer unless one runs; the stream calls it on every frame,
+// drain and failure. It never blocks: it runs on the worker connection's
+// reader.
+func (rl *wsRelay) kick() {
+	rl.mu.Lock()
+	if rl.writing {
+		rl.mu.Unlock()
+		return
+	}
+	rl.writing = true
+	rl.mu.Unlock()
+	go rl.writeApp()
+}
+
+// writeApp writes the app's frames to the client until none is left.
+func (rl *wsRelay) writeApp() {
+	st := rl.stream
 	for {
-		f, err := stream.next(clientGone, graceEnd, graceEnd.IsZero())
-		switch err {
-		case nil:
-		case errClientGone:
-			return // the reader told the worker
-		case errDrain:
-			// Stop handing client messages to the app, tell it, and
-			// let it answer what it has.
-			draining.Store(true)
-			stream.sendCode(asgiwire.FrameGoaway, stream.drainCode())
-			graceEnd = time.Now().Add(drainGrace)
+		if code := st.drainCode(); code != 0 {
+			rl.beginDrain(code)
+		}
+		f, ok, err := st.take()
+		if !ok && err == nil {
+			rl.mu.Lock()
+			rl.writing = false
+			rl.mu.Unlock()
+			// A frame that came after take and before writing was
+			// cleared kicked nobody: look once more.
+			rl.mu.Lock()
+			drainDone := rl.drained
+			rl.mu.Unlock()
+			if !st.waiting() || drainDone && !st.hasFrames() {
+				return
+			}
+			rl.mu.Lock()
+			if rl.writing {
+				rl.mu.Unlock()
+				return
+			}
+			rl.writing = true
+			rl.mu.Unlock()
 			continue
-		case errTimeout:
-			// The app did not end within the grace: close for it.
-			stream.sendCode(asgiwire.FrameDisconnect, stream.drainCode())
-			s.closeWebsocket(conn, websocket.StatusCode(stream.drainCode()), "", clientGone)
-			return
-		default:
+		}
+		if err != nil {
 			// The worker is gone.
-			s.closeWebsocket(conn, websocket.StatusInternalError, "", clientGone)
+			rl.closeClient(wsframe.CloseInternalError, "")
 			return
+		}
+		rl.mu.Lock()
+		closing := rl.closing
+		rl.mu.Unlock()
+		if closing {
+			// The close went out: nothing more may follow it.
+			if f.typ == asgiwire.FrameText || f.typ == asgiwire.FrameBinary {
+				st.credit(len(f.p))
+			}
+			continue
 		}
 		switch f.typ {
 		case asgiwire.FrameText, asgiwire.FrameBinary:
-			mt := websocket.MessageText
+			op := wsframe.OpText
 			if f.typ == asgiwire.FrameBinary {
-				mt = websocket.MessageBinary
+				op = wsframe.OpBinary
 			}
-			wctx, wcancel := context.WithTimeout(ctx, sendTimeout)
-			err := conn.Write(wctx, mt, f.p)
-			wcancel()
-			if err != nil {
-				stream.sendCode(asgiwire.FrameDisconnect, 1006)
-				conn.CloseNow()
-				<-clientGone
-				return
+			rl.raw.SetWriteDeadline(time.Now().Add(sendTimeout))
+			if err := rl.conn.WriteMessage(op, f.p); err != nil {
+				if errors.Is(err, wsframe.ErrClosed) {
+					continue // a close went out meanwhile
+				}
+				rl.tellApp(1006, "")
+				rl.raw.Close() // the client is gone or stuck; the reader ends the request
+				continue
 			}
-			s.metrics.wsOut.Inc()
-			stream.credit(len(f.p))
+			rl.s.metrics.wsOut.Inc()
+			st.credit(len(f.p))
 		case asgiwire.FrameClose:
+			code, reason := wsframe.CloseNormal, ""
 			if len(f.p) >= 2 {
-				code = websocket.StatusCode(binary.BigEndian.Uint16(f.p))
-				reason = string(f.p[2:])
+				code, reason = binary.BigEndian.Uint16(f.p), string(f.p[2:])
 			}
-			if d := stream.drainCode(); d != 0 && draining.Load() {
+			rl.mu.Lock()
+			if rl.draining {
 				// The drain's code, whatever the app said: it is what
 				// tells the client to reconnect.
-				code, reason = websocket.StatusCode(d), ""
+				code, reason = st.drainCode(), ""
 			}
-			s.closeWebsocket(conn, code, reason, clientGone)
-			return
+			rl.mu.Unlock()
+			rl.closeClient(code, reason)
 		case asgiwire.FrameAbort:
-			s.closeWebsocket(conn, websocket.StatusInternalError, "", clientGone)
-			return
+			rl.closeClient(wsframe.CloseInternalError, "")
 		default:
-			s.logf("worker %s: frame %d on a websocket", stream.mc.w.id, f.typ)
-			stream.sendCode(asgiwire.FrameDisconnect, 1006)
-			s.closeWebsocket(conn, websocket.StatusInternalError, "", clientGone)
-			return
+			rl.s.reqLogf(rl.rs, "worker %s: frame %d on a websocket", st.mc.w.id, f.typ)
+			rl.tellApp(1006, "")
+			rl.closeClient(wsframe.CloseInternalError, "")
 		}
 	}
 }
 
-// closeWebsocket does the closing handshake (bounded by the library's own
-// timeout) and waits for the reader to stop.
-func (s *Server) closeWebsocket(conn *websocket.Conn, code websocket.StatusCode, reason string, clientGone <-chan struct{}) {
-	if len(reason) > 123 {
-		reason = reason[:123] // a close frame's payload is at most 125 bytes
+// beginDrain stops passing client messages on and tells the app; past
+// drainGrace the websocket is closed for it.
+func (rl *wsRelay) beginDrain(code uint16) {
+	rl.mu.Lock()
+	if rl.drained {
+		rl.mu.Unlock()
+		return
 	}
-	if err := conn.Close(code, reason); err != nil {
-		conn.CloseNow()
+	rl.draining, rl.drained = true, true
+	rl.stopOnce.Do(func() { close(rl.stop) })
+	rl.grace = time.AfterFunc(drainGrace, func() {
+		rl.tellApp(code, "")
+		rl.closeClient(code, "")
+	})
+	rl.mu.Unlock()
+	rl.stream.sendCode(asgiwire.FrameGoaway, code)
+}
+
+// closeClient sends the close frame (once) and gives the client's answer
+// a bounded wait: the reader ends the request when it comes, or at the
+// deadline.
+func (rl *wsRelay) closeClient(code uint16, reason string) {
+	rl.mu.Lock()
+	if rl.closing {
+		rl.mu.Unlock()
+		return
 	}
-	<-clientGone
+	rl.closing, rl.closeCode = true, code
+	rl.mu.Unlock()
+	rl.stopOnce.Do(func() { close(rl.stop) })
+	rl.raw.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := rl.conn.WriteClose(code, truncateReason(reason)); err != nil {
+		rl.raw.Close()
+		return
+	}
+	rl.raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+}
+
+// tellApp sends websocket.disconnect (once), unless a drain already
+// told the app to end.
+func (rl *wsRelay) tellApp(code uint16, reason string) {
+	rl.mu.Lock()
+	if rl.appGone {
+		rl.mu.Unlock()
+		return
+	}
+	rl.appGone = true
+	rl.mu.Unlock()
+	b := binary.BigEndian.AppendUint16(nil, code)
+	rl.stream.send(asgiwire.FrameDisconnect, append(b, reason...))
+}
+
+// readClient passes the client's messages to the app until the websocket
+// ends, then ends the request.
+func (rl *wsRelay) readClient() {
+	st := rl.stream
+	for {
+		op, p, err := rl.conn.ReadMessage(rl.limit)
+		if err != nil {
+			var ce *wsframe.CloseError
+			var pe *wsframe.ProtocolError
+			switch {
+			case errors.As(err, &ce):
+				// The client's code and reason reach the app's
+				// websocket.disconnect; its close is answered.
+				rl.mu.Lock()
+				draining := rl.draining
+				rl.mu.Unlock()
+				if !draining {
+					rl.tellApp(ce.Code, ce.Reason)
+				}
+				rl.closeClient(ce.Code, "") // 1005: an empty close, as it came
+			case errors.As(err, &pe):
+				rl.tellApp(1006, "")
+				rl.closeClient(pe.Code, "")
+			default:
+				rl.tellApp(1006, "") // gone without a close frame
+			}
+			break
+		}
+		rl.mu.Lock()
+		draining := rl.draining
+		rl.mu.Unlock()
+		if draining {
+			continue // not accepted: the close code tells the client to resend
+		}
+		ft := uint8(asgiwire.FrameText)
+		if op == wsframe.OpBinary {
+			ft = asgiwire.FrameBinary
+		}
+		if err := st.sendData(ft, p, rl.stop, 0); err != nil {
+			select {
+			case <-rl.stop:
+				continue // a drain or a close: the close code tells the client
+			default:
+			}
+			rl.tellApp(1006, "")
+			rl.closeClient(wsframe.CloseInternalError, "")
+			continue
+		}
+		rl.s.metrics.wsIn.Inc()
+	}
+	rl.raw.Close()
+	rl.mu.Lock()
+	if rl.grace != nil {
+		rl.grace.Stop()
+	}
+	rl.mu.Unlock()
+	st.setNotify(nil)
+	rl.release()
+	rl.s.metrics.wsOpen.Dec()
+	rl.s.finishDetached(rl.rs, rl.r, rl.st)
+	rl.s.wsOpen.Done()
+}
+
+// truncateReason keeps a close reason within a close frame (125 bytes, the
+// code's 2 included), cut at a UTF-8 boundary.
+func truncateReason(s string) string {
+	if len(s) <= 123 {
+		return s
+	}
+	s = s[:123]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }

@@ -24,6 +24,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := s.cfg.Load()
 	rs := s.reqPool.Get().(*reqState)
 	rs.begin(w)
+	rs.start = start
 	var ro routing
 
 	// 1. Ingress: the framing verdict, the client's address and scheme,
@@ -47,8 +48,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// 5. Respond: the cache stores, compression, berth's headers, the write.
 	s.respond(rs, r, st, &ro, &resp)
+	if rs.detached {
+		return // a websocket's relay logs and counts it when it closes
+	}
 	// 6. Log and metrics.
 	s.finish(rs, r, st, &ro, start)
+}
+
+// finishDetached is stage 6 for a request a websocket took over, run by its
+// relay when it closes.
+func (s *Server) finishDetached(rs *reqState, r *http.Request, st *settings) {
+	rs.abort = false // the connection is the relay's, closed already
+	var ro routing
+	s.finish(rs, r, st, &ro, rs.start)
 }
 
 // ingress is stage 1. A head the http1.Framer refused never got here as it was:

@@ -330,6 +330,10 @@ type reqState struct {
 	// method, uri and proto are the request line for the access log (a
 	// refused head logs its own line).
 	method, uri, proto string
+	start              time.Time
+	// detached: an accepted websocket took the request over; its relay
+	// ends it (finishDetached) when it closes.
+	detached bool
 }
 
 // begin readies pooled state for a request answered on w.
@@ -338,6 +342,7 @@ func (rs *reqState) begin(w http.ResponseWriter) {
 	rs.abort = false
 	rs.worker, rs.wsock, rs.reqID = "", "", ""
 	rs.up = upTimes{}
+	rs.detached = false
 }
 
 // end drops what the request held before the state goes back to its pool.

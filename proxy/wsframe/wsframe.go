@@ -40,6 +40,7 @@ const (
 	CloseNoStatus      uint16 = 1005 // the close frame had no code; never on the wire
 	CloseInvalidData   uint16 = 1007 // text or a close reason that is not UTF-8
 	CloseTooBig        uint16 = 1009 // a message over ReadMessage's limit
+	CloseInternalError uint16 = 1011 // the server (the app behind it) failed
 )
 
 // ProtocolError is a frame the client may not send. The stream cannot be
