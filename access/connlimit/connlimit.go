@@ -14,6 +14,7 @@ package connlimit
 import (
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -105,6 +106,7 @@ func (l *Limiter) Acquire(key string) (release func(), ok bool) {
 			s.mu.Unlock()
 			return noop, false
 		}
+		key = strings.Clone(key) // not a slice of the caller's request buffer
 	}
 	s.n[key] = n + 1
 	s.mu.Unlock()
