@@ -115,16 +115,23 @@ func (o outcome) String() string {
 // the order of their times (ties in index order), and returns what it
 // decides for each, in index order.
 func simulate(t testing.TB, o Options, at []int64) []outcome {
+	return simulateBy(t, o, at, at)
+}
+
+// simulateBy is simulate with ties of at broken by order, then by index.
+func simulateBy(t testing.TB, o Options, at, order []int64) []outcome {
 	t.Helper()
-	order := make([]int, len(at))
-	for i := range order {
-		order[i] = i
+	idx := make([]int, len(at))
+	for i := range idx {
+		idx[i] = i
 	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(at[a], at[b]) })
+	slices.SortStableFunc(idx, func(a, b int) int {
+		return cmp.Or(cmp.Compare(at[a], at[b]), cmp.Compare(order[a], order[b]))
+	})
 	base := time.Now()
 	l := newAt(t, o, base)
 	out := make([]outcome, len(at))
-	for _, i := range order {
+	for _, i := range idx {
 		v := l.Take("127.0.0.1", base.Add(time.Duration(at[i])*time.Millisecond))
 		out[i] = outcome{status: 429}
 		if v.Allow {
@@ -134,11 +141,18 @@ func simulate(t testing.TB, o Options, at []int64) []outcome {
 	return out
 }
 
-// groups splits a schedule's indexes into its bursts (equal offsets).
+// groups splits the indexes of requests into bursts: those at the same
+// time (the order within one is not the client's, nor the log's, to tell),
+// in the order of their times.
 func groups(at []int64) [][]int {
+	idx := make([]int, len(at))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(at[a], at[b]) })
 	var gs [][]int
-	for i := range at {
-		if i == 0 || at[i] != at[i-1] {
+	for k, i := range idx {
+		if k == 0 || at[i] != at[idx[k-1]] {
 			gs = append(gs, nil)
 		}
 		gs[len(gs)-1] = append(gs[len(gs)-1], i)
@@ -207,16 +221,22 @@ func abs(x int64) int64 { return max(x, -x) }
 // waitTolerance is how far a wait may move when each arrival moves by up
 // to j ms: the excess it comes from moves by at most rate*j (the bucket is a
 // max of linear terms in the difference of two arrival times), so the wait
-// by j, plus 2 ms for nginx's whole milliseconds (its clock and ours tick at
-// different instants).
-func waitTolerance(j int64) int64 { return j + 2 }
+// by j; plus 2 ms for nginx's whole milliseconds (its clock and ours tick at
+// different instants), and a few thousandths of a request of rounding
+// (rate*ms/1000 rounds down at each request, and different ms round
+// differently), each 1000/rate ms of wait: 2 ms at 30r/m.
+func waitTolerance(j int64, o Options) int64 {
+	rate, _ := milliRate(o.Rate)
+	return j + 2 + 4*1000/rate
+}
 
 // unsteady says whether the outcomes of requests at times (ms), compared
-// burst by burst of the schedule at, change when each arrives up to j ms
-// later: "" if they stay, else how they change. It tries each request late
-// alone, all but each one late, alternate ones late, and draws random
-// delays with a fixed seed. As the Limiter only sees differences of times,
-// that covers arrivals that spread by j ms either way.
+// burst by burst of at, change when each arrives up to j ms later: "" if
+// they stay, else how they change. Requests keep their order where their
+// times differ. It tries each request late alone, all but each one late,
+// alternate ones late, and draws random delays with a fixed seed. As the
+// Limiter only sees differences of times, that covers arrivals that spread
+// by j ms either way.
 func unsteady(t testing.TB, o Options, at, times []int64, j int64, draws int) string {
 	want := simulate(t, o, times)
 	try := func(late func(i int) int64) string {
@@ -224,7 +244,7 @@ func unsteady(t testing.TB, o Options, at, times []int64, j int64, draws int) st
 		for i := range moved {
 			moved[i] = times[i] + late(i)
 		}
-		if d := sameOutcomes(at, want, simulate(t, o, moved), waitTolerance(j)); d != "" {
+		if d := sameOutcomes(at, want, simulateBy(t, o, moved, times), waitTolerance(j, o)); d != "" {
 			lates := make([]string, len(moved))
 			for i := range moved {
 				lates[i] = fmt.Sprint(moved[i] - times[i])
