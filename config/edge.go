@@ -115,27 +115,22 @@ func (d *decoder) tls(dst *TLS) func(string, *yaml.Node) {
 
 func (d *decoder) certificates(dst *[]Certificate) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key} entries, got %s", describe(n))
-			return
-		}
 		out := []Certificate{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key} entries", func(i int, p string, item *yaml.Node) {
 			var c Certificate
 			before := len(d.errs)
 			d.section(p, item, []field{{"cert", d.str(&c.Cert)}, {"key", d.str(&c.Key)}})
 			out = append(out, c)
 			if len(d.errs) > before {
-				continue
+				return
 			}
 			if missing := d.missing(p, "cert", "key"); missing != "" {
 				d.errorf(item.Line, p, "missing %s; each entry needs cert and key, e.g. {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key}", missing)
 			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
 }
 
@@ -171,15 +166,8 @@ func (d *decoder) cache(dst *Cache) func(string, *yaml.Node) {
 
 func (d *decoder) cacheRoutes(dst *[]CacheRoute) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {url: /, max_ttl: 10m} entries, got %s", describe(n))
-			return
-		}
 		out := []CacheRoute{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {url: /, max_ttl: 10m} entries", func(i int, p string, item *yaml.Node) {
 			r := CacheRoute{MaxTTL: DefaultCacheMaxTTL, SessionCookies: append([]string{}, defaultSessionCookies...)}
 			before := len(d.errs)
 			d.section(p, item, []field{
@@ -190,13 +178,15 @@ func (d *decoder) cacheRoutes(dst *[]CacheRoute) func(string, *yaml.Node) {
 			})
 			out = append(out, r)
 			if len(d.errs) > before {
-				continue
+				return
 			}
 			if missing := d.missing(p, "url"); missing != "" {
 				d.errorf(item.Line, p, "missing url; each entry needs one, e.g. {url: /, max_ttl: 10m}")
 			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
 }
 

@@ -548,15 +548,8 @@ func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
 
 func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {url: /static/, dir: /app/static} entries, got %s", describe(n))
-			return
-		}
 		out := []Static{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {url: /static/, dir: /app/static} entries", func(i int, p string, item *yaml.Node) {
 			var s Static
 			before := len(d.errs)
 			d.section(p, item, []field{
@@ -567,22 +560,22 @@ func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 			})
 			out = append(out, s) // kept even when broken, so static[i] stays entry i
 			if len(d.errs) > before {
-				continue
+				return
 			}
 			var missing []string
-			if _, ok := d.lines[join(p, "url")]; !ok {
-				missing = append(missing, "url")
+			if m := d.missing(p, "url"); m != "" {
+				missing = append(missing, m)
 			}
-			_, hasDir := d.lines[join(p, "dir")]
-			_, hasFile := d.lines[join(p, "file")]
-			if !hasDir && !hasFile {
+			if d.missing(p, "dir", "file") == "dir and file" {
 				missing = append(missing, "dir")
 			}
 			if len(missing) > 0 {
 				d.errorf(item.Line, p, "missing %s; each entry needs url and dir, e.g. {url: /static/, dir: /app/static}, or url and file, e.g. {url: /favicon.ico, file: /app/static/favicon.ico}", strings.Join(missing, " and "))
 			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
 }
 

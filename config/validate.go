@@ -276,13 +276,7 @@ func checkListen(s string) error {
 		s = rest
 	}
 	if path, ok := strings.CutPrefix(s, "unix:"); ok {
-		switch {
-		case !filepath.IsAbs(path):
-			return fmt.Errorf("unix socket path %s must be absolute, e.g. unix:/run/berth/http.sock", quoteShort(path))
-		case len(path) > maxUnixPath:
-			return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
-		}
-		return nil
+		return checkUnixPath(path, "unix:/run/berth/http.sock")
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -301,6 +295,18 @@ func checkListen(s string) error {
 	}
 	if host != "" && !validHost(host) {
 		return fmt.Errorf("%s: host %s is neither an IP address nor a host name; %s", quoteShort(s), quoteShort(host), listenForms)
+	}
+	return nil
+}
+
+// checkUnixPath validates the path of a unix: address; example is a
+// correct address for the message.
+func checkUnixPath(path, example string) error {
+	switch {
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("unix socket path %s must be absolute, e.g. %s", quoteShort(path), example)
+	case len(path) > maxUnixPath:
+		return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
 	}
 	return nil
 }
