@@ -515,9 +515,16 @@ func (d *decoder) count(dst *int) func(string, *yaml.Node) {
 }
 
 func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
+	return d.stringMap(dst, "variable names to values, such as {DJANGO_SETTINGS_MODULE: mysite.settings}", "for an empty value")
+}
+
+// stringMap decodes a mapping of names to text values: any scalar is taken
+// as written (`DEBUG: true` means the text "true"). what describes the
+// mapping for messages; empty says what "" means for a value.
+func (d *decoder) stringMap(dst *map[string]string, what, empty string) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
 		if n.Kind != yaml.MappingNode {
-			d.errorf(n.Line, path, "expected a mapping of variable names to values, such as {DJANGO_SETTINGS_MODULE: mysite.settings}, got %s", describe(n))
+			d.errorf(n.Line, path, "expected a mapping of %s, got %s", what, describe(n))
 			return
 		}
 		out := map[string]string{}
@@ -525,10 +532,9 @@ func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
 		d.pairs(path, n, func(key string, k, v *yaml.Node) {
 			p := join(path, key)
 			d.lines[p] = v.Line
-			// Any scalar is taken as written: `DEBUG: true` means the text "true".
 			switch {
 			case isNull(v):
-				d.errorf(v.Line, p, "no value; write %s: \"\" for an empty value", key)
+				d.errorf(v.Line, p, "no value; write %s: \"\" %s", key, empty)
 				ok = false
 				return
 			case v.Kind != yaml.ScalarNode:
@@ -630,6 +636,9 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 					})
 				}},
 				{"compression", d.compression(&p.Compression)},
+				{"headers", d.headers(&p.Headers)},
+				{"limits", d.proxyLimits(&p.Limits)},
+				{"error_pages", d.errorPages(&p.ErrorPages)},
 			})
 		}},
 		{"cache", d.cache(&c.Cache)},
@@ -654,5 +663,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		{"cron", d.jobs(&c.Cron)},
 		{"upstreams", d.upstreams(&c.Upstreams)},
 		{"routes", d.routes(&c.Routes)},
+		{"hosts", d.hosts(&c.Hosts)},
+		{"locations", d.locations(&c.Locations)},
 	})
 }

@@ -46,6 +46,8 @@ func Default() *Config {
 			AccessLog:      "combined",
 			RequestID:      true,
 			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
+			Headers:        map[string]string{},
+			ErrorPages:     map[int]string{},
 		},
 		Tasks:    Tasks{BeforeStart: []Task{}, BeforeRoll: []Task{}},
 		Programs: []Program{},
@@ -53,6 +55,8 @@ func Default() *Config {
 
 		Upstreams: map[string]Upstream{},
 		Routes:    []Route{},
+		Hosts:     []Host{},
+		Locations: []Location{},
 	}
 	defaultEdge(c)
 	return c
@@ -259,6 +263,7 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	c.validateCompanions(bad)
 	c.validateUpstreams(bad)
 	c.validateEdge(bad)
+	c.validateLocations(bad)
 	c.inheritMountWorkers(lines)
 	c.validateMounts(bad)
 	return errs.asError()
