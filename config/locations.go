@@ -892,23 +892,30 @@ func (c *Config) validateHeaders(h map[string]string, p string, bad func(path, f
 	for _, name := range slices.Sorted(maps.Keys(h)) {
 		hp := join(p, name)
 		lower := strings.ToLower(name)
-		switch {
-		case !isToken(name):
-			bad(hp, "%s is not a header name; use letters, digits and -, e.g. X-Frame-Options", quoteShort(name))
-		case slices.Contains(hopHeaders, lower):
-			bad(hp, "berth sets %s itself (it frames and encodes the response); it cannot be set or removed", name)
-		case lower == "strict-transport-security" && c.TLS.HSTS > 0:
+		if err := CheckHeader(name, h[name]); err != nil {
+			bad(hp, "%v", err)
+		} else if lower == "strict-transport-security" && c.TLS.HSTS > 0 {
 			bad(hp, "tls.hsts already sends Strict-Transport-Security; set it in one place")
-		default:
-			if other, dup := seen[lower]; dup {
-				bad(hp, "%q is already set as %q (header names ignore case); keep one", name, other)
-			}
-			seen[lower] = name
 		}
-		if v := h[name]; strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }) {
-			bad(hp, "the value must not contain line breaks, NUL or other control characters")
+		if other, dup := seen[lower]; dup {
+			bad(hp, "%q is already set as %q (header names ignore case); keep one", name, other)
 		}
+		seen[lower] = name
 	}
+}
+
+// CheckHeader says whether proxy.headers or a location's headers may set
+// (or, with value "", remove) the field name.
+func CheckHeader(name, value string) error {
+	switch {
+	case !isToken(name):
+		return fmt.Errorf("%s is not a header name; use letters, digits and -, e.g. X-Frame-Options", quoteShort(name))
+	case slices.Contains(hopHeaders, strings.ToLower(name)):
+		return fmt.Errorf("berth sets %s itself (it frames and encodes the response); it cannot be set or removed", name)
+	case strings.ContainsFunc(value, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }):
+		return fmt.Errorf("the value must not contain line breaks, NUL or other control characters")
+	}
+	return nil
 }
 
 func hasControl(s string) bool {
