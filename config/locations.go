@@ -757,7 +757,7 @@ func (c *Config) validateLocations(bad func(path, format string, args ...any)) {
 			hosts[h.Match] = i
 		}
 		if validateRedirect(&h.Redirect, join(p, "redirect"), false, bad) {
-			if to := redirectHost(h.Redirect.To); to != "" && SelectHost([]Host{{Match: h.Match}}, to) != nil {
+			if to := RedirectHost(h.Redirect.To); to != "" && SelectHost([]Host{{Match: h.Match}}, to) != nil {
 				bad(join(p, "redirect.to"), "%s redirects %s to itself, a loop; name another host", quoteShort(h.Redirect.To), h.Match)
 			}
 		}
@@ -864,9 +864,10 @@ func validateRedirect(r *Redirect, p string, rest bool, bad func(path, format st
 	return ok
 }
 
-// redirectHost is the literal host of a redirect target, "" when it is a
-// path or its host has a variable.
-func redirectHost(to string) string {
+// RedirectHost is the literal host of a redirect target ("example.com" of
+// "https://example.com$request_uri"), "" when it is a path or its host has
+// a variable.
+func RedirectHost(to string) string {
 	_, rest, ok := strings.Cut(to, "://")
 	if !ok {
 		return ""
