@@ -183,6 +183,25 @@ func (b *builder) setEnv(name, value string, src Source) {
 	b.env = append(b.env, envItem{name, item{value: value, src: src}})
 }
 
+// addHeader sets one field of proxy.headers, once per name (any case); it
+// reports whether the field was added.
+func (b *builder) addHeader(name, value string, src Source, note string) bool {
+	for _, h := range b.headers {
+		if !strings.EqualFold(h.name, name) {
+			continue
+		}
+		if h.value == value {
+			b.skip(src, name+": "+value, NotNeeded, "proxy.headers already sets %s from %s", h.name, h.src.String())
+		} else {
+			b.skip(src, name+": "+value, NeedsDecision, "proxy.headers already sets %s to %s from %s; berth sets one value: keep one", h.name, display(h.value), h.src.String())
+		}
+		return false
+	}
+	b.headers = append(b.headers, headerItem{name, item{value: value, src: src, note: note}})
+	b.count(src)
+	return true
+}
+
 // addStatic maps url onto dir, once per url; it returns the entry, nil
 // when the url was mapped already.
 func (b *builder) addStatic(url, dir item) *staticItem {

@@ -408,3 +408,20 @@ func TestAppServersServeTLS(t *testing.T) {
 		t.Errorf("certfile behind nginx: %+v", s)
 	}
 }
+
+// TestUwsgiAddHeader: uWSGI's add-header is a proxy.headers field; nginx
+// setting the same field again is not needed, another value needs a
+// decision.
+func TestUwsgiAddHeader(t *testing.T) {
+	res, c := parsed(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nsocket = /run/a.sock\nadd-header = X-Frame-Options: DENY\nadd-header = Bad Name: x\n"},
+		[2]string{"n.conf", "server { listen 80; add_header X-Frame-Options DENY; add_header X-Powered-By berth; location / { uwsgi_pass unix:/run/a.sock; } }"})
+	if len(c.Proxy.Headers) != 2 || c.Proxy.Headers["X-Frame-Options"] != "DENY" || c.Proxy.Headers["X-Powered-By"] != "berth" {
+		t.Errorf("proxy.headers = %v\n%s", c.Proxy.Headers, res.YAML)
+	}
+	if s := skippedKey(t, res, "add-header"); s.Reason != NeedsDecision {
+		t.Errorf("bad header name: %+v", s)
+	}
+	if s := skippedKey(t, res, "add_header"); s.Reason != NotNeeded {
+		t.Errorf("same header from nginx: %+v", s)
+	}
+}

@@ -663,8 +663,7 @@ func (n *nginxImport) proxyHeaders(sc *nginxScope) {
 		if strings.EqualFold(h.name, "Strict-Transport-Security") {
 			note = "tls.hsts sends max-age alone; this value says more, so it is sent as it is (browsers ignore it on plain HTTP)"
 		}
-		n.b.headers = append(n.b.headers, headerItem{h.name, item{value: h.value, src: src, note: note}})
-		n.b.count(src)
+		n.b.addHeader(h.name, h.value, src, note)
 	}
 }
 

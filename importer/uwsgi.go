@@ -77,7 +77,6 @@ var uwsgiNoEquivalent = map[string]string{
 	"spooler":                   "uWSGI's spooler is a task queue; berth has none (run a queue worker such as Celery)",
 	"cache2":                    "berth has no shared cache for the app",
 	"py-autoreload":             "berth reloads when app.reload_on files change, not on every imported module; list what to watch there",
-	"add-header":                "berth adds no response headers; set them in the app (e.g. Django middleware)",
 	"route":                     "berth has no routing rules",
 	"route-uri":                 "berth has no routing rules",
 	"response-route":            "berth has no routing rules",
@@ -266,6 +265,18 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 			url += "/"
 		}
 		b.addStatic(item{value: url, src: src}, item{value: filepath.Clean(dir), src: src})
+	case "add-header":
+		name, value, ok := strings.Cut(v, ":")
+		value = strings.TrimSpace(value)
+		if !ok {
+			b.skip(src, v, NeedsDecision, "expected Name: value")
+			return
+		}
+		if err := config.CheckHeader(name, value); err != nil {
+			b.skip(src, v, NeedsDecision, "%v", err)
+			return
+		}
+		b.addHeader(name, value, src, "on every response, as uWSGI added it to the app's")
 	case "uid":
 		b.set("app.user", v, src, "the workers and the proxy run as this user")
 	case "gid":
