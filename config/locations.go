@@ -475,8 +475,7 @@ func (d *decoder) access(dst *[]AccessRule) func(string, *yaml.Node) {
 func (d *decoder) limit(dst **Limit) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
 		l := &Limit{Key: LimitKeyClient, Status: DefaultLimitStatus}
-		before := len(d.errs)
-		d.section(path, n, []field{
+		if !d.complete(path, n, []field{
 			{"rate", func(p string, n *yaml.Node) {
 				if s, ok := d.scalarText(p, n); ok {
 					r, err := ParseRate(s)
@@ -492,13 +491,8 @@ func (d *decoder) limit(dst **Limit) func(string, *yaml.Node) {
 			{"delay", d.int(&l.Delay)},
 			{"key", d.str(&l.Key)},
 			{"status", d.int(&l.Status)},
-		})
-		if len(d.errs) > before {
+		}, "e.g. {rate: 5/m, burst: 5}", "rate") {
 			d.failed[path] = true
-			return
-		}
-		if d.missing(path, "rate") != "" {
-			d.errorf(n.Line, path, "missing rate; e.g. {rate: 5/m, burst: 5}")
 			return
 		}
 		*dst = l
@@ -534,14 +528,9 @@ func (d *decoder) auth(dst **Auth) func(string, *yaml.Node) {
 // redirectInto decodes {to, status} into r; it reports whether it could.
 func (d *decoder) redirectInto(path string, n *yaml.Node, r *Redirect) bool {
 	r.Status = DefaultRedirectStatus
-	before := len(d.errs)
-	d.section(path, n, []field{{"to", d.str(&r.To)}, {"status", d.int(&r.Status)}})
-	if len(d.errs) > before {
+	if !d.complete(path, n, []field{{"to", d.str(&r.To)}, {"status", d.int(&r.Status)}},
+		`e.g. {to: "https://example.com$request_uri", status: 301}`, "to") {
 		d.failed[path] = true
-		return false
-	}
-	if d.missing(path, "to") != "" {
-		d.errorf(n.Line, path, "missing to; e.g. {to: \"https://example.com$request_uri\", status: 301}")
 		return false
 	}
 	return true
@@ -559,14 +548,8 @@ func (d *decoder) redirectPtr(dst **Redirect) func(string, *yaml.Node) {
 func (d *decoder) ret(dst **Return) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
 		var r Return
-		before := len(d.errs)
-		d.section(path, n, []field{{"status", d.int(&r.Status)}, {"body", d.str(&r.Body)}})
-		if len(d.errs) > before {
+		if !d.complete(path, n, []field{{"status", d.int(&r.Status)}, {"body", d.str(&r.Body)}}, "e.g. {status: 404}", "status") {
 			d.failed[path] = true
-			return
-		}
-		if d.missing(path, "status") != "" {
-			d.errorf(n.Line, path, "missing status; e.g. {status: 404}")
 			return
 		}
 		*dst = &r
@@ -582,18 +565,11 @@ func (d *decoder) hosts(dst *[]Host) func(string, *yaml.Node) {
 		out := []Host{}
 		ok := d.listOf(path, n, `a list of hosts such as {match: www.example.com, redirect: {to: "https://example.com$request_uri", status: 301}}`, func(i int, p string, it *yaml.Node) {
 			h := Host{Redirect: Redirect{Status: DefaultRedirectStatus}}
-			before := len(d.errs)
-			d.section(p, it, []field{
+			d.complete(p, it, []field{
 				{"match", d.str(&h.Match)},
 				{"redirect", func(p string, n *yaml.Node) { d.redirectInto(p, n, &h.Redirect) }},
-			})
+			}, `e.g. {match: www.example.com, redirect: {to: "https://example.com$request_uri", status: 301}}`, "match", "redirect")
 			out = append(out, h)
-			if len(d.errs) > before {
-				return
-			}
-			if missing := d.missing(p, "match", "redirect"); missing != "" {
-				d.errorf(it.Line, p, "missing %s; e.g. {match: www.example.com, redirect: {to: \"https://example.com$request_uri\", status: 301}}", missing)
-			}
 		})
 		if ok {
 			*dst = out
