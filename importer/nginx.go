@@ -465,6 +465,12 @@ func (n *nginxImport) location(l *ndir, parent *nginxScope) {
 		}
 	}
 	plain := (mod == "" || mod == "^~" || mod == "=") && strings.HasPrefix(p, "/")
+	for _, o := range n.locs {
+		if plain && o.path == p && o.exact == (mod == "=") {
+			n.b.skip(src, src.raw, NeedsDecision, "%s matches the same paths, and nginx refuses a duplicate location; keep one", o.src.String())
+			return
+		}
+	}
 	var loc *nloc
 	if plain {
 		loc = &nloc{d: l, sc: sc, exact: mod == "=", path: p, src: src, static: -1}
@@ -509,8 +515,13 @@ func (n *nginxImport) location(l *ndir, parent *nginxScope) {
 		n.b.skip(src, src.raw, NoEquivalent, why)
 		return
 	case alias == nil && root == nil || loc != nil && len(body) == 0:
+		why := "this location neither serves files nor reaches the app, and has no rule berth translates"
+		if loc == nil {
+			n.b.skip(src, src.raw, NoEquivalent, "%s", why)
+			return
+		}
 		loc.content = "none"
-		loc.skip = &Skipped{Source: src, Value: src.raw, Reason: NoEquivalent, Why: "this location neither serves files nor reaches the app, and has no rule berth translates"}
+		loc.skip = &Skipped{Source: src, Value: src.raw, Reason: NoEquivalent, Why: why}
 		for _, d := range body {
 			n.directive(d, where, false)
 		}
@@ -609,6 +620,14 @@ func (n *nginxImport) oneFile(mod, p string, alias, root *ndir, where string) (f
 		return len(d.args) != 1 || strings.Contains(d.args[0], "$") || !strings.HasPrefix(d.args[0], "/")
 	}
 	if mod == "=" {
+		if strings.HasSuffix(p, "/") {
+			d := alias
+			if d == nil {
+				d = root
+			}
+			n.b.skip(d.src(where), d.text(), NoEquivalent, "berth serves one file at an exact URL, and %s names a directory (nginx served its index file)", p)
+			return item{value: "-"}, "", false
+		}
 		if alias != nil {
 			if bad(alias) {
 				n.b.skip(alias.src(where), alias.text(), NeedsDecision, "static files must be absolute paths without variables")

@@ -74,7 +74,7 @@ type siteRules struct {
 	access  map[*ndir][]item // by the family's first directive; nil: not translatable
 	headers map[*ndir]*hdr   // nil: not translatable
 	limits  map[limitKey]*locRules
-	auths   map[*ndir]*item
+	auths   map[authKey]*item
 	// server are the headers of proxy.headers by lower-case name, and
 	// serverFam the add_header family they came from.
 	server    map[string]hdr
@@ -100,7 +100,7 @@ func (n *nginxImport) translateSite() {
 		return
 	}
 	sc := n.siteScope
-	n.rules = &siteRules{access: map[*ndir][]item{}, headers: map[*ndir]*hdr{}, limits: map[limitKey]*locRules{}, auths: map[*ndir]*item{}}
+	n.rules = &siteRules{access: map[*ndir][]item{}, headers: map[*ndir]*hdr{}, limits: map[limitKey]*locRules{}, auths: map[authKey]*item{}}
 	n.certificates(sc)
 	n.proxyHeaders(sc)
 	n.errorPages(sc)
@@ -549,14 +549,18 @@ func (n *nginxImport) auth(sc *nginxScope) (*item, []*ndir) {
 		}
 		return nil, nil
 	}
-	if it, ok := n.rules.auths[ab]; ok {
+	key := authKey{ab, file}
+	if it, ok := n.rules.auths[key]; ok {
 		if it == nil {
 			return nil, nil
 		}
 		return it, []*ndir{ab, file}
 	}
 	fail := func(d *ndir, r Reason, why string) (*item, []*ndir) {
-		n.rules.auths[ab] = nil
+		n.rules.auths[key] = nil
+		if n.handled[d] {
+			return nil, nil // listed for another location already
+		}
 		n.handled[d] = true
 		n.b.skip(d.at(), d.text(), r, "%s", why)
 		return nil, nil
@@ -577,9 +581,12 @@ func (n *nginxImport) auth(sc *nginxScope) (*item, []*ndir) {
 		note += "; the path is relative to nginx's prefix " + n.prefix
 	}
 	it := &item{value: flow(fmt.Sprintf("{basic: {realm: %s, users: %s}}", flowScalar(realm), flowScalar(users))), src: ab.at(), note: note}
-	n.rules.auths[ab] = it
+	n.rules.auths[key] = it
 	return it, []*ndir{ab, file}
 }
+
+// authKey memoizes an auth_basic with the user file in force with it.
+type authKey struct{ basic, users *ndir }
 
 // headerFamily translates the add_header directives of one level.
 func (n *nginxImport) headerFamily(fam []*ndir) []hdr {

@@ -107,3 +107,13 @@ server {
 		}
 	}
 }
+
+// TestNginxOddLocations: locations berth cannot match on are listed, never
+// a crash.
+func TestNginxOddLocations(t *testing.T) {
+	res := importFiles(t, [2]string{"n.conf", `server { listen 80; location foo { } location bar { deny all; } location = { return 404; } location @x { allow all; }
+	location / { return 200; } location /a/ { rewrite ^ /b permanent; return 301 /c; } }`})
+	if len(res.Untranslated()) == 0 {
+		t.Errorf("nothing listed:\n%s", res.YAML)
+	}
+}
