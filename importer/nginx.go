@@ -127,7 +127,7 @@ type nloc struct {
 type nginxImport struct {
 	b         *builder
 	upstreams map[string]*ndir
-	used      map[*ndir]bool // upstreams some pass names, zones some directive names
+	used      map[*ndir]bool // upstreams some pass names
 	pending   []pending
 	appLocs   []appLoc
 	// logFormats are the log_format definitions by name; zones the

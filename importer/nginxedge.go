@@ -222,44 +222,57 @@ func (n *nginxImport) cacheSetting(d *ndir, name string) {
 }
 
 // expires translates expires in force in static locations into
-// static[].cache.
+// static[].cache; one in an app location's own block is listed (the app
+// sets its own Cache-Control).
 func (n *nginxImport) expires() {
+	memo := map[*ndir]*item{}
 	for _, l := range n.locs {
 		d := l.sc.last("expires")
 		if d == nil {
 			continue
 		}
 		if l.content != "static" || l.static < 0 {
-			if (l.content == "app" || l.content == "route") && !n.handled[d] {
+			if (l.content == "app" || l.content == "route") && d.where == l.sc.where && !n.handled[d] {
 				n.handled[d] = true
 				n.b.skip(d.at(), d.text(), NoEquivalent, "berth sets Cache-Control on static files only (static[].cache); the app sets its own")
 			}
 			continue
 		}
-		if n.handled[d] && d.where == l.sc.where {
-			continue
+		it, seen := memo[d]
+		if !seen {
+			it = n.expiry(d)
+			memo[d] = it
 		}
-		n.handled[d] = true
-		v := strings.Join(d.args, " ")
-		var ttl time.Duration
-		note := "Cache-Control: public, max-age; nginx also sent Expires"
-		switch {
-		case v == "off":
-			n.b.skip(d.at(), d.text(), NotNeeded, "off: no Cache-Control, as berth by default")
-			continue
-		case v == "max":
-			ttl, note = 87600*time.Hour, "nginx's max: ten years"
-		default:
-			t, err := nginxTime(v)
-			if err != nil || t <= 0 {
-				n.b.skip(d.at(), d.text(), NoEquivalent, "berth's static cache is a max-age from the request (a positive time such as 30d); not epoch, @time or modified")
-				continue
-			}
-			ttl = t
+		if it != nil {
+			c := *it
+			n.b.static[l.static].cache = &c
 		}
-		n.b.static[l.static].cache = &item{value: ttl, src: d.at(), note: note}
-		n.b.count(d.at())
 	}
+}
+
+// expiry translates one expires directive into a static[].cache value;
+// nil (and listed) when it has none.
+func (n *nginxImport) expiry(d *ndir) *item {
+	n.handled[d] = true
+	v := strings.Join(d.args, " ")
+	note := "Cache-Control: public, max-age; nginx also sent Expires"
+	var ttl time.Duration
+	switch {
+	case v == "off":
+		n.b.skip(d.at(), d.text(), NotNeeded, "off: no Cache-Control, as berth by default")
+		return nil
+	case v == "max":
+		ttl, note = 87600*time.Hour, "nginx's max: ten years"
+	default:
+		t, err := nginxTime(v)
+		if err != nil || t <= 0 {
+			n.b.skip(d.at(), d.text(), NoEquivalent, "berth's static cache is a max-age from the request (a positive time such as 30d); not epoch, @time or modified")
+			return nil
+		}
+		ttl = t
+	}
+	n.b.count(d.at())
+	return &item{value: ttl, src: d.at(), note: note}
 }
 
 // route makes loc's pass to other servers an upstreams: group and a route.

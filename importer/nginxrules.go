@@ -1124,7 +1124,6 @@ func (n *nginxImport) connLimit(d *ndir, where string) {
 		n.b.skip(src, d.text(), NeedsDecision, "expected a number of connections")
 		return
 	}
-	n.used[zone] = true
 	n.handled[zone] = true
 	if key := zone.args[0]; key != "$binary_remote_addr" && key != "$remote_addr" {
 		n.b.skip(src, d.text(), NoEquivalent, "berth limits connections per client address only; the zone's key is %s", key)
