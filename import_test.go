@@ -26,7 +26,7 @@ func TestImportExitCodes(t *testing.T) {
 		{[]string{"import", clean}, 0, "module: mysite.wsgi:application", "1 not needed"},
 		{[]string{"import", "--check", clean}, 0, "count: 2", "0 not translated"},
 		{[]string{"import", dirty}, 0, "# NOT TRANSLATED (1)", "1 not translated"},
-		{[]string{"import", "--check", dirty}, 1, "module: mysite.wsgi:application", "not yet supported: needs static caching"},
+		{[]string{"import", "--check", dirty}, 1, "module: mysite.wsgi:application", "no equivalent in berth: berth's static cache is per static: entry"},
 		{[]string{"import"}, 2, "", "usage: berth import"},
 		{[]string{"import", filepath.Join(dir, "missing.ini")}, 2, "", "missing.ini"},
 	}

@@ -135,12 +135,20 @@ func (d *decoder) companion(c *Companion, more ...field) []field {
 	}, more...)
 }
 
-// list decodes a list of companion entries, each a mapping; item decodes
-// entry i at path p and returns its fields.
+// list decodes a list of entries, each usually a mapping; item decodes
+// entry i at path p. example is one entry, for the message when n is not
+// a list.
 func (d *decoder) list(path string, n *yaml.Node, example string, item func(i int, p string, n *yaml.Node)) {
+	d.listOf(path, n, "a list of entries such as "+example, item)
+}
+
+// listOf is list with the whole description of the expected list ("a list
+// of {url: /static/, dir: /app/static} entries") for the message. It
+// reports whether n was a list.
+func (d *decoder) listOf(path string, n *yaml.Node, want string, item func(i int, p string, n *yaml.Node)) bool {
 	if n.Kind != yaml.SequenceNode {
-		d.errorf(n.Line, path, "expected a list of entries such as %s, got %s", example, describe(n))
-		return
+		d.errorf(n.Line, path, "expected %s, got %s", want, describe(n))
+		return false
 	}
 	for i, it := range n.Content {
 		it = resolve(it)
@@ -148,6 +156,7 @@ func (d *decoder) list(path string, n *yaml.Node, example string, item func(i in
 		d.lines[p] = it.Line
 		item(i, p, it)
 	}
+	return true
 }
 
 func (d *decoder) tasks(dst *[]Task) func(string, *yaml.Node) {

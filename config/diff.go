@@ -11,7 +11,7 @@ import (
 // The zero value means nothing running needs to change (for example only
 // shutdown.delay changed, which is read when SIGTERM arrives).
 type Changes struct {
-	// Proxy: static, tls, cache, proxy.*, upstreams, routes, workers.timeout, workers.graceful_timeout,
+	// Proxy: static, tls, cache, proxy.*, upstreams, routes, hosts, locations, workers.timeout, workers.graceful_timeout,
 	// workers.drain_timeout, workers.concurrency, workers.max_requests, workers.max_requests_jitter or workers.max_rss
 	// changed. Running processes take these live (a new proxy config, new
 	// worker budgets); no worker is restarted for them.
@@ -49,6 +49,7 @@ func Diff(old, new *Config) Changes {
 	return Changes{
 		Proxy: !slices.Equal(old.Static, new.Static) ||
 			!sameEdge(old, new) ||
+			!sameLocations(old, new) ||
 			!mountURLsEqual(old.Mounts, new.Mounts) ||
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||

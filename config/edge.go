@@ -115,28 +115,33 @@ func (d *decoder) tls(dst *TLS) func(string, *yaml.Node) {
 
 func (d *decoder) certificates(dst *[]Certificate) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key} entries, got %s", describe(n))
-			return
-		}
 		out := []Certificate{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key} entries", func(i int, p string, item *yaml.Node) {
 			var c Certificate
-			before := len(d.errs)
-			d.section(p, item, []field{{"cert", d.str(&c.Cert)}, {"key", d.str(&c.Key)}})
+			d.complete(p, item, []field{{"cert", d.str(&c.Cert)}, {"key", d.str(&c.Key)}},
+				"each entry needs cert and key, e.g. {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key}", "cert", "key")
 			out = append(out, c)
-			if len(d.errs) > before {
-				continue
-			}
-			if missing := d.missing(p, "cert", "key"); missing != "" {
-				d.errorf(item.Line, p, "missing %s; each entry needs cert and key, e.g. {cert: /etc/berth/tls/tls.crt, key: /etc/berth/tls/tls.key}", missing)
-			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
+}
+
+// complete decodes the mapping n at path with fields, then checks that the
+// keys of required were written; a missing one is reported as "missing
+// KEY; " + hint. It reports whether n decoded whole and complete.
+func (d *decoder) complete(path string, n *yaml.Node, fields []field, hint string, required ...string) bool {
+	before := len(d.errs)
+	d.section(path, n, fields)
+	if len(d.errs) > before {
+		return false
+	}
+	if missing := d.missing(path, required...); missing != "" {
+		d.errorf(n.Line, path, "missing %s; %s", missing, hint)
+		return false
+	}
+	return true
 }
 
 // missing names the keys of the mapping at p that were not written.
@@ -171,32 +176,20 @@ func (d *decoder) cache(dst *Cache) func(string, *yaml.Node) {
 
 func (d *decoder) cacheRoutes(dst *[]CacheRoute) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {url: /, max_ttl: 10m} entries, got %s", describe(n))
-			return
-		}
 		out := []CacheRoute{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {url: /, max_ttl: 10m} entries", func(i int, p string, item *yaml.Node) {
 			r := CacheRoute{MaxTTL: DefaultCacheMaxTTL, SessionCookies: append([]string{}, defaultSessionCookies...)}
-			before := len(d.errs)
-			d.section(p, item, []field{
+			d.complete(p, item, []field{
 				{"url", d.str(&r.URL)},
 				{"max_ttl", d.duration(&r.MaxTTL)},
 				{"stale", d.duration(&r.Stale)},
 				{"session_cookies", d.strs(&r.SessionCookies)},
-			})
+			}, "each entry needs one, e.g. {url: /, max_ttl: 10m}", "url")
 			out = append(out, r)
-			if len(d.errs) > before {
-				continue
-			}
-			if missing := d.missing(p, "url"); missing != "" {
-				d.errorf(item.Line, p, "missing url; each entry needs one, e.g. {url: /, max_ttl: 10m}")
-			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
 }
 

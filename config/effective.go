@@ -48,6 +48,7 @@ func (c *Config) Effective() ([]byte, error) {
 	ups, routes := c.upstreamNodes()
 	w, p := c.Workers, c.Proxy
 	tlsNode, compression, cache := c.edgeNodes()
+	hosts, locations, headers, limits, errorPages := c.locationNodes()
 	root := mapNode(
 		"listen", strList(c.Listen),
 		"tls", tlsNode,
@@ -86,6 +87,9 @@ func (c *Config) Effective() ([]byte, error) {
 				"timeout", strNode(p.Queue.Timeout.String()),
 			),
 			"compression", compression,
+			"headers", headers,
+			"limits", limits,
+			"error_pages", errorPages,
 		),
 		"cache", cache,
 		"shutdown", mapNode("delay", strNode(c.Shutdown.Delay.String())),
@@ -95,6 +99,8 @@ func (c *Config) Effective() ([]byte, error) {
 		"cron", jobs,
 		"upstreams", ups,
 		"routes", routes,
+		"hosts", hosts,
+		"locations", locations,
 	)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)

@@ -515,9 +515,16 @@ func (d *decoder) count(dst *int) func(string, *yaml.Node) {
 }
 
 func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
+	return d.stringMap(dst, "variable names to values, such as {DJANGO_SETTINGS_MODULE: mysite.settings}", "for an empty value")
+}
+
+// stringMap decodes a mapping of names to text values: any scalar is taken
+// as written (`DEBUG: true` means the text "true"). what describes the
+// mapping for messages; empty says what "" means for a value.
+func (d *decoder) stringMap(dst *map[string]string, what, empty string) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
 		if n.Kind != yaml.MappingNode {
-			d.errorf(n.Line, path, "expected a mapping of variable names to values, such as {DJANGO_SETTINGS_MODULE: mysite.settings}, got %s", describe(n))
+			d.errorf(n.Line, path, "expected a mapping of %s, got %s", what, describe(n))
 			return
 		}
 		out := map[string]string{}
@@ -525,10 +532,9 @@ func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
 		d.pairs(path, n, func(key string, k, v *yaml.Node) {
 			p := join(path, key)
 			d.lines[p] = v.Line
-			// Any scalar is taken as written: `DEBUG: true` means the text "true".
 			switch {
 			case isNull(v):
-				d.errorf(v.Line, p, "no value; write %s: \"\" for an empty value", key)
+				d.errorf(v.Line, p, "no value; write %s: \"\" %s", key, empty)
 				ok = false
 				return
 			case v.Kind != yaml.ScalarNode:
@@ -548,15 +554,8 @@ func (d *decoder) env(dst *map[string]string) func(string, *yaml.Node) {
 
 func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 	return func(path string, n *yaml.Node) {
-		if n.Kind != yaml.SequenceNode {
-			d.errorf(n.Line, path, "expected a list of {url: /static/, dir: /app/static} entries, got %s", describe(n))
-			return
-		}
 		out := []Static{}
-		for i, item := range n.Content {
-			item = resolve(item)
-			p := index(path, i)
-			d.lines[p] = item.Line
+		ok := d.listOf(path, n, "a list of {url: /static/, dir: /app/static} entries", func(i int, p string, item *yaml.Node) {
 			var s Static
 			before := len(d.errs)
 			d.section(p, item, []field{
@@ -567,22 +566,22 @@ func (d *decoder) static(dst *[]Static) func(string, *yaml.Node) {
 			})
 			out = append(out, s) // kept even when broken, so static[i] stays entry i
 			if len(d.errs) > before {
-				continue
+				return
 			}
 			var missing []string
-			if _, ok := d.lines[join(p, "url")]; !ok {
-				missing = append(missing, "url")
+			if m := d.missing(p, "url"); m != "" {
+				missing = append(missing, m)
 			}
-			_, hasDir := d.lines[join(p, "dir")]
-			_, hasFile := d.lines[join(p, "file")]
-			if !hasDir && !hasFile {
+			if d.missing(p, "dir", "file") == "dir and file" {
 				missing = append(missing, "dir")
 			}
 			if len(missing) > 0 {
 				d.errorf(item.Line, p, "missing %s; each entry needs url and dir, e.g. {url: /static/, dir: /app/static}, or url and file, e.g. {url: /favicon.ico, file: /app/static/favicon.ico}", strings.Join(missing, " and "))
 			}
+		})
+		if ok {
+			*dst = out
 		}
-		*dst = out
 	}
 }
 
@@ -637,6 +636,9 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 					})
 				}},
 				{"compression", d.compression(&p.Compression)},
+				{"headers", d.headers(&p.Headers)},
+				{"limits", d.proxyLimits(&p.Limits)},
+				{"error_pages", d.errorPages(&p.ErrorPages)},
 			})
 		}},
 		{"cache", d.cache(&c.Cache)},
@@ -661,5 +663,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		{"cron", d.jobs(&c.Cron)},
 		{"upstreams", d.upstreams(&c.Upstreams)},
 		{"routes", d.routes(&c.Routes)},
+		{"hosts", d.hosts(&c.Hosts)},
+		{"locations", d.locations(&c.Locations)},
 	})
 }

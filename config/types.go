@@ -36,6 +36,10 @@ type Config struct {
 	// prefixes to them (upstreams.go).
 	Upstreams map[string]Upstream `yaml:"upstreams" json:"upstreams"`
 	Routes    []Route             `yaml:"routes" json:"routes"`
+	// Hosts redirect by Host header; Locations hold the rules per path:
+	// access, rate limits, basic auth, redirects, headers (locations.go).
+	Hosts     []Host     `yaml:"hosts" json:"hosts"`
+	Locations []Location `yaml:"locations" json:"locations"`
 
 	// Source is the file the config came from; "" for the built-in defaults.
 	Source string `yaml:"-" json:"-"`
@@ -113,6 +117,15 @@ type Proxy struct {
 	RequestID   bool        `yaml:"request_id" json:"request_id"`
 	Queue       Queue       `yaml:"queue" json:"queue"`
 	Compression Compression `yaml:"compression" json:"compression"`
+	// Headers are set on every response, berth's own errors too (nginx
+	// add_header … always), replacing a field of the same name; "" removes
+	// the field. A location's headers are set after these.
+	Headers map[string]string `yaml:"headers" json:"headers"`
+	Limits  ProxyLimits       `yaml:"limits" json:"limits"`
+	// ErrorPages are HTML files sent, to clients that accept text/html,
+	// instead of the plain-text body of the errors berth makes itself
+	// (ErrorPageStatuses), by status.
+	ErrorPages map[int]string `yaml:"error_pages" json:"error_pages"`
 }
 
 // Queue bounds the requests waiting for a free worker.

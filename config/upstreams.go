@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -428,13 +427,7 @@ func (c *Config) validateUpstreams(bad func(path, format string, args ...any)) {
 // checkUpstreamAddress validates "host:port" or "unix:/path".
 func checkUpstreamAddress(s string) error {
 	if path, ok := strings.CutPrefix(s, "unix:"); ok {
-		switch {
-		case !filepath.IsAbs(path):
-			return fmt.Errorf("unix socket path %s must be absolute, e.g. unix:/run/app.sock", quoteShort(path))
-		case len(path) > maxUnixPath:
-			return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
-		}
-		return nil
+		return checkUnixPath(path, "unix:/run/app.sock")
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || host == "" {

@@ -46,6 +46,8 @@ func Default() *Config {
 			AccessLog:      "combined",
 			RequestID:      true,
 			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
+			Headers:        map[string]string{},
+			ErrorPages:     map[int]string{},
 		},
 		Tasks:    Tasks{BeforeStart: []Task{}, BeforeRoll: []Task{}},
 		Programs: []Program{},
@@ -53,6 +55,8 @@ func Default() *Config {
 
 		Upstreams: map[string]Upstream{},
 		Routes:    []Route{},
+		Hosts:     []Host{},
+		Locations: []Location{},
 	}
 	defaultEdge(c)
 	return c
@@ -259,6 +263,7 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	c.validateCompanions(bad)
 	c.validateUpstreams(bad)
 	c.validateEdge(bad)
+	c.validateLocations(bad)
 	c.inheritMountWorkers(lines)
 	c.validateMounts(bad)
 	return errs.asError()
@@ -276,13 +281,7 @@ func checkListen(s string) error {
 		s = rest
 	}
 	if path, ok := strings.CutPrefix(s, "unix:"); ok {
-		switch {
-		case !filepath.IsAbs(path):
-			return fmt.Errorf("unix socket path %s must be absolute, e.g. unix:/run/berth/http.sock", quoteShort(path))
-		case len(path) > maxUnixPath:
-			return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
-		}
-		return nil
+		return checkUnixPath(path, "unix:/run/berth/http.sock")
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -301,6 +300,18 @@ func checkListen(s string) error {
 	}
 	if host != "" && !validHost(host) {
 		return fmt.Errorf("%s: host %s is neither an IP address nor a host name; %s", quoteShort(s), quoteShort(host), listenForms)
+	}
+	return nil
+}
+
+// checkUnixPath validates the path of a unix: address; example is a
+// correct address for the message.
+func checkUnixPath(path, example string) error {
+	switch {
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("unix socket path %s must be absolute, e.g. %s", quoteShort(path), example)
+	case len(path) > maxUnixPath:
+		return fmt.Errorf("unix socket path is %d bytes, longer than the %d the kernel allows; use a shorter path", len(path), maxUnixPath)
 	}
 	return nil
 }

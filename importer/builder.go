@@ -2,6 +2,7 @@ package importer
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/config"
@@ -24,10 +25,31 @@ type envItem struct {
 }
 
 // staticItem is one static: entry: a directory served below url, or with
-// file set, the one file dir names served at url.
+// file set, the one file dir names served at url; cache is its Cache-Control
+// max-age, nil for none.
 type staticItem struct {
 	url, dir item
 	file     bool
+	cache    *item
+}
+
+// flow is YAML written as it is: a flow mapping or list such as
+// {allow: 10.0.0.0/8} or ["text/html", "text/css"].
+type flow string
+
+// certItem is one tls.certificates entry.
+type certItem struct{ cert, key item }
+
+// headerItem is one field of proxy.headers or of a location's headers.
+type headerItem struct {
+	name string
+	item // value: string
+}
+
+// cacheRouteItem is one cache.routes entry; stale nil: the default.
+type cacheRouteItem struct {
+	url   item
+	stale *item
 }
 
 // builder collects the berth settings the translators find, keeps each one's
@@ -51,6 +73,44 @@ type builder struct {
 	skipped []Skipped
 	// companions are tasks.before_start, programs and cron, by list.
 	companions map[string][]companion
+
+	// The edge and the rules of issue 24, in the order they render.
+	certs       []certItem
+	headers     []headerItem // proxy.headers
+	errorPages  map[int]item // proxy.error_pages
+	cacheRoutes []cacheRouteItem
+	upstreams   []upstreamItem // upstreams:, in the order first used
+	routes      []item         // routes:, each a flow mapping
+	hosts       []item         // hosts:, each a flow mapping
+	locations   []locItem
+	// counted are the sources of settings translated into the structures
+	// above, each counted once however many entries it fed.
+	counted map[string]bool
+}
+
+// upstreamItem is one upstreams: group: its keys as flow text or scalars,
+// and its servers as flow mappings, each with its source.
+type upstreamItem struct {
+	name    string
+	keys    []keyItem // method, hash, protocol, keepalive, ...
+	servers []item
+	src     Source
+}
+
+// keyItem is one key: value line of a mapping.
+type keyItem struct {
+	key string
+	item
+}
+
+// locItem is one locations: entry.
+type locItem struct {
+	match   keyItem // path: or exact:
+	access  []item  // each {allow: …} or {deny: …}
+	limit   *item
+	auth    *item
+	answer  *keyItem // redirect: or return:
+	headers []headerItem
 }
 
 func newBuilder() *builder {
@@ -123,15 +183,37 @@ func (b *builder) setEnv(name, value string, src Source) {
 	b.env = append(b.env, envItem{name, item{value: value, src: src}})
 }
 
-// addStatic maps url onto dir, once per url.
-func (b *builder) addStatic(url, dir item) { b.addStaticEntry(staticItem{url: url, dir: dir}) }
-
-// addStaticFile maps url to the one file at file.value.
-func (b *builder) addStaticFile(url, file item) {
-	b.addStaticEntry(staticItem{url: url, dir: file, file: true})
+// addHeader sets one field of proxy.headers, once per name (any case); it
+// reports whether the field was added.
+func (b *builder) addHeader(name, value string, src Source, note string) bool {
+	for _, h := range b.headers {
+		if !strings.EqualFold(h.name, name) {
+			continue
+		}
+		if h.value == value {
+			b.skip(src, name+": "+value, NotNeeded, "proxy.headers already sets %s from %s", h.name, h.src.String())
+		} else {
+			b.skip(src, name+": "+value, NeedsDecision, "proxy.headers already sets %s to %s from %s; berth sets one value: keep one", h.name, display(h.value), h.src.String())
+		}
+		return false
+	}
+	b.headers = append(b.headers, headerItem{name, item{value: value, src: src, note: note}})
+	b.count(src)
+	return true
 }
 
-func (b *builder) addStaticEntry(e staticItem) {
+// addStatic maps url onto dir, once per url; it returns the entry, nil
+// when the url was mapped already.
+func (b *builder) addStatic(url, dir item) *staticItem {
+	return b.addStaticEntry(staticItem{url: url, dir: dir})
+}
+
+// addStaticFile maps url to the one file at file.value.
+func (b *builder) addStaticFile(url, file item) *staticItem {
+	return b.addStaticEntry(staticItem{url: url, dir: file, file: true})
+}
+
+func (b *builder) addStaticEntry(e staticItem) *staticItem {
 	url, dir := e.url, e.dir
 	for _, s := range b.static {
 		if s.url.value != url.value {
@@ -142,9 +224,10 @@ func (b *builder) addStaticEntry(e staticItem) {
 		} else {
 			b.skip(url.src, fmt.Sprintf("%s → %s", url.value, dir.value), NeedsDecision, "static already maps %s to %s from %s; one URL serves one directory in berth: keep one", url.value, s.dir.value, s.url.src.String())
 		}
-		return
+		return nil
 	}
 	b.static = append(b.static, e)
+	return &b.static[len(b.static)-1]
 }
 
 // maxShown bounds a value in the listing; a types {} block or a long
@@ -158,8 +241,26 @@ func shorten(s string) string {
 	return s
 }
 
-// finish fills in what the sources imply without saying.
+// finish fills in what the sources imply without saying, and takes back
+// what cannot stand alone: a TLS listener without a certificate.
 func (b *builder) finish(opt Options) {
+	if len(b.certs) == 0 {
+		var kept []item
+		for _, it := range b.lists["listen"] {
+			if s, _ := it.value.(string); strings.HasPrefix(s, config.TLSScheme) {
+				b.skip(it.src, it.src.raw, NeedsDecision, "a TLS listener needs tls.certificates, and no certificate is in force here in the files imported: import the file with ssl_certificate, or write tls.certificates")
+				continue
+			}
+			kept = append(kept, it)
+		}
+		b.lists["listen"] = kept
+		for _, key := range []string{"tls.redirect_http", "tls.hsts"} {
+			if it := b.scalars[key]; it != nil {
+				delete(b.scalars, key)
+				b.skip(it.src, it.src.raw, NeedsDecision, "%s needs an https:// listener, and none was translated", key)
+			}
+		}
+	}
 	if b.appServer && b.scalars["app.python"] == nil {
 		b.scalars["app.python"] = &item{
 			value:   opt.Python,
@@ -184,11 +285,23 @@ func (b *builder) translated() int {
 	for _, l := range b.companions {
 		n += len(l)
 	}
-	return n + len(b.env) + len(b.static)
+	return n + len(b.env) + len(b.static) + len(b.counted)
+}
+
+// count records that the setting at src was translated into one of the
+// structures rendered beside the scalars.
+func (b *builder) count(src Source) {
+	if b.counted == nil {
+		b.counted = map[string]bool{}
+	}
+	b.counted[fmt.Sprintf("%s:%d %s", src.File, src.Line, src.Key)] = true
 }
 
 // display renders a value as berth.yaml writes it.
 func display(v any) string {
+	if f, ok := v.(flow); ok {
+		return string(f)
+	}
 	switch v := v.(type) {
 	case time.Duration:
 		return fmtDuration(v)

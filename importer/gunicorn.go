@@ -99,14 +99,17 @@ var gunicornNoEquivalent = map[string]string{
 	"limit_request_line":                "berth's proxy bounds the request line and headers together at 32 KiB",
 }
 
-// gunicornNotYet are settings whose berth feature is planned.
-var gunicornNotYet = map[string]string{
-	"certfile":    "needs TLS (tls: and https:// listeners)",
-	"keyfile":     "needs TLS (tls: and https:// listeners)",
-	"ca_certs":    "needs TLS (tls: and https:// listeners)",
-	"cert_reqs":   "needs TLS (tls: and https:// listeners)",
-	"ssl_version": "needs TLS (tls: and https:// listeners)",
-	"ciphers":     "needs TLS (tls: and https:// listeners)",
+// gunicornTLS are Gunicorn's TLS settings: certfile and keyfile become a
+// certificate of an https:// listener, the others say what berth does.
+var gunicornTLS = map[string]string{
+	"certfile":                "",
+	"keyfile":                 "",
+	"ca_certs":                "berth asks clients for no certificate",
+	"cert_reqs":               "berth asks clients for no certificate",
+	"ssl_version":             "berth speaks TLS 1.2 and 1.3",
+	"ciphers":                 "berth offers Mozilla's intermediate TLS 1.2 suites and TLS 1.3, fixed",
+	"do_handshake_on_connect": "berth's proxy does the handshake itself",
+	"suppress_ragged_eofs":    "berth's proxy handles a TLS connection closed without close_notify",
 }
 
 // gunicornHandled are the settings translateGunicorn turns into keys.
@@ -169,7 +172,7 @@ func importGunicorn(b *builder, path, python string) error {
 	for _, k := range gunicornHandled {
 		known[k] = true
 	}
-	for _, m := range []map[string]string{gunicornNotNeeded, gunicornNoEquivalent, gunicornNotYet} {
+	for _, m := range []map[string]string{gunicornNotNeeded, gunicornNoEquivalent, gunicornTLS} {
 		for k := range m {
 			known[k] = true
 		}
@@ -190,10 +193,62 @@ func importGunicorn(b *builder, path, python string) error {
 		}
 		return names[i] < names[j]
 	})
+	tls := map[string]*item{}
 	for _, name := range names {
+		if _, ok := gunicornTLS[name]; ok {
+			translateGunicornTLS(b, path, name, vals[name], tls)
+			continue
+		}
 		translateGunicorn(b, path, name, vals[name])
 	}
+	gunicornCertificate(b, path, tls)
 	return nil
+}
+
+// translateGunicornTLS lists the TLS settings berth has no key for and
+// keeps certfile and keyfile in tls for gunicornCertificate.
+func translateGunicornTLS(b *builder, path, name string, g gunicornValue, tls map[string]*item) {
+	src := Source{File: path, Line: g.Line, Key: name, raw: pyRepr(g.Value)}
+	s, isString := g.Value.(string)
+	switch {
+	case g.Value == nil:
+		b.skip(src, "None", NotNeeded, "unset; Gunicorn served no TLS")
+	case b.front:
+		b.skip(src, src.raw, NotNeeded, "nginx in front took the clients; its TLS settings are berth's")
+	case gunicornTLS[name] != "":
+		if name == "ca_certs" || name == "cert_reqs" {
+			b.skip(src, src.raw, NoEquivalent, "%s", gunicornTLS[name])
+		} else {
+			b.skip(src, src.raw, NotNeeded, "%s", gunicornTLS[name])
+		}
+	case !isString || !filepath.IsAbs(s):
+		b.skip(src, src.raw, NeedsDecision, "berth reads certificates from absolute paths: write tls.certificates by hand")
+	default:
+		tls[name] = &item{value: s, src: src}
+	}
+}
+
+// gunicornCertificate makes certfile and keyfile a tls.certificates entry,
+// and the binds of this file TLS listeners, as Gunicorn served them.
+func gunicornCertificate(b *builder, path string, tls map[string]*item) {
+	cert, key := tls["certfile"], tls["keyfile"]
+	if cert == nil || key == nil {
+		for _, it := range []*item{cert, key} {
+			if it != nil {
+				b.skip(it.src, it.src.raw, NeedsDecision, "certfile and keyfile go together; Gunicorn had only one")
+			}
+		}
+		return
+	}
+	for i, it := range b.lists["listen"] {
+		if l := it.value.(string); it.src.File == path && !strings.HasPrefix(l, "unix:") {
+			b.lists["listen"][i].value = config.TLSScheme + l
+			b.lists["listen"][i].note = strings.TrimPrefix(it.note+"; TLS, as Gunicorn served it with certfile", "; ")
+		}
+	}
+	b.certs = append(b.certs, certItem{*cert, *key})
+	b.count(cert.src)
+	b.count(key.src)
 }
 
 func translateGunicorn(b *builder, path, name string, g gunicornValue) {
@@ -217,16 +272,6 @@ func translateGunicorn(b *builder, path, name string, g gunicornValue) {
 	}
 	if why, ok := gunicornNotNeeded[name]; ok {
 		b.skip(src, shown, NotNeeded, why)
-		return
-	}
-	if why, ok := gunicornNotYet[name]; ok {
-		if name == "certfile" || name == "keyfile" || name == "ca_certs" {
-			if g.Value == nil {
-				b.skip(src, shown, NotNeeded, "unset; Gunicorn served no TLS")
-				return
-			}
-		}
-		b.skip(src, shown, NotYetSupported, why)
 		return
 	}
 	if why, ok := gunicornNoEquivalent[name]; ok {

@@ -54,8 +54,8 @@ const (
 	NoEquivalent
 	// NeedsDecision: a translation exists but would guess; the user decides.
 	NeedsDecision
-	// NotYetSupported: a planned berth feature (TLS, compression, static
-	// caching, upstreams, ...) that does not exist yet.
+	// NotYetSupported: a planned berth feature that does not exist yet
+	// (HTTP/3).
 	NotYetSupported
 )
 

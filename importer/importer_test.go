@@ -281,7 +281,7 @@ func TestCheckUntranslated(t *testing.T) {
 		t.Errorf("only not-needed settings: untranslated %v, skipped %v", u, clean.Skipped)
 	}
 	dirty := importFiles(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nstatic-expires = /* 3600\n"})
-	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NotYetSupported || !strings.Contains(u[0].Why, "static caching") {
+	if u := dirty.Untranslated(); len(u) != 1 || u[0].Reason != NoEquivalent || !strings.Contains(u[0].Why, "static[].cache") {
 		t.Errorf("static-expires: %+v", u)
 	}
 }
@@ -371,5 +371,57 @@ func TestUnknownUwsgiKey(t *testing.T) {
 		if tc.key == "no-such-thing-at-all" && strings.Contains(string(res.YAML), "nearest") {
 			t.Errorf("%s: a nearest option named for a key near none:\n%s", tc.key, res.YAML)
 		}
+	}
+}
+
+// parsed imports the files and decodes the output, which must pass berth
+// check.
+func parsed(t *testing.T, files ...[2]string) (*Result, *config.Config) {
+	t.Helper()
+	res := importFiles(t, files...)
+	c, err := config.Parse("berth.yaml", res.YAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, c
+}
+
+// TestAppServersServeTLS: uWSGI's https option and Gunicorn's certfile and
+// keyfile, with no nginx in front, become an https:// listener and its
+// certificate; behind nginx they are not needed.
+func TestAppServersServeTLS(t *testing.T) {
+	_, c := parsed(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nhttps = :8443,/etc/ssl/a.crt,/etc/ssl/a.key,HIGH\nhttp-to-https = :8080\n"})
+	if got := strings.Join(c.Listen, " "); got != "https://:8443 :8080" || len(c.TLS.Certificates) != 1 || c.TLS.Certificates[0].Key != "/etc/ssl/a.key" || !c.TLS.RedirectHTTP {
+		t.Errorf("uWSGI https: listen %q, certificates %+v, redirect_http %v", got, c.TLS.Certificates, c.TLS.RedirectHTTP)
+	}
+	needPython(t)
+	res, c := parsed(t, [2]string{"g.py", "bind = ['0.0.0.0:8443', 'unix:/run/g.sock']\ncertfile = '/etc/ssl/g.crt'\nkeyfile = '/etc/ssl/g.key'\nciphers = 'HIGH'\n"})
+	if got := strings.Join(c.Listen, " "); got != "https://:8443 unix:/run/g.sock" || len(c.TLS.Certificates) != 1 {
+		t.Errorf("Gunicorn certfile: listen %q, certificates %+v\n%s", got, c.TLS.Certificates, res.YAML)
+	}
+	if s := skippedKey(t, res, "ciphers"); s.Reason != NotNeeded {
+		t.Errorf("ciphers: %+v", s)
+	}
+	res, _ = parsed(t, [2]string{"g.py", "bind = 'unix:/run/g.sock'\ncertfile = '/etc/ssl/g.crt'\nkeyfile = '/etc/ssl/g.key'\n"},
+		[2]string{"n.conf", "server { listen 80; location / { proxy_pass http://unix:/run/g.sock; } }"})
+	if s := skippedKey(t, res, "certfile"); s.Reason != NotNeeded {
+		t.Errorf("certfile behind nginx: %+v", s)
+	}
+}
+
+// TestUwsgiAddHeader: uWSGI's add-header is a proxy.headers field; nginx
+// setting the same field again is not needed, another value needs a
+// decision.
+func TestUwsgiAddHeader(t *testing.T) {
+	res, c := parsed(t, [2]string{"u.ini", "[uwsgi]\nmodule = app\nsocket = /run/a.sock\nadd-header = X-Frame-Options: DENY\nadd-header = Bad Name: x\n"},
+		[2]string{"n.conf", "server { listen 80; add_header X-Frame-Options DENY; add_header X-Powered-By berth; location / { uwsgi_pass unix:/run/a.sock; } }"})
+	if len(c.Proxy.Headers) != 2 || c.Proxy.Headers["X-Frame-Options"] != "DENY" || c.Proxy.Headers["X-Powered-By"] != "berth" {
+		t.Errorf("proxy.headers = %v\n%s", c.Proxy.Headers, res.YAML)
+	}
+	if s := skippedKey(t, res, "add-header"); s.Reason != NeedsDecision {
+		t.Errorf("bad header name: %+v", s)
+	}
+	if s := skippedKey(t, res, "add_header"); s.Reason != NotNeeded {
+		t.Errorf("same header from nginx: %+v", s)
 	}
 }

@@ -25,18 +25,6 @@ func logFormatValue(format string) (string, error) {
 	return format, nil
 }
 
-// collectLogFormats finds the log_format definitions of the http context.
-func (n *nginxImport) collectLogFormats(dirs []*ndir) {
-	for _, d := range dirs {
-		switch {
-		case d.name == "log_format" && len(d.args) >= 2:
-			n.logFormats[d.args[0]] = d
-		case d.name == "http":
-			n.collectLogFormats(d.block)
-		}
-	}
-}
-
 // nginxFormat is the berth format of a log_format directive: its strings
 // joined, as nginx joins them, led by its escape= parameter if any.
 func nginxFormat(d *ndir) string {

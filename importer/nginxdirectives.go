@@ -1,6 +1,8 @@
 package importer
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -11,15 +13,23 @@ type nginxRule struct {
 }
 
 const (
-	whyProcess = "nginx's own process setting; berth's supervisor runs the proxy"
-	whyTuning  = "an nginx tuning knob; berth's proxy needs none"
-	whyBuffers = "berth's proxy buffers bodies itself, in memory and spilled to disk when large"
-	whyTLS     = "needs TLS (tls: and https:// listeners)"
-	whyGzip    = "needs compression (proxy.compression)"
-	whyCache   = "needs the response cache (cache:)"
-	whyRewrite = "berth has no rewrite or routing rules; do it in the app"
-	whyAccess  = "berth has no access rules; check access in the app"
-	whyHeaders = "berth passes the client's headers as they came and adds none; do it in the app"
+	whyProcess  = "nginx's own process setting; berth's supervisor runs the proxy"
+	whyTuning   = "an nginx tuning knob; berth's proxy needs none"
+	whyBuffers  = "berth's proxy buffers bodies itself, in memory and spilled to disk when large"
+	whyRewrite  = "berth has no conditions or variables of its own (if, set, map); do it in the app"
+	whyHeaders  = "berth passes the headers as they came; do it in the app"
+	whyRegexLoc = "it sits in a location berth cannot translate (a regular expression or a name): berth's locations match a prefix or an exact path; write a locations: entry by hand"
+	whyLevels   = "berth's compression levels are fixed: gzip 5 and brotli 4 for responses, 9 for static files compressed once"
+	whySidecars = "berth serves a static file's .gz and .br sidecars itself when the client takes them and they are not older than the file"
+	whySuites   = "berth offers Mozilla's intermediate TLS 1.2 suites (ECDHE with AES-GCM or ChaCha20) and TLS 1.3, fixed"
+	whySessions = "Go's TLS resumes sessions with tickets whose keys it rotates itself"
+	whyStapling = "berth does not staple OCSP responses"
+	whyClient   = "berth asks clients for no certificate"
+	whyCacheLck = "berth lets one request fill a missing entry while the others wait for it (5 s at most)"
+	whyLimitLog = "berth's access log shows each refused request with its status, and its metrics count them by reason"
+	whyHTTP3    = "HTTP/3 (QUIC) is planned (tls.http3), not there yet"
+	whyHide     = "berth removes a response field written with the value \"\" under proxy.headers or a location's headers: write it there"
+	whyCacheMth = "berth caches GET (and answers HEAD from the GET's entry)"
 )
 
 // nginxRules cover the directives that need no look at their arguments.
@@ -65,36 +75,66 @@ var nginxRules = map[string]nginxRule{
 	"proxy_next_upstream":   {NotNeeded, "berth retries a request once on another worker when that is safe"},
 	"real_ip_recursive":     {NotNeeded, "berth skips every trusted proxy in X-Forwarded-For"},
 	"log_format":            {NotNeeded, "a format definition: the access_log naming it becomes proxy.access_log"},
-	"ssl_certificate":       {NotYetSupported, whyTLS}, "ssl_certificate_key": {NotYetSupported, whyTLS},
-	"ssl_protocols": {NotYetSupported, whyTLS}, "ssl_ciphers": {NotYetSupported, whyTLS},
-	"ssl_prefer_server_ciphers": {NotYetSupported, whyTLS}, "ssl_session_cache": {NotYetSupported, whyTLS},
-	"ssl_session_timeout": {NotYetSupported, whyTLS}, "ssl_session_tickets": {NotYetSupported, whyTLS},
-	"ssl_dhparam": {NotYetSupported, whyTLS}, "ssl_stapling": {NotYetSupported, whyTLS},
-	"ssl_stapling_verify": {NotYetSupported, whyTLS}, "ssl_trusted_certificate": {NotYetSupported, whyTLS},
-	"ssl_ecdh_curve": {NotYetSupported, whyTLS}, "ssl": {NotYetSupported, whyTLS}, "http2": {NotYetSupported, whyTLS},
-	"ssl_buffer_size": {NotYetSupported, whyTLS}, "ssl_early_data": {NotYetSupported, whyTLS},
-	"gzip_static": {NotYetSupported, "needs compression (.gz sidecars for static files)"},
-	"expires":     {NotYetSupported, "needs static caching (a cache: duration per static entry)"},
-	"proxy_cache": {NotYetSupported, whyCache}, "proxy_cache_path": {NotYetSupported, whyCache},
-	"proxy_cache_valid": {NotYetSupported, whyCache}, "proxy_cache_key": {NotYetSupported, whyCache},
-	"uwsgi_cache": {NotYetSupported, whyCache}, "uwsgi_cache_path": {NotYetSupported, whyCache},
-	"uwsgi_cache_valid": {NotYetSupported, whyCache}, "uwsgi_cache_key": {NotYetSupported, whyCache},
-	"add_header":     {NoEquivalent, "berth adds no response headers; set them in the app (e.g. Django's SecurityMiddleware)"},
-	"error_page":     {NoEquivalent, "berth's own error pages are plain text, and the app's pass through"},
-	"limit_req":      {NoEquivalent, "berth has no rate limits"},
-	"limit_req_zone": {NoEquivalent, "berth has no rate limits"}, "limit_conn": {NoEquivalent, "berth has no connection limits"},
-	"limit_conn_zone": {NoEquivalent, "berth has no connection limits"}, "limit_rate": {NoEquivalent, "berth has no rate limits"},
-	"allow": {NoEquivalent, whyAccess}, "deny": {NoEquivalent, whyAccess}, "auth_basic": {NoEquivalent, whyAccess},
-	"auth_basic_user_file": {NoEquivalent, whyAccess}, "auth_request": {NoEquivalent, whyAccess},
-	"satisfy": {NoEquivalent, whyAccess},
-	"rewrite": {NoEquivalent, whyRewrite}, "return": {NoEquivalent, whyRewrite}, "if": {NoEquivalent, whyRewrite},
+	"http2":                 {NotNeeded, "berth speaks HTTP/2 on every https:// listener (ALPN)"},
+	"http3":                 {NotYetSupported, whyHTTP3}, "quic_retry": {NotYetSupported, whyHTTP3}, "quic_gso": {NotYetSupported, whyHTTP3},
+	"quic_host_key": {NotYetSupported, whyHTTP3}, "http3_hq": {NotYetSupported, whyHTTP3},
+	"ssl_ciphers": {NotNeeded, whySuites}, "ssl_prefer_server_ciphers": {NotNeeded, whySuites},
+	"ssl_ecdh_curve": {NotNeeded, whySuites}, "ssl_conf_command": {NotNeeded, whySuites},
+	"ssl_dhparam":       {NotNeeded, "berth offers no DHE suites (Go has none), so it needs no DH parameters"},
+	"ssl_session_cache": {NotNeeded, whySessions}, "ssl_session_timeout": {NotNeeded, whySessions},
+	"ssl_session_tickets": {NotNeeded, whySessions}, "ssl_session_ticket_key": {NotNeeded, whySessions},
+	"ssl_buffer_size": {NotNeeded, whyTuning}, "ssl_certificate_cache": {NotNeeded, whyTuning},
+	"ssl_stapling": {NoEquivalent, whyStapling}, "ssl_stapling_verify": {NoEquivalent, whyStapling},
+	"ssl_stapling_file": {NoEquivalent, whyStapling}, "ssl_stapling_responder": {NoEquivalent, whyStapling},
+	"ssl_trusted_certificate": {NoEquivalent, whyStapling + " and checks no client certificates"},
+	"ssl_client_certificate":  {NoEquivalent, whyClient}, "ssl_verify_client": {NoEquivalent, whyClient},
+	"ssl_verify_depth": {NoEquivalent, whyClient}, "ssl_crl": {NoEquivalent, whyClient}, "ssl_ocsp": {NoEquivalent, whyClient},
+	"ssl_early_data":       {NoEquivalent, "berth accepts no TLS 1.3 early data (0-RTT)"},
+	"ssl_password_file":    {NoEquivalent, "berth reads keys that have no passphrase"},
+	"ssl_reject_handshake": {NoEquivalent, "berth completes the handshake with its default certificate for unknown names"},
+	"ssl":                  {NotNeeded, "the server's listeners became https:// ones"},
+	"gzip_comp_level":      {NotNeeded, whyLevels}, "brotli_comp_level": {NotNeeded, whyLevels},
+	"gzip_vary":    {NotNeeded, "berth sends Vary: Accept-Encoding with every response it may compress"},
+	"gzip_proxied": {NotNeeded, "berth compresses whether or not a proxy asked (Via)"},
+	"gzip_disable": {NotNeeded, "berth compresses for every client that accepts it"},
+	"gzip_buffers": {NotNeeded, whyTuning}, "gzip_http_version": {NotNeeded, whyTuning}, "brotli_buffers": {NotNeeded, whyTuning},
+	"brotli_window": {NotNeeded, whyTuning},
+	"gzip_static":   {NotNeeded, whySidecars}, "brotli_static": {NotNeeded, whySidecars},
+	"gunzip":           {NoEquivalent, "berth does not decompress responses for clients that take no gzip"},
+	"proxy_cache_lock": {NotNeeded, whyCacheLck}, "uwsgi_cache_lock": {NotNeeded, whyCacheLck},
+	"proxy_cache_lock_timeout": {NotNeeded, whyCacheLck}, "uwsgi_cache_lock_timeout": {NotNeeded, whyCacheLck},
+	"proxy_cache_lock_age": {NotNeeded, whyCacheLck}, "uwsgi_cache_lock_age": {NotNeeded, whyCacheLck},
+	"proxy_cache_background_update": {NotNeeded, "with cache.routes[].stale, berth refreshes an entry in the background while the stale one is served"},
+	"uwsgi_cache_background_update": {NotNeeded, "with cache.routes[].stale, berth refreshes an entry in the background while the stale one is served"},
+	"proxy_cache_min_uses":          {NoEquivalent, "berth stores a response the first time"}, "uwsgi_cache_min_uses": {NoEquivalent, "berth stores a response the first time"},
+	"proxy_cache_revalidate":   {NoEquivalent, "berth fetches an expired entry again, without If-Modified-Since"},
+	"uwsgi_cache_revalidate":   {NoEquivalent, "berth fetches an expired entry again, without If-Modified-Since"},
+	"proxy_cache_convert_head": {NotNeeded, whyCacheMth}, "uwsgi_cache_convert_head": {NotNeeded, whyCacheMth},
+	"limit_req_log_level": {NotNeeded, whyLimitLog}, "limit_conn_log_level": {NotNeeded, whyLimitLog},
+	"limit_req_dry_run": {NoEquivalent, "berth's limits refuse; they have no dry run"}, "limit_conn_dry_run": {NoEquivalent, "berth's limits refuse; they have no dry run"},
+	"limit_rate": {NoEquivalent, "berth does not slow responses down"}, "limit_rate_after": {NoEquivalent, "berth does not slow responses down"},
+	"auth_request": {NoEquivalent, "berth asks no other server whether a request may pass; check it in the app"},
+	"add_header":   {NoEquivalent, whyRegexLoc}, "error_page": {NoEquivalent, whyRegexLoc},
+	"limit_req": {NoEquivalent, whyRegexLoc}, "limit_req_status": {NoEquivalent, whyRegexLoc},
+	"limit_conn": {NoEquivalent, whyRegexLoc}, "limit_conn_status": {NoEquivalent, whyRegexLoc},
+	"allow": {NoEquivalent, whyRegexLoc}, "deny": {NoEquivalent, whyRegexLoc}, "auth_basic": {NoEquivalent, whyRegexLoc},
+	"auth_basic_user_file": {NoEquivalent, whyRegexLoc}, "satisfy": {NoEquivalent, whyRegexLoc},
+	"return": {NoEquivalent, whyRegexLoc}, "rewrite": {NoEquivalent, whyRegexLoc}, "expires": {NoEquivalent, whyRegexLoc},
+	"proxy_cache": {NoEquivalent, whyRegexLoc}, "uwsgi_cache": {NoEquivalent, whyRegexLoc},
+	"proxy_cache_valid": {NoEquivalent, whyRegexLoc}, "uwsgi_cache_valid": {NoEquivalent, whyRegexLoc},
+	"proxy_cache_key": {NoEquivalent, whyRegexLoc}, "uwsgi_cache_key": {NoEquivalent, whyRegexLoc},
+	"proxy_cache_use_stale": {NoEquivalent, whyRegexLoc}, "uwsgi_cache_use_stale": {NoEquivalent, whyRegexLoc},
+	"proxy_cache_bypass": {NoEquivalent, whyRegexLoc}, "uwsgi_cache_bypass": {NoEquivalent, whyRegexLoc},
+	"proxy_no_cache": {NoEquivalent, whyRegexLoc}, "uwsgi_no_cache": {NoEquivalent, whyRegexLoc},
+	"ssl_certificate": {NoEquivalent, whyRegexLoc}, "ssl_certificate_key": {NoEquivalent, whyRegexLoc},
+	"if":  {NoEquivalent, whyRewrite},
 	"set": {NoEquivalent, whyRewrite}, "map": {NoEquivalent, whyRewrite}, "geo": {NoEquivalent, whyRewrite},
 	"split_clients": {NoEquivalent, whyRewrite}, "merge_slashes": {NoEquivalent, whyRewrite},
 	"charset": {NoEquivalent, "berth does not change Content-Type charsets"}, "source_charset": {NoEquivalent, "berth does not recode responses"},
 	"internal":          {NoEquivalent, "berth does not serve X-Accel-Redirect"},
 	"autoindex":         {NoEquivalent, "berth lists no directories"},
-	"proxy_pass_header": {NoEquivalent, whyHeaders}, "proxy_hide_header": {NoEquivalent, whyHeaders},
-	"uwsgi_pass_header": {NoEquivalent, whyHeaders}, "uwsgi_hide_header": {NoEquivalent, whyHeaders},
+	"proxy_pass_header": {NoEquivalent, whyHeaders}, "proxy_hide_header": {NeedsDecision, whyHide},
+	"uwsgi_pass_header": {NoEquivalent, whyHeaders}, "uwsgi_hide_header": {NeedsDecision, whyHide},
 	"proxy_ignore_headers": {NoEquivalent, whyHeaders}, "uwsgi_ignore_headers": {NoEquivalent, whyHeaders},
 	"proxy_intercept_errors": {NoEquivalent, "berth passes the app's error responses through"},
 	"uwsgi_intercept_errors": {NoEquivalent, "berth passes the app's error responses through"},
@@ -102,6 +142,20 @@ var nginxRules = map[string]nginxRule{
 	"stub_status": {NoEquivalent, "berth's admin endpoint serves /status and /metrics"},
 	"try_files":   {NeedsDecision, "berth serves static files only under static: URL prefixes; list the directories to serve"},
 	"alias":       {NeedsDecision, "not in a location berth could map"},
+}
+
+// siteSetting sets key from a directive that is site-wide in berth: in a
+// location it is only taken when it says what the site already says.
+func (n *nginxImport) siteSetting(d *ndir, where, key string, v any, note string) {
+	if strings.HasPrefix(where, "location") {
+		if cur := n.b.scalars[key]; cur != nil && display(cur.value) == display(v) {
+			n.b.skip(d.src(where), d.text(), NotNeeded, "%s is already %s", key, display(v))
+		} else {
+			n.b.skip(d.src(where), d.text(), NeedsDecision, "berth has one %s for the whole site, not one per location", key)
+		}
+		return
+	}
+	n.b.set(key, v, d.src(where), note)
 }
 
 // directive translates one directive that needs no context beyond where it
@@ -128,6 +182,8 @@ func (n *nginxImport) directive(d *ndir, where string, static bool) {
 		return
 	case "access_log":
 		switch {
+		case arg(0) == "off" && strings.HasPrefix(where, "location"):
+			b.skip(src, text, NoEquivalent, "berth logs every request or none (proxy.access_log)")
 		case arg(0) == "off":
 			b.set("proxy.access_log", "off", src, "")
 		case arg(1) != "" && arg(1) != "combined":
@@ -170,11 +226,71 @@ func (n *nginxImport) directive(d *ndir, where string, static bool) {
 		}
 		return
 	case "gzip", "brotli":
+		switch arg(0) {
+		case "on":
+			n.siteSetting(d, where, "proxy.compression.enabled", true, "berth's default: gzip or brotli, as the client prefers")
+		case "off":
+			n.siteSetting(d, where, "proxy.compression.enabled", false, "berth compresses unless told not to")
+		default:
+			b.skip(src, text, NeedsDecision, "expected on or off")
+		}
+		return
+	case "gzip_types", "brotli_types":
+		types := []string{"text/html"}
+		for _, t := range d.args {
+			if t == "*" {
+				b.skip(src, text, NeedsDecision, "berth compresses the types listed (text/* works), not every type: list them")
+				return
+			}
+			if _, sub, ok := strings.Cut(t, "/"); !ok || sub == "" {
+				b.skip(src, text, NeedsDecision, "%q is not a media type", t)
+				return
+			}
+			if !slices.Contains(types, t) {
+				types = append(types, t)
+			}
+		}
+		quoted := make([]string, len(types))
+		for i, t := range types {
+			quoted[i] = fmt.Sprintf("%q", t)
+		}
+		n.siteSetting(d, where, "proxy.compression.types", flow("["+strings.Join(quoted, ", ")+"]"), "with text/html, which nginx always compresses")
+		return
+	case "gzip_min_length", "brotli_min_length":
+		size, err := nginxSize(arg(0))
+		if err != nil {
+			b.skip(src, text, NeedsDecision, "%v", err)
+			return
+		}
+		n.siteSetting(d, where, "proxy.compression.min_length", size, "")
+		return
+	case "ssl_protocols":
+		for _, p := range d.args {
+			if p != "TLSv1.2" && p != "TLSv1.3" {
+				b.skip(src, text, NoEquivalent, "berth speaks TLS 1.2 and 1.3 only; clients of %s are refused", p)
+				return
+			}
+		}
+		b.skip(src, text, NotNeeded, "berth speaks TLS 1.2 and 1.3")
+		return
+	case "ssl_stapling", "ssl_early_data", "ssl_verify_client", "ssl", "ssl_session_tickets", "http2", "gzip_static", "brotli_static",
+		"proxy_cache_lock", "uwsgi_cache_lock", "proxy_cache_background_update", "uwsgi_cache_background_update", "limit_req_dry_run", "limit_conn_dry_run":
 		if arg(0) == "off" {
 			b.skip(src, text, NotNeeded, "off")
-		} else {
-			b.skip(src, text, NotYetSupported, whyGzip)
+			return
 		}
+		if d.name == "http2" && arg(0) != "on" {
+			b.skip(src, text, NeedsDecision, "expected on or off")
+			return
+		}
+	case "proxy_cache_methods", "uwsgi_cache_methods":
+		for _, m := range d.args {
+			if m != "GET" && m != "HEAD" {
+				b.skip(src, text, NoEquivalent, "berth caches GET only (and answers HEAD from it), not %s", m)
+				return
+			}
+		}
+		b.skip(src, text, NotNeeded, whyCacheMth)
 		return
 	case "keepalive_timeout":
 		if t, err := nginxTime(arg(0)); err == nil && t == 75e9 && len(d.args) == 1 {
@@ -204,18 +320,6 @@ func (n *nginxImport) directive(d *ndir, where string, static bool) {
 		} else {
 			b.skip(src, text, NoEquivalent, "berth does not rewrite Location headers")
 		}
-		return
-	}
-	if strings.HasPrefix(d.name, "ssl_") {
-		b.skip(src, text, NotYetSupported, whyTLS)
-		return
-	}
-	if strings.HasPrefix(d.name, "gzip_") || strings.HasPrefix(d.name, "brotli_") {
-		b.skip(src, text, NotYetSupported, whyGzip)
-		return
-	}
-	if d.name == "add_header" && strings.EqualFold(arg(0), "Strict-Transport-Security") {
-		b.skip(src, text, NotYetSupported, "needs TLS (tls.hsts)")
 		return
 	}
 	if r, ok := nginxRules[d.name]; ok {

@@ -26,9 +26,15 @@ type ndir struct {
 	// hostParam marks such an include that sets HTTP_HOST from $host
 	// (Debian's uwsgi_params), which drops the port.
 	hostParam bool
+	// where names the block it sits in, for a directive whose translation
+	// waits for the whole site (nginxImport.deferRule).
+	where string
 }
 
 func (d *ndir) isBlock() bool { return d.block != nil }
+
+// at is src with the block the directive was recorded in.
+func (d *ndir) at() Source { return d.src(d.where) }
 
 func (d *ndir) src(where string) Source {
 	return Source{File: d.file, Line: d.line, Key: d.name, Where: where, raw: d.text()}

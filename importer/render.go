@@ -3,7 +3,9 @@ package importer
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -55,6 +57,19 @@ func (b *builder) render(inputs []string) []byte {
 	}
 
 	list("", "listen", "listen")
+	if len(b.certs) > 0 || section("tls", "redirect_http", "hsts") {
+		emit("tls:", nil)
+		if len(b.certs) > 0 {
+			emit("  certificates:", nil)
+			for i := range b.certs {
+				c := &b.certs[i]
+				emit("    - cert: "+yamlScalar(c.cert.value), &c.cert)
+				emit("      key: "+yamlScalar(c.key.value), &c.key)
+			}
+		}
+		scalar("  ", "redirect_http", "tls.redirect_http")
+		scalar("  ", "hsts", "tls.hsts")
+	}
 	if section("app", "module", "chdir", "python", "pythonpath", "user", "reload_on") || len(b.env) > 0 {
 		emit("app:", nil)
 		scalar("  ", "module", "app.module")
@@ -88,13 +103,47 @@ func (b *builder) render(inputs []string) []byte {
 			} else {
 				emit("    dir: "+yamlScalar(s.dir.value), &s.dir)
 			}
+			if s.cache != nil {
+				emit("    cache: "+yamlScalar(s.cache.value), s.cache)
+			}
 		}
 	}
-	if section("proxy", "max_body_size", "trusted_proxies", "access_log") {
+	compressionKeys := []string{"enabled", "min_length", "types"}
+	if section("proxy", "max_body_size", "trusted_proxies", "access_log", "limits.connections_per_client") ||
+		section("proxy.compression", compressionKeys...) || len(b.headers) > 0 || len(b.errorPages) > 0 {
 		emit("proxy:", nil)
 		scalar("  ", "max_body_size", "proxy.max_body_size")
 		list("  ", "trusted_proxies", "proxy.trusted_proxies")
 		scalar("  ", "access_log", "proxy.access_log")
+		if section("proxy.compression", compressionKeys...) {
+			emit("  compression:", nil)
+			for _, k := range compressionKeys {
+				scalar("    ", k, "proxy.compression."+k)
+			}
+		}
+		b.renderHeaders("  ", b.headers, emit)
+		if section("proxy.limits", "connections_per_client") {
+			emit("  limits:", nil)
+			scalar("    ", "connections_per_client", "proxy.limits.connections_per_client")
+		}
+		if len(b.errorPages) > 0 {
+			emit("  error_pages:", nil)
+			for _, code := range slices.Sorted(maps.Keys(b.errorPages)) {
+				it := b.errorPages[code]
+				emit(fmt.Sprintf("    %d: %s", code, yamlScalar(it.value)), &it)
+			}
+		}
+	}
+	if len(b.cacheRoutes) > 0 {
+		emit("cache:", nil)
+		emit("  routes:", nil)
+		for i := range b.cacheRoutes {
+			r := &b.cacheRoutes[i]
+			emit("    - url: "+yamlScalar(r.url.value), &r.url)
+			if r.stale != nil {
+				emit("      stale: "+yamlScalar(r.stale.value), r.stale)
+			}
+		}
 	}
 	// One line per entry, so its source comment sits on every value.
 	comp := func(indent string, list string) {
@@ -125,6 +174,55 @@ func (b *builder) render(inputs []string) []byte {
 		comp("  ", listCron)
 	}
 
+	if len(b.upstreams) > 0 {
+		emit("upstreams:", nil)
+		for i := range b.upstreams {
+			u := &b.upstreams[i]
+			emit("  "+u.name+":", &item{src: u.src})
+			for j := range u.keys {
+				k := &u.keys[j]
+				emit(fmt.Sprintf("    %s: %s", k.key, yamlScalar(k.value)), &k.item)
+			}
+			emit("    servers:", nil)
+			for j := range u.servers {
+				emit("      - "+yamlScalar(u.servers[j].value), &u.servers[j])
+			}
+		}
+	}
+	entries := func(key string, l []item) {
+		if len(l) > 0 {
+			emit(key+":", nil)
+			for i := range l {
+				emit("  - "+yamlScalar(l[i].value), &l[i])
+			}
+		}
+	}
+	entries("routes", b.routes)
+	entries("hosts", b.hosts)
+	if len(b.locations) > 0 {
+		emit("locations:", nil)
+		for i := range b.locations {
+			l := &b.locations[i]
+			emit(fmt.Sprintf("  - %s: %s", l.match.key, yamlScalar(l.match.value)), &l.match.item)
+			if len(l.access) > 0 {
+				emit("    access:", nil)
+				for j := range l.access {
+					emit("      - "+yamlScalar(l.access[j].value), &l.access[j])
+				}
+			}
+			if l.limit != nil {
+				emit("    limit: "+yamlScalar(l.limit.value), l.limit)
+			}
+			if l.auth != nil {
+				emit("    auth: "+yamlScalar(l.auth.value), l.auth)
+			}
+			if l.answer != nil {
+				emit(fmt.Sprintf("    %s: %s", l.answer.key, yamlScalar(l.answer.value)), &l.answer.item)
+			}
+			b.renderHeaders("    ", l.headers, emit)
+		}
+	}
+
 	var out strings.Builder
 	out.WriteString("# berth.yaml written by `berth import` from " + strings.Join(inputs, ", ") + ".\n")
 	out.WriteString("# Each comment names the source of its setting: FILE:LINE KEY. What was not\n")
@@ -149,6 +247,17 @@ func (b *builder) render(inputs []string) []byte {
 	}
 	b.renderSkipped(&out)
 	return []byte(out.String())
+}
+
+// renderHeaders writes a headers: mapping, one field a line.
+func (b *builder) renderHeaders(indent string, h []headerItem, emit func(string, *item)) {
+	if len(h) == 0 {
+		return
+	}
+	emit(indent+"headers:", nil)
+	for i := range h {
+		emit(fmt.Sprintf("%s  %s: %s", indent, yamlScalar(h[i].name), yamlScalar(h[i].value)), &h[i].item)
+	}
 }
 
 // renderSkipped lists the settings that were not translated, those that
@@ -208,6 +317,8 @@ func flowScalar(s string) string {
 // as something else.
 func yamlScalar(v any) string {
 	switch v.(type) {
+	case flow:
+		return display(v)
 	case string:
 	default:
 		return display(v)

@@ -77,7 +77,6 @@ var uwsgiNoEquivalent = map[string]string{
 	"spooler":                   "uWSGI's spooler is a task queue; berth has none (run a queue worker such as Celery)",
 	"cache2":                    "berth has no shared cache for the app",
 	"py-autoreload":             "berth reloads when app.reload_on files change, not on every imported module; list what to watch there",
-	"add-header":                "berth adds no response headers; set them in the app (e.g. Django middleware)",
 	"route":                     "berth has no routing rules",
 	"route-uri":                 "berth has no routing rules",
 	"response-route":            "berth has no routing rules",
@@ -92,19 +91,17 @@ var uwsgiNoEquivalent = map[string]string{
 	"logformat":                 "uWSGI's log variables (%(addr), %(msecs), …) are not nginx's; write proxy.access_log with $variables by hand",
 }
 
-// uwsgiNotYet are uWSGI options whose berth feature is planned.
-var uwsgiNotYet = map[string]string{
-	"https":                     "needs TLS (tls: and https:// listeners)",
-	"https-socket":              "needs TLS (tls: and https:// listeners)",
-	"http-to-https":             "needs TLS (tls.redirect_http)",
-	"static-expires":            "needs static caching (a cache: duration per static entry)",
-	"static-expires-uri":        "needs static caching (a cache: duration per static entry)",
-	"static-expires-type":       "needs static caching (a cache: duration per static entry)",
-	"static-expires-type-mtime": "needs static caching (a cache: duration per static entry)",
-	"static-gzip":               "needs compression (.gz sidecars for static files)",
-	"static-gzip-all":           "needs compression (.gz sidecars for static files)",
-	"static-gzip-dir":           "needs compression (.gz sidecars for static files)",
-	"static-gzip-ext":           "needs compression (.gz sidecars for static files)",
+// uwsgiStatic are uWSGI's static-file options berth covers differently.
+var uwsgiStatic = map[string]Skipped{
+	"static-expires":            {Reason: NoEquivalent, Why: "berth's static cache is per static: entry (static[].cache), not by file-name pattern; set cache: on the entry"},
+	"static-expires-uri":        {Reason: NoEquivalent, Why: "berth's static cache is per static: entry (static[].cache), not by URL pattern; set cache: on the entry"},
+	"static-expires-type":       {Reason: NoEquivalent, Why: "berth's static cache is per static: entry (static[].cache), not by type; set cache: on the entry"},
+	"static-expires-type-mtime": {Reason: NoEquivalent, Why: "berth's static cache is per static: entry (static[].cache), not by type; set cache: on the entry"},
+	"static-gzip":               {Reason: NotNeeded, Why: "berth serves a static file's .gz and .br sidecars itself when the client takes them and they are not older than the file"},
+	"static-gzip-all":           {Reason: NotNeeded, Why: "berth serves a static file's .gz and .br sidecars itself when the client takes them and they are not older than the file"},
+	"static-gzip-dir":           {Reason: NotNeeded, Why: "berth serves a static file's .gz and .br sidecars itself when the client takes them and they are not older than the file"},
+	"static-gzip-ext":           {Reason: NotNeeded, Why: "berth serves a static file's .gz and .br sidecars itself when the client takes them and they are not older than the file"},
+	"https-socket":              {Reason: NoEquivalent, Why: "this socket speaks the uwsgi protocol over TLS to a front server; berth's TLS listeners speak HTTP (https:// in listen)"},
 }
 
 // uwsgiHookRE matches uWSGI's hooks and exec-* options; those that run
@@ -144,8 +141,8 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 		b.skip(src, o.raw, NotNeeded, why)
 		return
 	}
-	if why, ok := uwsgiNotYet[k]; ok {
-		b.skip(src, o.raw, NotYetSupported, why)
+	if sk, ok := uwsgiStatic[k]; ok {
+		b.skip(src, o.raw, sk.Reason, "%s", sk.Why)
 		return
 	}
 	if why, ok := uwsgiNoEquivalent[k]; ok {
@@ -203,6 +200,15 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 		}
 	case "socket", "http", "http-socket", "uwsgi-socket", "fastcgi-socket":
 		translateUwsgiSocket(b, k, v, src)
+	case "https":
+		translateUwsgiHTTPS(b, v, o.raw, src)
+	case "http-to-https":
+		if b.front {
+			b.skip(src, v, NotNeeded, "nginx in front took plain HTTP; the nginx config says what berth redirects")
+			return
+		}
+		b.add("listen", v, src, "plain HTTP, redirected to https")
+		b.set("tls.redirect_http", true, src, "berth answers 308 to https://HOST:PORT/same/uri")
 	case "harakiri":
 		n, ok := uwsgiInt(b, src, v, 0)
 		if !ok {
@@ -259,6 +265,18 @@ func translateUwsgi(b *builder, o *uwsgiOpt, src Source, app *uwsgiApp) {
 			url += "/"
 		}
 		b.addStatic(item{value: url, src: src}, item{value: filepath.Clean(dir), src: src})
+	case "add-header":
+		name, value, ok := strings.Cut(v, ":")
+		value = strings.TrimSpace(value)
+		if !ok {
+			b.skip(src, v, NeedsDecision, "expected Name: value")
+			return
+		}
+		if err := config.CheckHeader(name, value); err != nil {
+			b.skip(src, v, NeedsDecision, "%v", err)
+			return
+		}
+		b.addHeader(name, value, src, "on every response, as uWSGI added it to the app's")
 	case "uid":
 		b.set("app.user", v, src, "the workers and the proxy run as this user")
 	case "gid":
@@ -412,6 +430,26 @@ func translateUwsgiSocket(b *builder, k, v string, src Source) {
 		note = "uWSGI's HTTP router; berth's proxy takes its place"
 	}
 	b.add("listen", addr, src, note)
+}
+
+// translateUwsgiHTTPS translates https = ADDR,CERT,KEY[,CIPHERS]: uWSGI's
+// HTTP router over TLS, berth's https:// listener and certificate.
+func translateUwsgiHTTPS(b *builder, v, raw string, src Source) {
+	parts := strings.Split(v, ",")
+	if b.front {
+		b.skip(src, raw, NotNeeded, "nginx in front took the clients; its ssl_certificate is berth's")
+		return
+	}
+	if len(parts) < 3 || !strings.Contains(parts[0], ":") || !filepath.IsAbs(parts[1]) || !filepath.IsAbs(parts[2]) {
+		b.skip(src, raw, NeedsDecision, "expected ADDRESS,CERT,KEY with absolute paths; write listen: [\"https://…\"] and tls.certificates by hand")
+		return
+	}
+	note := ""
+	if len(parts) > 3 {
+		note = "its cipher list is not kept: berth offers Mozilla's intermediate suites"
+	}
+	b.add("listen", config.TLSScheme+parts[0], src, note)
+	b.certs = append(b.certs, certItem{item{value: parts[1], src: src}, item{value: parts[2], src: src}})
 }
 
 // resolve turns module/callable/wsgi-file into app.module.
