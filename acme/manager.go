@@ -128,6 +128,7 @@ type Manager struct {
 	cancel   context.CancelFunc
 	logf     func(string, ...any)
 	metrics  *Metrics
+	started  atomic.Bool // New has returned: later cache loads are news
 	stopOnce sync.Once
 	mu       sync.Mutex
 	state    map[string]*domainState
@@ -141,6 +142,7 @@ type domainState struct {
 	orderStart   time.Time // the order in progress, for its duration
 	obtained     time.Time // the last order that succeeded
 	obtainTook   time.Duration
+	justObtained bool      // cert_obtained came; the cache load after it is ours
 	refusedLogAt time.Time // the last "no certificate yet" handshake log
 }
 
@@ -277,6 +279,7 @@ func New(opts Options) (*Manager, error) {
 		m.Stop()
 		return nil, fmt.Errorf("acme: starting certificate management: %w", err)
 	}
+	m.started.Store(true)
 	go func() {
 		if err := m.cache.RenewManagedCertificates(m.ctx); err != nil && m.ctx.Err() == nil {
 			m.logf("acme: checking stored certificates for renewal: %v", err)
@@ -329,6 +332,13 @@ func IsChallengeConn(cs tls.ConnectionState) bool {
 // at once (crypto/tls sends an internal_error alert) rather than wait for
 // the order. With no SNI it answers with the first domain's certificate.
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if hello.Conn == nil {
+		// certmagic logs the peer's address and would panic on a hello
+		// made up by a caller (a check, a test) rather than crypto/tls.
+		h := *hello
+		h.Conn = noConn{}
+		hello = &h
+	}
 	cert, err := m.cfg.GetCertificate(hello)
 	if err == nil && cert != nil && len(cert.Certificate) > 0 {
 		return cert, nil
@@ -358,6 +368,12 @@ func (m *Manager) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bo
 	}
 	return m.issuer.HandleHTTPChallenge(w, r)
 }
+
+// noConn stands for the connection of a ClientHelloInfo that has none.
+type noConn struct{ net.Conn }
+
+func (noConn) LocalAddr() net.Addr  { return &net.TCPAddr{} }
+func (noConn) RemoteAddr() net.Addr { return &net.TCPAddr{} }
 
 // noCertReason says why a handshake found no certificate, once a minute per
 // name in the log too (handshakes can come by the thousand).
@@ -392,7 +408,7 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 	case "cert_obtaining":
 		m.mu.Lock()
 		if st := m.state[name]; st != nil {
-			st.orderStart = time.Now()
+			st.orderStart, st.justObtained = time.Now(), false
 		}
 		m.mu.Unlock()
 		if renewal {
@@ -409,7 +425,7 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 				took = time.Since(st.orderStart)
 			}
 			st.lastErr, st.lastErrAt = "", time.Time{}
-			st.obtained, st.obtainTook = time.Now(), took
+			st.obtained, st.obtainTook, st.justObtained = time.Now(), took, true
 		}
 		m.mu.Unlock()
 		what := "obtained"
@@ -437,7 +453,23 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 			m.logf("acme: %s: order failed, TLS handshakes for it fail until one succeeds; retrying with backoff: %s", name, msg)
 		}
 	case "cached_managed_cert":
-		// Loaded after another instance's order (or at New): nothing to say.
+		// After New, a certificate cached with no order of ours before it
+		// is one another instance on the storage got (certmagic waited on
+		// the lock, then found it there).
+		if !m.started.Load() {
+			break
+		}
+		sans, _ := data["sans"].([]string)
+		m.mu.Lock()
+		for _, n := range sans {
+			if st := m.state[n]; st != nil {
+				if !st.justObtained {
+					m.logf("acme: %s: certificate got by another berth instance sharing %s; loaded from there, no order of ours", n, m.storage.Path)
+				}
+				st.justObtained = false
+			}
+		}
+		m.mu.Unlock()
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package acme
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -17,6 +18,9 @@ type DomainStatus struct {
 	// Issuer is the certificate's issuing CA's name (its common name,
 	// "R11", "E6", "Pebble Intermediate CA ..."); "" with no certificate.
 	Issuer string `json:"issuer,omitempty"`
+	// Serial is the certificate's serial number in hex, as CT logs and
+	// openssl show it; "" with no certificate.
+	Serial string `json:"serial,omitempty"`
 	// NextRenewal is about when the renewal will be attempted: the
 	// earliest of the CA's renewal info (ARI) chosen time, the start of
 	// the renewal window (RenewalWindowRatio) and the emergency margin; a
@@ -58,6 +62,7 @@ func (m *Manager) Status() []DomainStatus {
 		if best != nil {
 			leaf := best.Leaf
 			st.NotAfter = leaf.NotAfter
+			st.Serial = fmt.Sprintf("%x", leaf.SerialNumber)
 			st.Issuer = leaf.Issuer.CommonName
 			if st.Issuer == "" {
 				st.Issuer = leaf.Issuer.String()
