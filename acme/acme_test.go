@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
+	acmeapi "github.com/mholt/acmez/v3/acme"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -623,5 +625,71 @@ func TestManagesAndChallengeRouting(t *testing.T) {
 	}
 	if IsChallengeConn(tls.ConnectionState{NegotiatedProtocol: "h2"}) || !IsChallengeConn(tls.ConnectionState{NegotiatedProtocol: ALPNProto}) {
 		t.Errorf("IsChallengeConn is wrong")
+	}
+}
+
+// TestARIRenewal: a certificate far from expiry is renewed because the CA's
+// renewal info (ARI) says so. Pebble is told to suggest a window already
+// past; the stored Retry-After is moved back, as if its 6 hours were up.
+func TestARIRenewal(t *testing.T) {
+	f := newFront(t)
+	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
+	l := newTestLog(t)
+	const name = "ari.berth.test"
+	storage := t.TempDir()
+	first := newManager(t, f, p, storage, l, func(o *Options) { o.Domains = []string{name} })
+	roots := p.issuingRoots()
+	leaf := firstLeaf(t, f, name, roots, time.Minute)
+	st := first.Status()[0]
+	if st.ARIWindowStart.IsZero() || time.Until(st.NextRenewal) < 24*time.Hour {
+		t.Fatalf("status %+v: want an ARI window and a renewal weeks away", st)
+	}
+	first.Stop()
+
+	fs := first.storage
+	certPEM, err := fs.Load(t.Context(), certmagic.StorageKeys.SiteCert(first.issuer.IssuerKey(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.setRenewalInfo(string(certPEM), time.Now().Add(-time.Hour), time.Now().Add(-time.Minute))
+	metaKey := certmagic.StorageKeys.SiteMeta(first.issuer.IssuerKey(), name)
+	raw, err := fs.Load(t.Context(), metaKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res certmagic.CertificateResource
+	var data acmeapi.Certificate
+	if err := json.Unmarshal(raw, &res); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(res.IssuerData, &data); err != nil || data.RenewalInfo == nil {
+		t.Fatalf("stored metadata has no renewal info: %v %s", err, res.IssuerData)
+	}
+	past := time.Now().Add(-time.Minute)
+	data.RenewalInfo.RetryAfter = &past
+	res.IssuerData, _ = json.Marshal(data)
+	raw, _ = json.Marshal(res)
+	if err := fs.Store(t.Context(), metaKey, raw); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	second := newManager(t, f, p, storage, l, func(o *Options) { o.Domains = []string{name} })
+	waitFor(t, time.Minute, "the renewal ARI asked for", func() bool {
+		got, err := f.leaf(name, roots, time.Time{})
+		if err != nil {
+			t.Fatalf("handshake during the ARI renewal: %v", err)
+		}
+		return serial(got) != serial(leaf)
+	})
+	t.Logf("TIMING ARI-directed renewal, from start to new certificate served: %s", time.Since(start).Round(time.Millisecond))
+	if n := p.orders(); n != 2 {
+		t.Errorf("pebble got %d orders, want 2", n)
+	}
+	if !l.has("ARI window or selected renewal time changed") {
+		t.Errorf("the log does not show the ARI change")
+	}
+	if st := second.Status()[0]; st.NotAfter.Sub(leaf.NotAfter) <= 0 || st.LastError != "" {
+		t.Errorf("status after the ARI renewal %+v", st)
 	}
 }

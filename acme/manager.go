@@ -413,7 +413,7 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 		m.mu.Unlock()
 		if renewal {
 			left, _ := data["remaining"].(time.Duration)
-			m.logf("acme: %s: renewing the certificate (it expires in %s) with %s", name, left.Round(time.Second), m.issuer.CA)
+			m.logf("acme: %s: renewing the certificate (it expires in %s) with %s", name, human(left), m.issuer.CA)
 		} else {
 			m.logf("acme: %s: ordering a certificate from %s", name, m.issuer.CA)
 		}
@@ -472,6 +472,14 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 		m.mu.Unlock()
 	}
 	return nil
+}
+
+// human is a duration for the log: days past two of them.
+func human(d time.Duration) string {
+	if d >= 48*time.Hour {
+		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	}
+	return d.Round(time.Second).String()
 }
 
 // explain puts the fix after the CA's or the network's error.
