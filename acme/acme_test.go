@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,6 +51,23 @@ func runHelper(raw string) int {
 	}
 	opts := Options{Domains: h.Domains, CA: h.CA, CARoots: h.CARoots, Storage: h.Storage,
 		HTTPAddr: h.HTTPAddr, HTTPSAddr: h.HTTPSAddr, RenewCheckInterval: time.Second}
+	var f *front
+	if h.Serve {
+		// This process is the whole proxy: its own listeners answer the CA.
+		plain, err := net.Listen("tcp", h.HTTPAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		secure, err := net.Listen("tcp", h.HTTPSAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		var stop func()
+		f, stop = serveFront(plain, secure)
+		defer stop()
+	}
 	opts.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "helper: "+f+"\n", a...) }
 	m, err := New(opts)
 	if err != nil {
@@ -56,6 +75,9 @@ func runHelper(raw string) int {
 		return 1
 	}
 	defer m.Stop()
+	if f != nil {
+		f.mgr.Store(m)
+	}
 	go func() {
 		for {
 			if st := m.Status()[0]; st.Serial != "" {
@@ -73,6 +95,7 @@ func runHelper(raw string) int {
 type helperOptions struct {
 	Domains, CARoots                 []string
 	CA, Storage, HTTPAddr, HTTPSAddr string
+	Serve                            bool // listen on the addresses and answer there
 }
 
 // newManager makes a Manager on f's listeners and p's directory, with a
@@ -691,5 +714,130 @@ func TestARIRenewal(t *testing.T) {
 	}
 	if st := second.Status()[0]; st.NotAfter.Sub(leaf.NotAfter) <= 0 || st.LastError != "" {
 		t.Errorf("status after the ARI renewal %+v", st)
+	}
+}
+
+func TestPrepareStorage(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("PrepareStorage hands the directory over only as root")
+	}
+	dir := filepath.Join(t.TempDir(), "acme")
+	os.MkdirAll(filepath.Join(dir, "certificates", "ca"), 0o755)
+	os.WriteFile(filepath.Join(dir, "certificates", "ca", "x.key"), []byte("k"), 0o600)
+	if err := PrepareStorage(dir, 12345, 23456); err != nil {
+		t.Fatal(err)
+	}
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		info, _ := d.Info()
+		st := info.Sys().(*syscall.Stat_t)
+		if st.Uid != 12345 || st.Gid != 23456 {
+			t.Errorf("%s belongs to %d:%d", path, st.Uid, st.Gid)
+		}
+		return nil
+	})
+	if info, _ := os.Stat(dir); info.Mode().Perm() != 0o700 {
+		t.Errorf("storage mode %v, want 0700", info.Mode().Perm())
+	}
+	if err := PrepareStorage("relative", 1, 1); err == nil {
+		t.Errorf("a relative storage path was accepted")
+	}
+}
+
+// TestNonRootInstance: the proxy runs as app.user, not root. A storage the
+// supervisor prepared (PrepareStorage) serves a process running as nobody
+// that listens, answers the CA and keeps its certificate there.
+func TestNonRootInstance(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a process as another user")
+	}
+	const nobody = 65534
+	httpPort, tlsPort := freePort(t, false), freePort(t, false)
+	p := startPebble(t, httpPort, tlsPort, time.Hour)
+	// Everything the other user reads must be reachable by it: /root and
+	// the test's own temporary directories are not.
+	base, err := os.MkdirTemp("", "berth-acme-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	bin := filepath.Join(base, "acme.test")
+	root := filepath.Join(base, "root.pem")
+	for src, dst := range map[string]string{os.Args[0]: bin, p.rootsPEM: root} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	storage := filepath.Join(base, "storage")
+	if err := PrepareStorage(storage, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	const name = "nonroot.berth.test"
+	raw, _ := json.Marshal(helperOptions{
+		Domains: []string{name}, CA: p.dirURL, CARoots: []string{root}, Storage: storage,
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", httpPort), HTTPSAddr: fmt.Sprintf("127.0.0.1:%d", tlsPort), Serve: true,
+	})
+	helper := exec.Command(bin, "-test.run=^$")
+	helper.Dir = base
+	helper.Env = append(os.Environ(), helperEnv+"="+string(raw), "HOME="+base)
+	helper.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	stdin, _ := helper.StdinPipe()
+	stdout, _ := helper.StdoutPipe()
+	var helperLog lockedBuffer
+	helper.Stderr = &helperLog
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		helper.Wait()
+		if t.Failed() {
+			t.Logf("the nobody instance's log:\n%s", helperLog.String())
+		}
+	})
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if s, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+				ready <- s
+			}
+		}
+		close(ready)
+	}()
+	var got string
+	select {
+	case got = <-ready:
+	case <-time.After(time.Minute):
+	}
+	if got == "" {
+		t.Fatalf("the instance running as uid %d got no certificate", nobody)
+	}
+	c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tlsPort), &tls.Config{ServerName: name, RootCAs: p.issuingRoots()})
+	if err != nil {
+		t.Fatalf("handshake with the instance running as uid %d: %v", nobody, err)
+	}
+	if s := serial(c.ConnectionState().PeerCertificates[0]); s != got {
+		t.Errorf("it serves %s, its status says %s", s, got)
+	}
+	c.Close()
+	// Everything it wrote is its own, private keys 0600.
+	filepath.WalkDir(storage, func(path string, d fs.DirEntry, err error) error {
+		info, _ := d.Info()
+		st := info.Sys().(*syscall.Stat_t)
+		if st.Uid != nobody {
+			t.Errorf("%s belongs to uid %d", path, st.Uid)
+		}
+		if strings.HasSuffix(path, ".key") && info.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v", path, info.Mode().Perm())
+		}
+		return nil
+	})
+	if n := p.orders(); n != 1 {
+		t.Errorf("pebble got %d orders, want 1", n)
 	}
 }

@@ -299,14 +299,22 @@ type front struct {
 
 func newFront(t *testing.T) *front {
 	t.Helper()
-	f := &front{}
-	var err error
-	if f.plain, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if f.tls, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+	secure, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
+	f, stop := serveFront(plain, secure)
+	t.Cleanup(stop)
+	return f
+}
+
+// serveFront serves a front on the two listeners until stop.
+func serveFront(plainLn, tlsLn net.Listener) (f *front, stop func()) {
+	f = &front{plain: plainLn, tls: tlsLn}
 	plain := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m := f.manager(); m != nil && m.HandleHTTPChallenge(w, r) {
 			f.httpChallenges.Add(1)
@@ -337,15 +345,14 @@ func newFront(t *testing.T) *front {
 		TLSConfig: tlsConf,
 		ErrorLog:  log.New(io.Discard, "", 0), // refused handshakes are expected
 	}
-	go plain.Serve(f.plain)
-	go secure.ServeTLS(f.tls, "", "")
-	t.Cleanup(func() {
+	go plain.Serve(plainLn)
+	go secure.ServeTLS(tlsLn, "", "")
+	return f, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		plain.Shutdown(ctx)
 		secure.Shutdown(ctx)
-	})
-	return f
+	}
 }
 
 // manager is the front's Manager, waited for a moment: a validation that
