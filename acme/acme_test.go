@@ -192,7 +192,14 @@ func TestObtainTLSALPN01(t *testing.T) {
 	l := newTestLog(t)
 	const name = "alpn.berth.test"
 	start := time.Now()
-	m := newManager(t, f, p, t.TempDir(), l, func(o *Options) { o.Domains = []string{name}; o.HTTPAddr = "" })
+	pem, err := os.ReadFile(p.rootsPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t, f, p, t.TempDir(), l, func(o *Options) {
+		o.Domains, o.HTTPAddr = []string{name}, ""
+		o.CARoots, o.CARootPEM = nil, [][]byte{pem} // as the supervisor would send them
+	})
 	leaf := firstLeaf(t, f, name, p.issuingRoots(), time.Minute)
 	t.Logf("TIMING first issuance through TLS-ALPN-01: %s", time.Since(start).Round(time.Millisecond))
 
@@ -600,6 +607,7 @@ func TestNewRefuses(t *testing.T) {
 		{"bad address", func(o *Options) { o.HTTPSAddr = "8443" }, "give host:port or :port"},
 		{"relative storage", func(o *Options) { o.Storage = "acme" }, "give an absolute path"},
 		{"bad ca_roots", func(o *Options) { o.CARoots = []string{notPEM} }, "has no PEM certificate"},
+		{"bad ca_roots PEM", func(o *Options) { o.CARootPEM = [][]byte{[]byte("junk")} }, "ca_roots[0]: no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := base()

@@ -63,6 +63,11 @@ type Options struct {
 	// nil: the system's roots only.
 	CARoots []string
 
+	// CARootPEM is more roots to trust, as PEM: for a caller that read
+	// ca_roots itself (the supervisor reads files as root, the proxy runs
+	// as app.user). nil: none.
+	CARootPEM [][]byte
+
 	// Storage is the directory holding the account, the certificates,
 	// their keys and the locks. "": DefaultStorage. Created (0700) if
 	// missing; it must be writable by the process's user (see the package
@@ -182,7 +187,7 @@ func New(opts Options) (*Manager, error) {
 	if ca == "" {
 		ca = DefaultCA
 	}
-	roots, err := loadRoots(opts.CARoots)
+	roots, err := loadRoots(opts.CARoots, opts.CARootPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -559,9 +564,9 @@ func heldAddr(addr, what string) (host string, port int, err error) {
 	return host, port, nil
 }
 
-// loadRoots is the system's roots plus the ca_roots files.
-func loadRoots(files []string) (*x509.CertPool, error) {
-	if len(files) == 0 {
+// loadRoots is the system's roots plus the ca_roots files and PEM.
+func loadRoots(files []string, pems [][]byte) (*x509.CertPool, error) {
+	if len(files) == 0 && len(pems) == 0 {
 		return nil, nil // certmagic's default: the system's
 	}
 	pool, err := x509.SystemCertPool()
@@ -575,6 +580,11 @@ func loadRoots(files []string) (*x509.CertPool, error) {
 		}
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("acme: tls.acme.ca_roots: %s has no PEM certificate in it: give the CA's root certificate file", f)
+		}
+	}
+	for i, pem := range pems {
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("acme: tls.acme.ca_roots[%d]: no PEM certificate in it: give the CA's root certificate file", i)
 		}
 	}
 	return pool, nil
