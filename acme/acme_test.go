@@ -50,7 +50,7 @@ func runHelper(raw string) int {
 		return 2
 	}
 	opts := Options{Domains: h.Domains, CA: h.CA, CARoots: h.CARoots, Storage: h.Storage,
-		HTTPAddr: h.HTTPAddr, HTTPSAddr: h.HTTPSAddr, RenewCheckInterval: time.Second}
+		HTTPAddr: h.HTTPAddr, HTTPSAddr: h.HTTPSAddr, RenewCheckInterval: time.Second, Profile: "default"}
 	var f *front
 	if h.Serve {
 		// This process is the whole proxy: its own listeners answer the CA.
@@ -111,6 +111,8 @@ func newManager(t *testing.T, f *front, p *pebble, storage string, l *testLog, m
 		HTTPSAddr:          f.tls.Addr().String(),
 		Logf:               l.logf,
 		RenewCheckInterval: time.Second,
+		// Pebble picks a random profile for an order that names none.
+		Profile: "default",
 	}
 	if mod != nil {
 		mod(&opts)
@@ -173,6 +175,16 @@ func TestObtainHTTP01(t *testing.T) {
 	}
 	if !st.NextRenewal.After(time.Now()) || !st.NextRenewal.Before(leaf.NotAfter) {
 		t.Errorf("next renewal %s not between now and the expiry %s", st.NextRenewal, leaf.NotAfter)
+	}
+	// No SNI, or a name not managed: the first domain's certificate (a
+	// caller with no file certificate of its own asks for those).
+	for _, sni := range []string{"", "other.berth.test"} {
+		c, err := m.GetCertificate(&tls.ClientHelloInfo{ServerName: sni})
+		if err != nil || len(c.Certificate) == 0 {
+			t.Errorf("GetCertificate(%q): %v", sni, err)
+		} else if l, _ := x509.ParseCertificate(c.Certificate[0]); serial(l) != serial(leaf) {
+			t.Errorf("GetCertificate(%q) gave %s, want the default %s", sni, serial(l), serial(leaf))
+		}
 	}
 	// A plain request that is not a challenge is the routes'.
 	resp, err := http.Get("http://" + f.plain.Addr().String() + "/.well-known/acme-challenge/nothing")
@@ -537,9 +549,7 @@ func TestSharedStorageOneOrder(t *testing.T) {
 // served, and Status and the log say why.
 func TestNoCertificateYet(t *testing.T) {
 	f := newFront(t)
-	dead := httptest.NewUnstartedServer(nil) // a port with nothing on it
-	ca := "https://" + dead.Listener.Addr().String() + "/dir"
-	dead.Listener.Close()
+	ca := deadCA()
 	l := newTestLog(t)
 	const name = "nocert.berth.test"
 	m, err := New(Options{Domains: []string{name}, CA: ca, Storage: t.TempDir(),
@@ -593,7 +603,7 @@ func TestNewRefuses(t *testing.T) {
 	notPEM := filepath.Join(dir, "root.pem")
 	os.WriteFile(notPEM, []byte("not a certificate"), 0o600)
 	base := func() Options {
-		return Options{Domains: []string{"a.berth.test"}, Storage: dir, HTTPAddr: held.Addr().String(), Logf: t.Logf}
+		return Options{Domains: []string{"a.berth.test"}, CA: deadCA(), Storage: dir, HTTPAddr: held.Addr().String(), Logf: t.Logf}
 	}
 	for _, tc := range []struct {
 		name string
@@ -630,7 +640,7 @@ func TestManagesAndChallengeRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	m, err := New(Options{Domains: []string{"Example.COM.", "www.example.com"}, Storage: t.TempDir(), HTTPAddr: held.Addr().String(), Logf: t.Logf})
+	m, err := New(Options{Domains: []string{"Example.COM.", "www.example.com"}, CA: deadCA(), Storage: t.TempDir(), HTTPAddr: held.Addr().String(), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -848,4 +858,15 @@ func TestNonRootInstance(t *testing.T) {
 	if n := p.orders(); n != 1 {
 		t.Errorf("pebble got %d orders, want 1", n)
 	}
+}
+
+// deadCA is a directory URL on a loopback port with nothing on it: tests
+// that order nothing must never reach a real CA.
+func deadCA() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return "https://" + l.Addr().String() + "/dir"
 }

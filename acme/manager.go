@@ -135,6 +135,7 @@ type Manager struct {
 	metrics  *Metrics
 	started  atomic.Bool // New has returned: later cache loads are news
 	stopOnce sync.Once
+	wg       sync.WaitGroup // first orders and the start-up renewal check
 	mu       sync.Mutex
 	state    map[string]*domainState
 }
@@ -277,15 +278,29 @@ func New(opts Options) (*Manager, error) {
 	if m.metrics != nil {
 		m.metrics.attach(m)
 	}
+	// What certmagic's ManageAsync does for a missing certificate, on a
+	// goroutine of ours so Stop can wait for it: order with retries (until
+	// ctx ends), then load it from storage. A certificate another instance
+	// got meanwhile is found under the lock and loaded without an order.
+	for _, d := range missing {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := m.cfg.ObtainCertAsync(m.ctx, d); err != nil {
+				return // cert_failed said why; a cancelled ctx is Stop
+			}
+			if _, err := m.cfg.CacheManagedCertificate(m.ctx, d); err != nil && m.ctx.Err() == nil {
+				m.logf("acme: %s: loading the new certificate from %s: %v", d, dir, err)
+			}
+		}()
+	}
+	m.started.Store(true)
 	// Stored certificates are managed already (cached as managed); a
 	// renewal check now, not in RenewCheckInterval, catches one that
 	// expired while berth was down, and fetches its renewal info.
-	if err := m.cfg.ManageAsync(m.ctx, missing); err != nil {
-		m.Stop()
-		return nil, fmt.Errorf("acme: starting certificate management: %w", err)
-	}
-	m.started.Store(true)
+	m.wg.Add(1)
 	go func() {
+		defer m.wg.Done()
 		if err := m.cache.RenewManagedCertificates(m.ctx); err != nil && m.ctx.Err() == nil {
 			m.logf("acme: checking stored certificates for renewal: %v", err)
 		}
@@ -294,12 +309,15 @@ func New(opts Options) (*Manager, error) {
 }
 
 // Stop ends the renewals and any order in progress (its storage lock is
-// released, so another Manager on the storage takes over). Certificates
-// already handed out keep working. It is safe to call more than once.
+// released, so another Manager on the storage takes over) and returns when
+// the first orders have unwound; a renewal certmagic's maintenance started
+// unwinds on its own a moment later. Certificates already handed out keep
+// working. It is safe to call more than once.
 func (m *Manager) Stop() {
 	m.stopOnce.Do(func() {
 		m.cancel()
 		m.cache.Stop()
+		m.wg.Wait()
 		if m.metrics != nil {
 			m.metrics.detach(m)
 		}
@@ -335,28 +353,33 @@ func IsChallengeConn(cs tls.ConnectionState) bool {
 // certificate in force. A renewal swaps it for the next handshakes; open
 // connections keep the one they got. A name with no certificate yet fails
 // at once (crypto/tls sends an internal_error alert) rather than wait for
-// the order. With no SNI it answers with the first domain's certificate.
+// the order. With no SNI, or a name not among Domains (a caller with no
+// certificate of its own for it), it answers with the first domain's
+// certificate, as nginx's default server does.
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	if hello.Conn == nil {
-		// certmagic logs the peer's address and would panic on a hello
-		// made up by a caller (a check, a test) rather than crypto/tls.
+	challenge := len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ALPNProto
+	name := normalize(hello.ServerName)
+	if hello.Conn == nil || (!challenge && name != "" && !m.domains[name]) {
 		h := *hello
-		h.Conn = noConn{}
+		if h.Conn == nil {
+			// certmagic logs the peer's address and would panic on a
+			// hello made up by a caller (a check, a test).
+			h.Conn = noConn{}
+		}
+		if !challenge && !m.domains[name] {
+			h.ServerName = "" // certmagic's DefaultServerName: the first domain
+		}
 		hello = &h
 	}
 	cert, err := m.cfg.GetCertificate(hello)
 	if err == nil && cert != nil && len(cert.Certificate) > 0 {
 		return cert, nil
 	}
-	name := normalize(hello.ServerName)
-	if name == "" {
-		name = m.list[0]
-	}
-	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ALPNProto {
+	if challenge {
 		return nil, fmt.Errorf("acme: %s: a TLS-ALPN-01 validation with no challenge of ours in progress: %v", name, err)
 	}
 	if !m.domains[name] {
-		return nil, fmt.Errorf("acme: %s is not in tls.acme.domains: the caller should not ask for it", name)
+		name = m.list[0]
 	}
 	reason := m.noCertReason(name)
 	return nil, fmt.Errorf("acme: %s: no certificate yet: %s", name, reason)
