@@ -325,7 +325,7 @@ func TestRenewalUnderLoad(t *testing.T) {
 
 	st := m.Status()[0]
 	t.Logf("TIMING renewal order took %s (the certificate changed %s after load started); %d requests ok, %d failed; serials %v",
-		st.ObtainTook.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), ok.Load(), failed.Load(), serials)
+		time.Duration(st.ObtainTook).Round(time.Millisecond), time.Since(start).Round(time.Millisecond), ok.Load(), failed.Load(), serials)
 	if failed.Load() != 0 {
 		t.Errorf("%d requests failed across the renewal (first: %v)", failed.Load(), firstErr.Load())
 	}
@@ -631,6 +631,21 @@ func TestNewRefuses(t *testing.T) {
 				t.Errorf("error %q, want one starting acme: and saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	in := DomainStatus{Domain: "a.berth.test", NotAfter: time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC), ObtainTook: Duration(1500 * time.Millisecond)}
+	raw, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"obtain_took":"1.5s"`) || !strings.Contains(string(raw), `"not_after":"2027-03-01T00:00:00Z"`) {
+		t.Errorf("JSON %s", raw)
+	}
+	var out DomainStatus
+	if err := json.Unmarshal(raw, &out); err != nil || out.ObtainTook != in.ObtainTook || !out.NotAfter.Equal(in.NotAfter) {
+		t.Errorf("round trip %+v: %v", out, err)
 	}
 }
 

@@ -38,8 +38,31 @@ type DomainStatus struct {
 	// Obtained is when this Manager last got a certificate from the CA
 	// (zero: it loaded it from storage, or has none), ObtainTook how long
 	// that order took.
-	Obtained   time.Time     `json:"obtained"`
-	ObtainTook time.Duration `json:"obtain_took"`
+	Obtained   time.Time `json:"obtained"`
+	ObtainTook Duration  `json:"obtain_took"`
+}
+
+// Duration is a time.Duration written "1.5s" in JSON, as control.Duration
+// is in berth's control messages.
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON implements json.Marshaler.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("acme: duration: %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("acme: duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // Status reports every domain's certificate, in the order of Domains. It
@@ -76,7 +99,7 @@ func (m *Manager) Status() []DomainStatus {
 		m.mu.Lock()
 		s := m.state[d]
 		st.LastError, st.LastErrorAt = s.lastErr, s.lastErrAt
-		st.Obtained, st.ObtainTook = s.obtained, s.obtainTook
+		st.Obtained, st.ObtainTook = s.obtained, Duration(s.obtainTook)
 		m.mu.Unlock()
 		out = append(out, st)
 	}
