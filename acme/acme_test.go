@@ -885,3 +885,35 @@ func deadCA() string {
 	defer l.Close()
 	return "https://" + l.Addr().String() + "/dir"
 }
+
+// TestUnusableStoredCertificate: a certificate in storage that does not
+// load is not silently kept: the log names the files to remove.
+func TestUnusableStoredCertificate(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	const name = "broken.berth.test"
+	l := newTestLog(t)
+	opts := Options{Domains: []string{name}, CA: deadCA(), Storage: t.TempDir(), HTTPAddr: held.Addr().String(), Logf: l.logf}
+	m, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := m.issuer.IssuerKey()
+	m.Stop()
+	for _, k := range []string{certmagic.StorageKeys.SiteCert(key, name), certmagic.StorageKeys.SitePrivateKey(key, name), certmagic.StorageKeys.SiteMeta(key, name)} {
+		if err := m.storage.Store(t.Context(), k, []byte("-----BEGIN GARBAGE-----\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err = New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	if !l.has("the stored certificate is unusable") || !l.has("remove "+m.storage.Filename(certmagic.StorageKeys.CertsSitePrefix(key, name))) {
+		t.Errorf("the log does not say the stored certificate is unusable and what to remove")
+	}
+}

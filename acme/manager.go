@@ -271,8 +271,10 @@ func New(opts Options) (*Manager, error) {
 			missing = append(missing, d)
 			m.logf("acme: %s: no certificate yet; ordering one from %s (%s). Until it arrives TLS handshakes for %s fail", d, ca, m.challengesText(), d)
 		default:
-			missing = append(missing, d)
-			m.logf("acme: %s: the stored certificate is unusable (%v); ordering a new one from %s", d, err, ca)
+			// certmagic orders only for a name with nothing stored, and
+			// renews only what it can load: this name needs a person.
+			site := m.storage.Filename(certmagic.StorageKeys.CertsSitePrefix(m.issuer.IssuerKey(), d))
+			m.logf("acme: %s: the stored certificate is unusable (%v): remove %s and restart berth to order a new one; until then TLS handshakes for %s fail", d, err, site, d)
 		}
 	}
 	if m.metrics != nil {
@@ -282,6 +284,7 @@ func New(opts Options) (*Manager, error) {
 	// goroutine of ours so Stop can wait for it: order with retries (until
 	// ctx ends), then load it from storage. A certificate another instance
 	// got meanwhile is found under the lock and loaded without an order.
+	m.started.Store(true)
 	for _, d := range missing {
 		m.wg.Add(1)
 		go func() {
@@ -294,7 +297,6 @@ func New(opts Options) (*Manager, error) {
 			}
 		}()
 	}
-	m.started.Store(true)
 	// Stored certificates are managed already (cached as managed); a
 	// renewal check now, not in RenewCheckInterval, catches one that
 	// expired while berth was down, and fetches its renewal info.
