@@ -151,7 +151,7 @@ func TestObtainHTTP01(t *testing.T) {
 	f := newFront(t)
 	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
 	l := newTestLog(t)
-	const name = "http01.berth.test"
+	name := uniqueName("http01")
 	start := time.Now()
 	m := newManager(t, f, p, t.TempDir(), l, func(o *Options) { o.Domains = []string{name}; o.HTTPSAddr = "" })
 	leaf := firstLeaf(t, f, name, p.issuingRoots(), time.Minute)
@@ -202,7 +202,7 @@ func TestObtainTLSALPN01(t *testing.T) {
 	f := newFront(t)
 	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
 	l := newTestLog(t)
-	const name = "alpn.berth.test"
+	name := uniqueName("alpn")
 	start := time.Now()
 	pem, err := os.ReadFile(p.rootsPEM)
 	if err != nil {
@@ -240,7 +240,7 @@ func TestRenewalUnderLoad(t *testing.T) {
 	const life = 20 * time.Second
 	p := startPebble(t, f.httpPort(), f.tlsPort(), life)
 	l := newTestLog(t)
-	const name = "renew.berth.test"
+	name := uniqueName("renew")
 	m := newManager(t, f, p, t.TempDir(), l, func(o *Options) { o.Domains = []string{name}; o.Profile = "short" })
 	roots := p.issuingRoots()
 	first := firstLeaf(t, f, name, roots, time.Minute)
@@ -350,7 +350,7 @@ func TestCADownKeepsServing(t *testing.T) {
 	const life = 20 * time.Second
 	p := startPebble(t, f.httpPort(), f.tlsPort(), life)
 	l := newTestLog(t)
-	const name = "cadown.berth.test"
+	name := uniqueName("cadown")
 	metrics := NewMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics)
@@ -382,14 +382,14 @@ func TestCADownKeepsServing(t *testing.T) {
 		t.Errorf("the log does not say the renewal failed")
 	}
 	got := gather(t, reg)
-	if v := got[`berth_acme_certificate_not_after_seconds{domain="cadown.berth.test"}`]; int64(v) != first.NotAfter.Unix() {
+	if v := got[`berth_acme_certificate_not_after_seconds{domain="`+name+`"}`]; int64(v) != first.NotAfter.Unix() {
 		t.Errorf("expiry metric %v, want %d", v, first.NotAfter.Unix())
 	}
-	if v := got[`berth_acme_last_error_seconds{domain="cadown.berth.test"}`]; v == 0 {
+	if v := got[`berth_acme_last_error_seconds{domain="`+name+`"}`]; v == 0 {
 		t.Errorf("last error metric is 0 with the CA down")
 	}
-	if got[`berth_acme_orders_total{domain="cadown.berth.test",kind="renew",result="error"}`] < 1 ||
-		got[`berth_acme_orders_total{domain="cadown.berth.test",kind="obtain",result="ok"}`] != 1 {
+	if got[`berth_acme_orders_total{domain="`+name+`",kind="renew",result="error"}`] < 1 ||
+		got[`berth_acme_orders_total{domain="`+name+`",kind="obtain",result="ok"}`] != 1 {
 		t.Errorf("order counters: %v", got)
 	}
 }
@@ -431,7 +431,7 @@ func TestRestartReusesStoredCertificate(t *testing.T) {
 	f := newFront(t)
 	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
 	l := newTestLog(t)
-	const name = "restart.berth.test"
+	name := uniqueName("restart")
 	storage := t.TempDir()
 	first := newManager(t, f, p, storage, l, func(o *Options) { o.Domains = []string{name} })
 	roots := p.issuingRoots()
@@ -471,7 +471,7 @@ func TestSharedStorageOneOrder(t *testing.T) {
 	f := newFront(t)
 	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
 	l := newTestLog(t)
-	const name = "shared.berth.test"
+	name := uniqueName("shared")
 	storage := t.TempDir()
 	raw, err := json.Marshal(helperOptions{
 		Domains: []string{name}, CA: p.dirURL, CARoots: []string{p.rootsPEM}, Storage: storage,
@@ -551,7 +551,7 @@ func TestNoCertificateYet(t *testing.T) {
 	f := newFront(t)
 	ca := deadCA()
 	l := newTestLog(t)
-	const name = "nocert.berth.test"
+	name := uniqueName("nocert")
 	m, err := New(Options{Domains: []string{name}, CA: ca, Storage: t.TempDir(),
 		HTTPAddr: f.plain.Addr().String(), HTTPSAddr: f.tls.Addr().String(), Logf: l.logf, RenewCheckInterval: time.Second})
 	if err != nil {
@@ -691,7 +691,7 @@ func TestARIRenewal(t *testing.T) {
 	f := newFront(t)
 	p := startPebble(t, f.httpPort(), f.tlsPort(), time.Hour)
 	l := newTestLog(t)
-	const name = "ari.berth.test"
+	name := uniqueName("ari")
 	storage := t.TempDir()
 	first := newManager(t, f, p, storage, l, func(o *Options) { o.Domains = []string{name} })
 	roots := p.issuingRoots()
@@ -809,7 +809,7 @@ func TestNonRootInstance(t *testing.T) {
 	if err := PrepareStorage(storage, nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
-	const name = "nonroot.berth.test"
+	name := uniqueName("nonroot")
 	raw, _ := json.Marshal(helperOptions{
 		Domains: []string{name}, CA: p.dirURL, CARoots: []string{root}, Storage: storage,
 		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", httpPort), HTTPSAddr: fmt.Sprintf("127.0.0.1:%d", tlsPort), Serve: true,
@@ -894,7 +894,7 @@ func TestUnusableStoredCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	const name = "broken.berth.test"
+	name := uniqueName("broken")
 	l := newTestLog(t)
 	opts := Options{Domains: []string{name}, CA: deadCA(), Storage: t.TempDir(), HTTPAddr: held.Addr().String(), Logf: l.logf}
 	m, err := New(opts)
@@ -916,4 +916,13 @@ func TestUnusableStoredCertificate(t *testing.T) {
 	if !l.has("the stored certificate is unusable") || !l.has("remove "+m.storage.Filename(certmagic.StorageKeys.CertsSitePrefix(key, name))) {
 		t.Errorf("the log does not say the stored certificate is unusable and what to remove")
 	}
+}
+
+var names atomic.Int64
+
+// uniqueName is a test domain of its own for each run: certmagic keeps a
+// renewal's failure backoff per name for the whole process, so a name
+// reused by -count=N would wait for the last run's backoff.
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s-%d.berth.test", prefix, names.Add(1))
 }

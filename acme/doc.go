@@ -69,6 +69,18 @@
 // listener). That probe opens and closes one TCP connection to each
 // listener per order: a proxy counting handshake errors sees one.
 //
+// # When the CA fails
+//
+// The certificate in force keeps serving (an expired one too: clients then
+// refuse it, and the metrics say so long before). A failed order is
+// retried by certmagic with backoff: a first certificate after 1, 2, 2, 5,
+// 10 minutes and so on up to 6 hours apart, for 30 days; a renewal at the
+// same pace, counted per name for the whole process (a Manager replacing
+// another on reload keeps the backoff). With the default window a 90-day
+// certificate starts renewing 30 days before expiry, so a CA has weeks to
+// come back. Each failure is in Status, the metrics and the log, with the
+// fix where the error points at one.
+//
 // See WIRING.md beside this file for what the proxy, the supervisor and
 // the config must do.
 package acme
