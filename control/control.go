@@ -13,6 +13,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/berth-dev/berth/config"
 )
 
 // Message types. Supervisor → proxy: TypeConfig, TypeWorkers.
@@ -73,6 +75,18 @@ type Proxy struct {
 	// Mounts route URL prefixes to other worker pools (config mounts);
 	// the rest goes to the main pool.
 	Mounts []Mount `json:"mounts,omitempty"`
+
+	// The access rules (issue 24; config/locations.go): hosts and
+	// locations as configured, the fields set on every response, a
+	// connection limit per client (0: none), and the files the rules read,
+	// as the supervisor read them (as root, like the certificates): error
+	// pages by status, htpasswd files by path.
+	Hosts                []config.Host     `json:"hosts,omitempty"`
+	Locations            []config.Location `json:"locations,omitempty"`
+	Headers              map[string]string `json:"headers,omitempty"`
+	ConnectionsPerClient int               `json:"connections_per_client,omitempty"`
+	ErrorPages           map[int][]byte    `json:"error_pages,omitempty"`
+	Htpasswd             map[string][]byte `json:"htpasswd,omitempty"`
 }
 
 // Mount routes URL prefixes to the workers whose Pool is Pool.

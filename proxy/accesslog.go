@@ -62,6 +62,7 @@ type logEntry struct {
 	referer string
 	ua      string
 	reqID   string   // "" when proxy.request_id is off
+	user    string   // $remote_user: the basic-auth user, "" without one
 	up      *upTimes // nil when the format shows no upstream time
 	wsock   string   // the worker's socket; "" when no worker was asked
 	in      *reqInfo // client address, scheme, host, path
@@ -74,7 +75,9 @@ type logEntry struct {
 // $body_bytes_sent "$http_referer" "$http_user_agent"
 func appendCombined(b []byte, e *logEntry) []byte {
 	b = appendNginx(b, e.remote)
-	b = append(b, " - - ["...)
+	b = append(b, " - "...)
+	b = appendNginx(b, e.user)
+	b = append(b, " ["...)
 	b = e.when.AppendFormat(b, "02/Jan/2006:15:04:05 -0700")
 	b = append(b, "] \""...)
 	b = appendNginxEsc(b, e.method)

@@ -302,6 +302,53 @@ func (k hashKey) sum(r *http.Request, in *reqInfo) uint32 {
 	return h
 }
 
+// value builds the key's text for r (a rate limit's key).
+func (k hashKey) value(r *http.Request, in *reqInfo) string {
+	if len(k) == 1 {
+		if v, ok := k.part(&k[0], r, in); ok {
+			return v
+		}
+	}
+	var b strings.Builder
+	for i := range k {
+		v, _ := k.part(&k[i], r, in)
+		b.WriteString(v)
+	}
+	return b.String()
+}
+
+// part is one part's text; ok false for a literal-free part with no value.
+func (k hashKey) part(p *keyPart, r *http.Request, in *reqInfo) (string, bool) {
+	switch p.kind {
+	case keyLit:
+		return p.lit, true
+	case keyRemoteAddr:
+		return in.RemoteAddr, true
+	case keyRequestURI:
+		return r.RequestURI, true
+	case keyURI:
+		return in.PathInfo, true
+	case keyArgs:
+		return r.URL.RawQuery, true
+	case keyHost:
+		return hostOnly(r.Host), true
+	case keyScheme:
+		return in.Scheme, true
+	case keyMethod:
+		return r.Method, true
+	case keyHeader:
+		return headerValue(r.Header, p.name), true
+	case keyCookie:
+		if c, err := r.Cookie(p.name); err == nil {
+			return c.Value, true
+		}
+		return "", true
+	case keyArg:
+		return queryArg(r.URL.RawQuery, p.name), true
+	}
+	return "", false
+}
+
 // queryArg returns the raw value of the first name=value in q, as nginx's
 // $arg_name (not percent-decoded).
 func queryArg(q, name string) string {

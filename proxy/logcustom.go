@@ -59,7 +59,7 @@ func appendCustom(b []byte, f *logformat.Format, e *logEntry) []byte {
 		case logformat.RemotePort:
 			b = appendVal(b, esc, e.in.RemotePort, e.in.RemotePort != "")
 		case logformat.RemoteUser:
-			b = appendVal(b, esc, "", false)
+			b = appendVal(b, esc, e.user, e.user != "")
 		case logformat.TimeLocal:
 			b = e.when.AppendFormat(b, "02/Jan/2006:15:04:05 -0700")
 		case logformat.TimeISO8601:

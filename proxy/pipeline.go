@@ -36,10 +36,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if resp.next() {
 		resp = s.route(rs, r, st, &ro)
 	}
-	// 3. Access: limits and access rules will run here, once for every
-	//    backend and for static files (issue 24); nothing yet.
+	// 3. Access: the connection cap per client, then the location's
+	//    redirect or fixed answer, rate limit, access rules and basic auth,
+	//    once for every backend and for static files (access.go).
 	if resp.next() {
-		resp = s.access(rs, r, st, &ro)
+		resp = s.checkAccess(rs, r, st, &ro)
 	}
 	// 4. Exchange: a static file (written by itself), the cache, or the
 	//    request body read and a backend's answer.
@@ -120,10 +121,19 @@ type routing struct {
 	// entry it may fall back on when the backend fails (cache.go).
 	fill  *fill
 	stale *cacheEntry
+	// loc is the request's location (access.go); nil: none matches.
+	loc *locRules
 }
 
 // route is stage 2.
 func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing) response {
+	rs.rw.fields = st.access.headers
+	if len(st.access.hosts) > 0 {
+		// A canonical-host redirect comes before anything, https too.
+		if resp, ok := s.hostRedirect(rs, r, st); ok {
+			return resp
+		}
+	}
 	if ts := st.tls; ts != nil {
 		if rs.info.Scheme != "https" {
 			if ts.redirect {
@@ -135,6 +145,11 @@ func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing)
 	}
 	p := r.URL.Path
 	n, ok := normalizePath(p)
+	if ok && len(st.access.locs) > 0 {
+		if ro.loc = st.access.location(n); ro.loc != nil {
+			rs.rw.locFields = ro.loc.headers
+		}
+	}
 	if len(st.mounts) > 0 {
 		suspicious := hasDotDot(p) || hasEncodedSlash(r)
 		if m, rel := st.match(n); ok && m != nil {
@@ -175,18 +190,12 @@ func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing)
 	return response{src: srcNext}
 }
 
-// access is stage 3: where limits and access rules will decide (issue 24).
-func (s *Server) access(rs *reqState, r *http.Request, st *settings, ro *routing) response {
-	return response{src: srcNext}
-}
-
 // exchange is stage 4.
 func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, ro *routing) response {
 	if ro.kind == routeStatic {
 		// Static files write themselves: sendfile, ranges, sidecars and
-		// 304s are the file server's (static.go).
-		s.serveStatic(&rs.rw, r, st, ro.mount, ro.rel)
-		return response{src: srcNone}
+		// 304s are the file server's (static.go); its errors come back.
+		return s.serveStatic(rs, r, st, ro.mount, ro.rel)
 	}
 	if ro.cache != nil {
 		if resp, answered := s.cacheLookup(rs, r, st, ro); answered {
@@ -206,6 +215,10 @@ func (s *Server) exchange(rs *reqState, r *http.Request, st *settings, ro *routi
 // finish is stage 6: the access log line, the metrics, and the request's
 // state back to its pool.
 func (s *Server) finish(rs *reqState, r *http.Request, st *settings, ro *routing, start time.Time) {
+	if rs.releaseConn != nil {
+		rs.releaseConn()
+		rs.releaseConn = nil
+	}
 	if ro.fill != nil {
 		s.cacheFillDone(ro) // waiting requests go on even if respond did not reach the store
 	}
@@ -222,7 +235,7 @@ func (s *Server) finish(rs *reqState, r *http.Request, st *settings, ro *routing
 			when: end, remote: rs.info.RemoteAddr, method: rs.method, uri: rs.uri, proto: rs.proto,
 			status: status, bytes: rs.rw.bytes, dur: dur, worker: rs.worker,
 			referer: headerValue(r.Header, "Referer"), ua: headerValue(r.Header, "User-Agent"),
-			reqID: rs.reqID, wsock: rs.wsock, in: &rs.info, r: r,
+			reqID: rs.reqID, user: rs.user, wsock: rs.wsock, in: &rs.info, r: r,
 		}
 		if st.logUp {
 			e.up = &rs.up

@@ -92,6 +92,9 @@ func (s *Server) respond(rs *reqState, r *http.Request, st *settings, ro *routin
 		s.relayStream(rs, r, st, resp)
 		return
 	}
+	if resp.berth && len(st.access.pages) > 0 {
+		errorPage(rs, r, st.access.pages, resp)
+	}
 	s.writeWhole(rs, r, st, resp)
 }
 

@@ -105,6 +105,8 @@ type Server struct {
 	more503 atomic.Int64 // 503s not logged since then
 
 	ids *idGen // request IDs
+
+	access *accessState // rate limits' buckets, the connection counter (access.go)
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -134,6 +136,7 @@ func New(opts Options) *Server {
 	s.alog = newAccessLog(opts.AccessLog, func(err error) { s.logf("access log: %v (further errors not shown)", err) })
 	s.rt = newRouter(s.metrics, s.emit, s.logf, s.handoff)
 	s.up = newUpstreams(newUpMetrics(opts.Registry), s.logf)
+	s.access = newAccessState(opts.Registry)
 	st, _ := compile(control.Proxy{})
 	s.cfg.Store(st)
 	s.reqPool.New = func() any { return new(reqState) }
@@ -158,6 +161,9 @@ func (s *Server) SetConfig(c control.Proxy) error {
 	st, err := compile(c)
 	if err == nil {
 		err = validateUpstreams(c)
+	}
+	if err == nil {
+		st.access, err = s.access.compile(c)
 	}
 	if err != nil {
 		return err
@@ -240,6 +246,9 @@ type respWriter struct {
 	hsts   []string // Strict-Transport-Security to add; nil: none
 	xcache string   // X-Cache-Status to add; "": none
 	reqID  string   // "" when proxy.request_id is off
+	// fields and locFields are proxy.headers and the location's headers,
+	// set on every response (access.go).
+	fields, locFields []fieldOp
 }
 
 // stamp adds the proxy's own response fields as the response starts:
@@ -255,6 +264,9 @@ func (rw *respWriter) stamp() {
 	}
 	if rw.xcache != "" {
 		h["X-Cache-Status"] = []string{rw.xcache}
+	}
+	if rw.fields != nil || rw.locFields != nil {
+		applyFields(h, rw.fields, rw.locFields)
 	}
 }
 
@@ -334,6 +346,11 @@ type reqState struct {
 	// detached: an accepted websocket took the request over; its relay
 	// ends it (finishDetached) when it closes.
 	detached bool
+	// user is the basic-auth user ($remote_user), "" without one.
+	user string
+	// releaseConn gives back the request's slot of
+	// proxy.limits.connections_per_client; nil: none taken.
+	releaseConn func()
 }
 
 // begin readies pooled state for a request answered on w.
@@ -343,6 +360,8 @@ func (rs *reqState) begin(w http.ResponseWriter) {
 	rs.worker, rs.wsock, rs.reqID = "", "", ""
 	rs.up = upTimes{}
 	rs.detached = false
+	rs.user = ""
+	rs.releaseConn = nil
 }
 
 // end drops what the request held before the state goes back to its pool.

@@ -45,6 +45,7 @@ type settings struct {
 	cache        *responseCache    // nil: no response cache
 	drain        time.Duration     // ASGI websockets and streams on a draining worker; then closed
 	pools        []mountRoute      // mounted pools, longest URL first (pools.go)
+	access       *accessRules      // hosts, locations, fields, pages, connection cap (access.go)
 }
 
 // mount is one static mapping: a URL prefix served from dir (nginx alias).
@@ -70,6 +71,7 @@ func compile(p control.Proxy) (*settings, error) {
 		graceful:     time.Duration(p.GracefulTimeout),
 		requestID:    p.RequestID,
 		drain:        time.Duration(p.DrainTimeout),
+		access:       &accessRules{},
 	}
 	switch p.AccessLog {
 	case "", "off":

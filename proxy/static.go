@@ -67,11 +67,11 @@ func contentType(name string) string {
 // for dot segments and encoded slashes) from m.dir; mount.open confines the
 // lookup to the directory, symlinks included. Directories are never listed
 // and their index.html never served.
-func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, st *settings, m *mount, rel string) {
+func (s *Server) serveStatic(rs *reqState, r *http.Request, st *settings, m *mount, rel string) response {
+	w := &rs.rw
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		plainError(w, http.StatusMethodNotAllowed, "berth: static files answer GET and HEAD only\n")
-		return
+		return berthError(rs, http.StatusMethodNotAllowed, "berth: static files answer GET and HEAD only\n")
 	}
 	var f *os.File
 	var err error
@@ -81,24 +81,20 @@ func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, st *setting
 	} else {
 		rel = strings.TrimLeft(rel, "/")
 		if rel == "" || strings.HasSuffix(rel, "/") || strings.IndexByte(rel, 0) >= 0 {
-			http.NotFound(w, r)
-			return
+			return berthError(rs, http.StatusNotFound, "404 page not found\n")
 		}
 		f, err = m.open(rel)
 	}
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
-			plainError(w, http.StatusForbidden, "403 forbidden\n")
-			return
+			return berthError(rs, http.StatusForbidden, "403 forbidden\n")
 		}
-		http.NotFound(w, r)
-		return
+		return berthError(rs, http.StatusNotFound, "404 page not found\n")
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		http.NotFound(w, r)
-		return
+		return berthError(rs, http.StatusNotFound, "404 page not found\n")
 	}
 	h := w.Header()
 	ct := contentType(rel)
@@ -107,10 +103,11 @@ func (s *Server) serveStatic(w http.ResponseWriter, r *http.Request, st *setting
 		cacheHeaders(h, m, rel)
 	}
 	if st.sidecarTypes.typeMatches(ct) && s.serveEncoded(w, r, st, m, rel, f, fi) {
-		return
+		return response{src: srcNone}
 	}
 	h["Etag"] = []string{nginxETag(fi, "")}
 	http.ServeContent(w, r, "", fi.ModTime(), f)
+	return response{src: srcNone}
 }
 
 // nginxETag is nginx's ETag: hex mtime seconds - hex size, and the

@@ -129,6 +129,12 @@ func (s *Supervisor) swapCertificates(certs []control.Certificate) bool {
 	return true
 }
 
+// watchedFiles are the files whose change is sent to the proxies at once:
+// the certificates and the access rules' files.
+func watchedFiles(cfg *config.Config) []string {
+	return append(certFiles(cfg), accessFilePaths(cfg)...)
+}
+
 // certFiles are the files whose change reloads the certificates.
 func certFiles(cfg *config.Config) []string {
 	var out []string

@@ -487,6 +487,15 @@ func CheckHost(cfg *config.Config) HostCheck {
 	} else if len(cfg.TLS.Certificates) > 0 {
 		r.checked = append(r.checked, fmt.Sprintf("tls.certificates: %d usable pair(s)", len(cfg.TLS.Certificates)))
 	}
+	if _, err := loadAccessFiles(cfg); err != nil {
+		if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+			r.skipped = append(r.skipped, fmt.Sprintf("%v (berth check runs as uid %d; run it as root to check the access rules' files)", err, os.Geteuid()))
+		} else {
+			r.errs = append(r.errs, err)
+		}
+	} else if n := len(accessFilePaths(cfg)); n > 0 {
+		r.checked = append(r.checked, fmt.Sprintf("access rules: %d file(s) readable and valid", n))
+	}
 	hc.Checked, hc.Skipped, hc.Err = r.checked, r.skipped, r.err()
 	return hc
 }

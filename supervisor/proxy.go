@@ -38,6 +38,7 @@ func (s *Supervisor) proxyConfig(cfg *config.Config) *control.Proxy {
 	}
 	p.Upstreams, p.Routes = upstreamConfig(cfg)
 	s.edgeConfig(cfg, p)
+	s.accessConfig(cfg, p)
 	for _, m := range cfg.Mounts {
 		p.Mounts = append(p.Mounts, control.Mount{Pool: m.Name, URLs: m.URLs})
 	}

@@ -47,6 +47,7 @@ type staged struct {
 	adminSet  bool                  // admin.listen changed (admin nil: moved to "off")
 	cgroupsUp bool                  // cgroup limits were written for cfg: abort writes prev's back
 	certs     []control.Certificate // cfg's certificates, read and checked; the newest read until commit
+	access    accessFiles           // cfg's error pages and htpasswd files, likewise
 	gen       *generation           // rolling in; nil when the workers stay
 
 	prevGen  *generation
@@ -78,6 +79,7 @@ func (s *Supervisor) reload(r reloadRequest) {
 		// Certificates do not wait for a roll: the proxies take them now
 		// (SIGHUP re-reads them too, as nginx -s reload does).
 		s.reloadCertificates(r.reason)
+		s.reloadAccessFiles(r.reason)
 		if r.certs {
 			return
 		}
@@ -195,6 +197,9 @@ func (s *Supervisor) prepare(st *staged) error {
 	if st.certs, err = loadCertificates(cfg); err != nil {
 		return err
 	}
+	if st.access, err = loadAccessFiles(cfg); err != nil {
+		return err
+	}
 	if ch.Listen && !s.socketActivated() {
 		if st.listeners, err = s.reuseOrOpen(cfg.Listen); err != nil {
 			return err
@@ -235,7 +240,11 @@ func (s *Supervisor) commit(st *staged) {
 		s.generation++
 	}
 	certsChanged := !st.code && s.swapCertificates(st.certs)
-	if ch.Proxy || certsChanged {
+	accessChanged := !st.code && !st.access.equal(s.access)
+	if accessChanged {
+		s.access = st.access
+	}
+	if ch.Proxy || certsChanged || accessChanged {
 		for _, p := range s.proxies {
 			s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(cfg)})
 		}
@@ -291,7 +300,7 @@ func (s *Supervisor) commit(st *staged) {
 		}
 		s.resizeMounts(cfg)
 	}
-	if ch.ReloadOn || !slices.Equal(certFiles(prev), certFiles(cfg)) {
+	if ch.ReloadOn || !slices.Equal(watchedFiles(prev), watchedFiles(cfg)) {
 		s.restartWatch()
 		did = append(did, "reload_on watch updated")
 	}

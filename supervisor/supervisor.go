@@ -110,6 +110,7 @@ type Supervisor struct {
 
 	listeners      []*listener
 	certs          []control.Certificate // tls.certificates as read and checked
+	access         accessFiles           // the access rules' files, as read and checked
 	proxies        []*proxyProc
 	proxySeq       int
 	proxyFail      int
@@ -292,6 +293,9 @@ func (s *Supervisor) boot() error {
 		return err
 	}
 	if s.certs, err = loadCertificates(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
+	if s.access, err = loadAccessFiles(s.cfg); err != nil {
 		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
 	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {

@@ -84,7 +84,7 @@ func (s *Supervisor) restartWatch() {
 		s.watchFails, s.watchRetryAt = 0, time.Time{}
 		return
 	}
-	w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, certFiles(s.cfg), s.reloadCh, s.log)
+	w, err := newWatcher(s.opts.ConfigPath, s.cfg.App.ReloadOn, s.cfg.App.Chdir, watchedFiles(s.cfg), s.reloadCh, s.log)
 	if err != nil {
 		s.watchFails++
 		d := backoff(s.watchFails)

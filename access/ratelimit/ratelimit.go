@@ -354,3 +354,20 @@ func (s *shard) pushFront(i int32) {
 	}
 	s.head = i
 }
+
+// With returns a Limiter with o's burst, delay and nodelay that shares l's
+// buckets: a reload that changes only those keeps every client's bucket (a
+// client in its burst stays in it). o's Rate and MaxKeys must be l's; a new
+// rate or table size is a new Limiter (New), its buckets empty.
+func (l *Limiter) With(o Options) (*Limiter, error) {
+	n, err := New(Options{Rate: o.Rate, Burst: o.Burst, NoDelay: o.NoDelay, Delay: o.Delay, MaxKeys: 1})
+	if err != nil {
+		return nil, err
+	}
+	if n.rate != l.rate {
+		return nil, fmt.Errorf("rate %g requests/s: not this limiter's (%g/s): make a new one", o.Rate, float64(l.rate)/1000)
+	}
+	c := *l // the shards are shared: the same slice
+	c.burst, c.delay = n.burst, n.delay
+	return &c, nil
+}

@@ -445,3 +445,38 @@ func BenchmarkTakeParallel(b *testing.B) {
 		})
 	}
 }
+
+// With keeps the buckets: a key that used its burst under the old options
+// is still over it under the new ones, and a larger burst lets it in.
+func TestWithKeepsBuckets(t *testing.T) {
+	l, err := New(Options{Rate: 1, Burst: 2, NoDelay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := 0; i < 3; i++ {
+		if !l.Take("k", now).Allow {
+			t.Fatalf("request %d refused inside the burst", i)
+		}
+	}
+	if l.Take("k", now).Allow {
+		t.Fatal("the 4th request passed a burst of 2")
+	}
+	same, err := l.With(Options{Rate: 1, Burst: 2, NoDelay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if same.Take("k", now).Allow {
+		t.Fatal("the bucket was emptied by With")
+	}
+	bigger, err := l.With(Options{Rate: 1, Burst: 5, NoDelay: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bigger.Take("k", now).Allow {
+		t.Fatal("a larger burst did not let the key in")
+	}
+	if _, err := l.With(Options{Rate: 2, Burst: 5}); err == nil {
+		t.Fatal("With took another rate")
+	}
+}
