@@ -45,7 +45,7 @@ func Default() *Config {
 			TrustedProxies: []string{},
 			AccessLog:      "combined",
 			RequestID:      true,
-			Queue:          Queue{Size: 1024, Timeout: Duration(30 * time.Second)},
+			Queue:          Queue{Size: 10000, Timeout: Duration(30 * time.Second)},
 			Headers:        map[string]string{},
 			ErrorPages:     map[int]string{},
 		},

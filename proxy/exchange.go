@@ -116,6 +116,7 @@ func (s *Server) workerExchange(rs *reqState, r *http.Request, st *settings, has
 			return s.unavailable(rs, st, err)
 		}
 		rs.worker, rs.wsock = g.w.id, g.w.socket
+		granted := time.Now()
 		var out outcome
 		var resp response
 		if g.w.asgi {
@@ -137,6 +138,9 @@ func (s *Server) workerExchange(rs *reqState, r *http.Request, st *settings, has
 		}
 		switch out {
 		case done:
+			if resp.src != srcStream && !rs.detached && !resp.failed {
+				rs.rt.observe(time.Since(granted))
+			}
 			return resp
 		case outOfFiles:
 			return s.unavailable(rs, st, errOutOfFiles)
@@ -180,6 +184,9 @@ func (s *Server) unavailable(rs *reqState, st *settings, err error) response {
 	case errQueueFull:
 		kind, msg = kindQueueFull, "berth: every worker is busy and the queue is full; retry later\n"
 		s.log503(rs, "every worker is busy and the queue is full (proxy.queue.size)")
+	case errQueueWait:
+		kind, msg = kindQueueFull, fmt.Sprintf("berth: every worker is busy and the queue would not reach this request within %s; retry later\n", st.queueTimeout)
+		s.log503(rs, "every worker is busy and the queue ahead would not be served within proxy.queue.timeout at the workers' measured pace")
 	case errOutOfFiles:
 		kind, msg = kindNoFiles, "berth: the proxy has no file descriptor left (raise ulimit -n); retry later\n"
 		s.noFilesLog(rs)

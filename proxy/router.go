@@ -29,6 +29,7 @@ const (
 var (
 	errNoWorker     = errors.New("no worker is ready")
 	errQueueFull    = errors.New("every worker is busy and the queue is full")
+	errQueueWait    = errors.New("every worker is busy and the queue ahead would not be served within queue_timeout")
 	errQueueTimeout = errors.New("no worker became free within queue_timeout")
 	errOutOfFiles   = errors.New("the proxy has no file descriptor left")
 )
@@ -134,6 +135,45 @@ type router struct {
 
 	lastNoWorkerLog time.Time
 	noWorkerCount   int
+
+	// svc is the pool's service time per request, an average over recent
+	// answers (observe); 0 until one is measured. Admission uses it.
+	svc time.Duration
+}
+
+// observe records how long a worker of the pool took on one request: the
+// average the queue admits by (an exponential average over about the last
+// twenty answers, so a slower app is seen within a burst).
+func (rt *router) observe(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	rt.mu.Lock()
+	if rt.svc == 0 {
+		rt.svc = d
+	} else {
+		rt.svc += (d - rt.svc) / 20
+	}
+	rt.mu.Unlock()
+}
+
+// expectedWaitLocked is how long a request joining the queue now would
+// wait: the requests ahead of it, served by every routable slot at the
+// measured service time; 0 while nothing is measured.
+func (rt *router) expectedWaitLocked(now int64) time.Duration {
+	if rt.svc == 0 {
+		return 0
+	}
+	slots := 0
+	for _, w := range rt.list {
+		if w.routable(now) {
+			slots += w.capacity
+		}
+	}
+	if slots == 0 {
+		return 0 // none routable: the queue timeout decides (errNoWorker)
+	}
+	return time.Duration(int64(rt.queued+1) * int64(rt.svc) / int64(slots))
 }
 
 func newRouter(m *metrics, emit func(control.Message), logf func(string, ...any), handoff func(*sendJob, grant) grant) *router {
@@ -218,6 +258,14 @@ func (rt *router) acquire(done <-chan struct{}, st *settings, avoid *worker, job
 	if rt.queued >= st.queueSize {
 		rt.mu.Unlock()
 		return grant{}, 0, errQueueFull
+	}
+	// Admission by the wait the request would see, not by a count: a
+	// burst the workers clear within queue_timeout is queued whole; a
+	// request that would wait past it is refused now rather than after
+	// waiting for nothing.
+	if st.queueTimeout > 0 && rt.expectedWaitLocked(now.UnixNano()) > st.queueTimeout {
+		rt.mu.Unlock()
+		return grant{}, 0, errQueueWait
 	}
 	wt := waiters.Get().(*waiter)
 	wt.avoid, wt.job, wt.state, wt.deadline = avoid, job, waiting, 0
