@@ -257,3 +257,90 @@ locations:
 		}
 	})
 }
+
+// TestAccessReloadUnderLoad changes a rate limit and the headers with a
+// live reload while clients hammer the limited location and another one:
+// no request fails (only 200s and 429s), and the new limit takes effect.
+func TestAccessReloadUnderLoad(t *testing.T) {
+	cfg := func(rate string) string {
+		return "workers: {count: 2, threads: 4}\nproxy: {access_log: off, headers: {X-Gen: \"" + rate + "\"}}\n" +
+			"locations:\n  - {path: /limited/, limit: {rate: " + rate + ", burst: 10, nodelay: true, key: global}}\n"
+	}
+	b := startBerth(t, berthOpts{config: cfg("20/s"), app: map[string]string{"wsgi.py": okApp}})
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	var ok, limited, failed, other atomic.Int64
+	var newGen atomic.Bool
+	var after429, after200 atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			path := "/limited/x"
+			if i%4 == 0 {
+				path = "/other"
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := client.Get(b.url(path))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				gen := resp.Header.Get("X-Gen") == "100000/s"
+				if gen {
+					newGen.Store(true)
+				}
+				switch {
+				case resp.StatusCode == 200 && path == "/other":
+					other.Add(1)
+				case resp.StatusCode == 200:
+					ok.Add(1)
+					if gen {
+						after200.Add(1)
+					}
+				case resp.StatusCode == 429:
+					limited.Add(1)
+					if gen {
+						after429.Add(1)
+					}
+				default:
+					failed.Add(1)
+				}
+			}
+		}(i)
+	}
+	time.Sleep(time.Second)
+	writeFileAtomic(t, b.cfgPath, strings.ReplaceAll(readFile(t, b.cfgPath), "20/s", "100000/s"))
+	waitFor(t, 10*time.Second, "responses of the new config", newGen.Load)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("limited: %d × 200, %d × 429 (after the reload: %d × 200, %d × 429); other: %d × 200; failed: %d",
+		ok.Load(), limited.Load(), after200.Load(), after429.Load(), other.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d requests failed across the reload", failed.Load())
+	}
+	if limited.Load() == 0 {
+		t.Error("20/s under load never limited: the limit did not apply")
+	}
+	if after200.Load() < 10*after429.Load() {
+		t.Errorf("after the reload to 100000/s: %d × 200, %d × 429: the new limit did not take", after200.Load(), after429.Load())
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
