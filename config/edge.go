@@ -144,11 +144,12 @@ func (d *decoder) complete(path string, n *yaml.Node, fields []field, hint strin
 	return true
 }
 
-// missing names the keys of the mapping at p that were not written.
+// missing names the keys of the mapping at p that were not written, or
+// written with no value.
 func (d *decoder) missing(p string, keys ...string) string {
 	var out []string
 	for _, k := range keys {
-		if _, ok := d.lines[join(p, k)]; !ok {
+		if _, ok := d.lines[join(p, k)]; !ok || d.nulls[join(p, k)] {
 			out = append(out, k)
 		}
 	}

@@ -29,7 +29,7 @@ func Load(path string) (*Config, error) {
 // out keep their defaults; an empty document yields Default(). On failure
 // the error is an ErrorList naming every problem as FILE:LINE: KEY.PATH: MESSAGE.
 func Parse(name string, data []byte) (*Config, error) {
-	d := &decoder{file: name, lines: map[string]int{}, failed: map[string]bool{}}
+	d := &decoder{file: name, lines: map[string]int{}, nulls: map[string]bool{}, failed: map[string]bool{}}
 	root, err := d.document(data)
 	if err != nil {
 		return nil, err
@@ -60,6 +60,9 @@ type decoder struct {
 	// lines maps each key path seen ("workers.count", "static[1].url") to the
 	// line of its value, so validation after decoding can point at it.
 	lines map[string]int
+	// nulls holds the key paths written with no value (`rate:`): they keep
+	// their default, so a required key written that way is still missing.
+	nulls map[string]bool
 	// failed holds the paths whose value could not be decoded.
 	failed map[string]bool
 }
@@ -309,7 +312,9 @@ func (d *decoder) section(path string, n *yaml.Node, fields []field) {
 			if f.key == key {
 				p := join(path, key)
 				d.lines[p] = v.Line
-				if !isNull(v) {
+				if isNull(v) {
+					d.nulls[p] = true
+				} else {
 					f.decode(p, v)
 				}
 				return

@@ -170,7 +170,11 @@ func milliRate(r float64) (int64, error) {
 		return 0, fmt.Errorf("rate %g requests/s: out of range: it is 0.001/s (nginx's resolution; 1/m is 0.016) to %d/s", r, maxRateN)
 	}
 	m := r * 1000
-	if near := math.Round(m); math.Abs(m-near) <= 1e-9*near {
+	// A rate from ParseRate is N or N/60 requests a second: N*1000/60 is a
+	// whole number or a third away from one, while float error at the
+	// largest rate (1e12 thousandths) is a few 1e-4. An absolute tolerance
+	// of 1e-3 lands on nginx's integer either way; a relative one did not.
+	if near := math.Round(m); math.Abs(m-near) <= 1e-3 {
 		m = near
 	}
 	return int64(math.Floor(m)), nil
