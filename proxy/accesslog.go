@@ -153,6 +153,8 @@ func appendJSON(b []byte, e *logEntry) []byte {
 	b = appendJSONString(b, e.in.ServerName)
 	b = append(b, `,"request_id":`...)
 	b = appendJSONString(b, e.reqID)
+	b = append(b, `,"user":`...)
+	b = appendJSONString(b, e.user)
 	b = append(b, `,"upstream_duration_ms":`...)
 	if e.up == nil || e.up.n == 0 {
 		b = append(b, "null"...)

@@ -138,7 +138,7 @@ func TestCombinedParsedByLogTools(t *testing.T) {
 // jsonFields are the JSON log's documented field names (README "Access
 // log"): a change here is a change users' parsers see.
 var jsonFields = []string{"bytes", "duration_ms", "host", "method", "proto", "referer", "remote", "request_id",
-	"status", "time", "ua", "upstream_duration_ms", "uri", "worker"}
+	"status", "time", "ua", "upstream_duration_ms", "uri", "user", "worker"}
 
 // TestJSONLogParsed decodes every JSON line with a strict JSON decoder and
 // checks the stable field set and each field's type.

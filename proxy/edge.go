@@ -98,7 +98,7 @@ func newEdgeMetrics(reg *prometheus.Registry) *edgeMetrics {
 	})
 	m.h2Violations = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "berth_h2_violations_total",
-		Help: "HTTP/2 connections ended with GOAWAY for abuse, by reason: flood (frames carrying next to nothing), header-block-frames, header-block-timeout.",
+		Help: "HTTP/2 connections ended with GOAWAY for abuse, by reason: flood (frames carrying next to nothing), rapid-reset, header-block-frames, header-block-timeout.",
 	}, []string{"reason"})
 	m.compressed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "berth_compressed_responses_total",
