@@ -103,19 +103,14 @@ func (s *Server) websocket(rs *reqState, r *http.Request, st *settings, stream *
 			extra = append(extra, [2]string{name, v})
 		}
 	}
-	if ci := connInfoOf(r); ci.framed != nil {
-		// From the handshake on, the connection speaks websocket: the
-		// HTTP/1.1 framer lets its bytes through unjudged.
-		ci.framed.tunnel()
-	}
 	raw, brw, err := hj.Hijack()
 	if err != nil {
 		s.reqLogf(rs, "worker %s: websocket: taking the connection over failed: %v", wk.id, err)
 		stream.sendCode(asgiwire.FrameDisconnect, 1006)
 		return done, response{src: srcNone}
 	}
-	// Bytes net/http read past the handshake are the first frames; its
-	// buffers are not kept.
+	// Bytes read past the handshake are the first frames; the
+	// connection's buffers are not kept.
 	var prefix []byte
 	if n := brw.Reader.Buffered(); n > 0 {
 		prefix, _ = brw.Reader.Peek(n)

@@ -4,8 +4,6 @@ package proxy
 // believing X-Forwarded-For and -Proto only from trusted proxies.
 
 import (
-	"context"
-	"crypto/tls"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/berth-dev/berth/proxy/cgi"
+	"github.com/berth-dev/berth/proxy/http1"
 )
 
 // connInfo is computed once per client connection.
@@ -21,21 +20,17 @@ type connInfo struct {
 	remotePort string
 	remoteIP   netip.Addr // invalid for unix sockets
 	localHost  string
-	localPort  string      // "" for unix sockets: the scheme's default is used
-	framed     *framedConn // nil for requests that did not come through Serve
-	tls        bool        // the connection is TLS (ServeTLS), HTTP/1.1 or HTTP/2
+	localPort  string // "" for unix sockets: the scheme's default is used
+	tls        bool   // the connection is TLS (ServeTLS), HTTP/1.1 or HTTP/2
+	// h1 is the HTTP/1.1 connection (conn.go); nil for HTTP/2 and for
+	// requests that did not come through Serve.
+	h1 *h1conn
+	// refused is the Framer's or the head parser's refusal of the request
+	// being served on h1, which the pipeline answers; nil: none.
+	refused *http1.Rejection
 }
 
 type connKey struct{}
-
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	ci := newConnInfo(c.RemoteAddr(), c.LocalAddr())
-	if fc, ok := c.(*framedConn); ok {
-		ci.framed = fc
-		_, ci.tls = fc.Conn.(*tls.Conn)
-	}
-	return context.WithValue(ctx, connKey{}, ci)
-}
 
 func newConnInfo(remote, local net.Addr) *connInfo {
 	ci := &connInfo{remoteHost: "unix:", localHost: "localhost"}

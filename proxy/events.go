@@ -101,9 +101,13 @@ func (s *Server) housekeeping() {
 				s.emit(control.Message{Type: control.TypeStats, Stats: &st})
 			}
 			return
-		case <-t.C:
+		case now := <-t.C:
+			s.tickClock(now)
 		}
 		s.alog.flush()
+		if tick%2 == 0 {
+			s.h1.sweep(s.clock.Load())
+		}
 		for _, rt := range s.routers() {
 			rt.kick()
 		}

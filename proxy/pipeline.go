@@ -84,6 +84,11 @@ func (s *Server) ingress(rs *reqState, r *http.Request, st *settings) response {
 		rs.rw.Header().Set("Connection", "close")
 		return berthError(rs, rej.Status, "berth: bad request: "+rej.Reason+"\n")
 	}
+	if r.Method == http.MethodOptions && r.RequestURI == "*" {
+		// A question to the server itself (RFC 9110 §9.3.7), not to
+		// the app: nothing to add to an empty 200.
+		return response{src: srcBytes, status: http.StatusOK}
+	}
 	if status, why := checkRequest(r); status != 0 {
 		s.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
 		h := rs.rw.Header()

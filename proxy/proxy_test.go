@@ -998,7 +998,7 @@ func TestLogFormatsExact(t *testing.T) {
 	if got, want := string(appendCombined(nil, e)), `10.1.2.3 - - [09/Mar/2024:07:05:03 -0500] "GET /a\x22b\x01 HTTP/1.1" 404 12 "-" "\xC3\xBC\x22\x0A"`+"\n"; got != want {
 		t.Errorf("combined\n got %s\nwant %s", got, want)
 	}
-	if got, want := string(appendJSON(nil, e)), `{"time":"2024-03-09T07:05:03.000-05:00","remote":"10.1.2.3","method":"GET","uri":"/a\"b\u0001","proto":"HTTP/1.1","status":404,"bytes":12,"duration_ms":1.500,"worker":"2.1","ua":"ü\"\n","referer":"","host":"example.com","request_id":"0123456789abcdef0123456789abcdef","upstream_duration_ms":1.200}`+"\n"; got != want {
+	if got, want := string(appendJSON(nil, e)), `{"time":"2024-03-09T07:05:03.000-05:00","remote":"10.1.2.3","method":"GET","uri":"/a\"b\u0001","proto":"HTTP/1.1","status":404,"bytes":12,"duration_ms":1.500,"worker":"2.1","ua":"ü\"\n","referer":"","host":"example.com","request_id":"0123456789abcdef0123456789abcdef","user":"","upstream_duration_ms":1.200}`+"\n"; got != want {
 		t.Errorf("json\n got %s\nwant %s", got, want)
 	}
 }

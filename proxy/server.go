@@ -107,6 +107,13 @@ type Server struct {
 	ids *idGen // request IDs
 
 	access *accessState // rate limits' buckets, the connection counter (access.go)
+
+	h1 h1conns // HTTP/1.1 connections and listeners (conn.go)
+	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
+	// for timestamps on the request path; date is the Date field of that
+	// second, "Date: ...\r\n".
+	clock atomic.Int64
+	date  atomic.Pointer[[]byte]
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -140,12 +147,14 @@ func New(opts Options) *Server {
 	st, _ := compile(control.Proxy{})
 	s.cfg.Store(st)
 	s.reqPool.New = func() any { return new(reqState) }
+	s.tickClock(time.Now())
+	// HTTP/1.1 is conn.go's; this http.Server only carries HTTP/2's
+	// settings and its graceful shutdown hook (tls.go).
 	s.http = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes - 4096,
-		ConnContext:       connContext,
 		ErrorLog:          s.elog,
 	}
 	s.newH2()
@@ -187,7 +196,16 @@ func (s *Server) SetWorkers(ws []control.Worker) error {
 // Serve accepts HTTP/1.1 connections on l until Shutdown; it then returns
 // http.ErrServerClosed. It may be called for several listeners at once.
 func (s *Server) Serve(l net.Listener) error {
-	return s.http.Serve(framedListener{l})
+	return s.serveListener(l, s.serveConn)
+}
+
+// tickClock sets the coarse clock and the Date field.
+func (s *Server) tickClock(now time.Time) {
+	prev := s.clock.Swap(now.UnixNano())
+	if s.date.Load() == nil || prev/int64(time.Second) != now.UnixNano()/int64(time.Second) {
+		d := []byte("Date: " + now.UTC().Format(http.TimeFormat) + "\r\n")
+		s.date.Store(&d)
+	}
 }
 
 // Shutdown stops accepting, closes idle client and worker connections,
@@ -201,12 +219,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.up.shutdown()
 	cancelDrain := s.drainOnStop(ctx)
 	defer cancelDrain()
-	err := s.http.Shutdown(ctx)
+	s.http.Shutdown(ctx) // its hook sends HTTP/2 GOAWAY (it serves nothing itself)
+	err := s.shutdownH1(ctx)
 	if err == nil {
 		err = s.waitWebsockets(ctx)
 	}
 	if err != nil {
-		s.http.Close()
 		// Past graceful_timeout: what is left ends now, websockets with
 		// their closing handshake (bounded by drainGrace and the
 		// library's own close timeout).

@@ -4,10 +4,9 @@ package proxy
 // dispatches on ALPN: "h2" goes to golang.org/x/net/http2's ServeConn with
 // the same handler (HTTP/2 frames its own messages, and x/net/http2 checks
 // content-length against the DATA it gets), anything else is HTTP/1.1 and
-// goes through the same http1.Framer (framing.go) as a plain connection, then to
-// the same http.Server. net/http therefore never sees a *tls.Conn: the
-// connection's TLS-ness travels in connInfo, so the app sees
-// wsgi.url_scheme https and HTTPS=on either way.
+// is served by conn.go like a plain connection. The connection's
+// TLS-ness travels in connInfo, so the app sees wsgi.url_scheme https and
+// HTTPS=on either way.
 //
 // Certificates come from the config (the supervisor reads the files and
 // sends their PEM) and are picked per handshake from the settings in
@@ -109,59 +108,13 @@ func (s *Server) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, erro
 // ServeTLS accepts TLS connections on l until Shutdown, serving HTTP/2 or
 // HTTP/1.1 as each client's ALPN says; it then returns
 // http.ErrServerClosed. It may be called for several listeners at once.
+// Handshakes run on each connection's goroutine, so a slow client holds no
+// one else up.
 func (s *Server) ServeTLS(l net.Listener) error {
-	tl := &tlsListener{s: s, inner: l, conns: make(chan net.Conn), done: make(chan struct{}), failed: make(chan error, 1)}
-	go tl.accept()
-	return s.http.Serve(framedListener{tl})
+	return s.serveListener(l, s.handshake)
 }
 
-// tlsListener hands net/http the HTTP/1.1 connections whose handshake is
-// done; handshakes run on a goroutine each, so a slow client holds no one
-// else up.
-type tlsListener struct {
-	s      *Server
-	inner  net.Listener
-	conns  chan net.Conn
-	done   chan struct{}
-	failed chan error // the inner listener's fatal error
-	once   sync.Once
-}
-
-func (tl *tlsListener) accept() {
-	var delay time.Duration
-	for {
-		c, err := tl.inner.Accept()
-		if err != nil {
-			select {
-			case <-tl.done:
-				return
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
-				tl.failed <- err
-				return
-			}
-			// EMFILE and friends: back off as net/http does.
-			if delay == 0 {
-				delay = 5 * time.Millisecond
-			} else if delay *= 2; delay > time.Second {
-				delay = time.Second
-			}
-			tl.s.logf("accept %s: %v; retrying in %s", tl.inner.Addr(), err, delay)
-			select {
-			case <-time.After(delay):
-			case <-tl.done:
-				return
-			}
-			continue
-		}
-		delay = 0
-		go tl.handshake(c)
-	}
-}
-
-func (tl *tlsListener) handshake(c net.Conn) {
-	s := tl.s
+func (s *Server) handshake(c net.Conn) {
 	tc := tls.Server(c, s.tlsConf)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
@@ -176,34 +129,8 @@ func (tl *tlsListener) handshake(c net.Conn) {
 		s.serveH2(tc)
 		return
 	}
-	select {
-	case tl.conns <- tc:
-	case <-tl.done:
-		tc.Close()
-	}
+	s.serveConn(tc)
 }
-
-func (tl *tlsListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-tl.conns:
-		return c, nil
-	case err := <-tl.failed:
-		return nil, err
-	case <-tl.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (tl *tlsListener) Close() error {
-	var err error
-	tl.once.Do(func() {
-		close(tl.done)
-		err = tl.inner.Close()
-	})
-	return err
-}
-
-func (tl *tlsListener) Addr() net.Addr { return tl.inner.Addr() }
 
 // h2conns tracks the HTTP/2 connections, which net/http does not: Shutdown
 // waits for them and closes what is left at its deadline.

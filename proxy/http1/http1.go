@@ -41,6 +41,9 @@ import (
 // longer one is refused with 431, as net/http's MaxHeaderBytes would.
 const MaxHead = 32 << 10
 
+// maxChunkLine bounds a chunk-size line, extensions included.
+const maxChunkLine = 4 << 10
+
 // maxTrailer bounds the trailer section of a chunked request body.
 const maxTrailer = 16 << 10
 
@@ -78,7 +81,7 @@ type Framer struct {
 	// chunk-size line: 0 digits, 1 blanks after them, 2 extension, 3 got CR
 	phase   int
 	digits  int
-	line    int  // stTrailer: bytes in the current line
+	line    int  // stChunkSize, stTrailer: bytes in the current line
 	cr      bool // stTrailer, stChunkEnd: a CR was seen
 	trailer int  // stTrailer: bytes so far
 	rej     *Rejection
@@ -127,7 +130,7 @@ func (f *Framer) Scan(b []byte) (ok, n int) {
 			f.heads++
 			switch {
 			case fr.chunked:
-				f.state, f.phase, f.digits, f.left = stChunkSize, 0, 0, 0
+				f.state, f.phase, f.digits, f.left, f.line = stChunkSize, 0, 0, 0, 0
 			case fr.length > 0:
 				f.state, f.left = stBody, fr.length
 			}
@@ -152,33 +155,35 @@ func (f *Framer) Scan(b []byte) (ok, n int) {
 			}
 			f.pos++
 		case stChunkEnd:
+			// A broken byte is not let through (cut before it), so a
+			// decoder behind the Framer never sees one.
 			c := b[f.pos]
-			f.pos++
 			switch {
 			case c == '\r' && !f.cr:
 				f.cr = true
 			case c == '\n' && f.cr:
-				f.state, f.phase, f.digits = stChunkSize, 0, 0
+				f.state, f.phase, f.digits, f.line = stChunkSize, 0, 0, 0
 			default:
 				return f.cut()
 			}
+			f.pos++
 		case stTrailer:
 			c := b[f.pos]
-			f.pos++
-			f.trailer++
-			if f.trailer > maxTrailer {
+			if f.trailer++; f.trailer > maxTrailer {
 				return f.cut()
 			}
 			switch {
 			case c == '\n':
 				if !f.cr {
-					return f.cut() // bare LF: net/http would take it, the Framer does not
+					return f.cut() // bare LF: the grammar is CRLF
 				}
+				f.pos++
 				if f.line == 1 { // just the CR: the empty line ends the body
 					f.state, f.head = stHead, f.pos
 					continue
 				}
 				f.line, f.cr = 0, false
+				continue
 			case f.cr:
 				return f.cut() // bare CR
 			case c == '\r':
@@ -187,6 +192,7 @@ func (f *Framer) Scan(b []byte) (ok, n int) {
 			default:
 				f.line++
 			}
+			f.pos++
 		default: // stRejected, stCut
 			f.pos = n
 		}
@@ -201,6 +207,11 @@ func (f *Framer) Scan(b []byte) (ok, n int) {
 // 1*HEXDIG, then chunk extensions, CRLF); false means the line is broken.
 // Sizes are at most 16 hex digits (int64), as net/http's limit.
 func (f *Framer) chunkSizeByte(c byte) bool {
+	// RFC 9112 §7.1.1: a server ought to limit extensions; berth allows a
+	// chunk line of 4 KiB, as net/http's chunked reader did.
+	if f.line++; f.line > maxChunkLine {
+		return false
+	}
 	switch f.phase {
 	case 0: // digits
 		if v, ok := unhex(c); ok {
@@ -271,7 +282,7 @@ func (f *Framer) Shift(n int) {
 }
 
 // cut ends the stream inside a body: what came before the broken byte
-// goes through, then reads fail with ErrBadChunked.
+// goes through (never the byte itself), then reads fail with ErrBadChunked.
 func (f *Framer) cut() (int, int) {
 	f.state = stCut
 	return f.pos, f.pos
@@ -734,3 +745,22 @@ func (f *Framer) Rejected() *Rejection {
 
 // Broken says whether a body's framing broke: nothing more may be read.
 func (f *Framer) Broken() bool { return f.state == stCut }
+
+// BodyLeft is how many bytes of a Content-Length body the Framer still
+// expects; 0 outside one. A reader with nothing buffered may read up to
+// that many straight into its caller's buffer and pass them with SkipBody.
+func (f *Framer) BodyLeft() int64 {
+	if f.state != stBody {
+		return 0
+	}
+	return f.left
+}
+
+// SkipBody passes n bytes of a Content-Length body read outside the
+// Framer's buffer (n ≤ BodyLeft), which must hold nothing unscanned.
+func (f *Framer) SkipBody(n int64) {
+	f.left -= n
+	if f.left == 0 {
+		f.state, f.head = stHead, f.pos
+	}
+}

@@ -17,6 +17,8 @@ import (
 	"io"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sock is one socket's raw reads and writes. syscall.RawConn takes a
@@ -40,12 +42,164 @@ type Sock struct {
 
 	peeked bool
 	peekFn func(uintptr) bool
+
+	// ReadPooled's buffer source, and Writev's and Sendfile's arguments.
+	get        func() []byte
+	put        func([]byte)
+	pooledFn   func(uintptr) bool
+	iov        [][]byte
+	writevFn   func(uintptr) bool
+	infd       int
+	sfLeft     int64
+	sfDone     int64
+	sendfileFn func(uintptr) bool
 }
 
 func New(rc syscall.RawConn) *Sock {
 	s := &Sock{rc: rc}
 	s.readFn, s.writeFn, s.peekFn = s.doRead, s.doWrite, s.doPeek
+	s.pooledFn, s.writevFn, s.sendfileFn = s.doReadPooled, s.doWritev, s.doSendfile
 	return s
+}
+
+// SetPool gives ReadPooled its buffers: get returns an empty buffer with
+// room, put takes back one that got nothing.
+func (s *Sock) SetPool(get func() []byte, put func([]byte)) { s.get, s.put = get, put }
+
+// ReadPooled reads into a buffer from the pool (SetPool), taken only once
+// the socket has bytes: a connection waiting for its next request holds no
+// buffer while it waits. It returns the buffer and the bytes read into it
+// (buf[:n]); buf is nil when the read failed (io.EOF at the end of the
+// stream).
+func (s *Sock) ReadPooled() (buf []byte, n int, err error) {
+	s.rbuf, s.rn, s.rerrno = nil, 0, 0
+	err = s.rc.Read(s.pooledFn)
+	buf, n, errno := s.rbuf, s.rn, s.rerrno
+	s.rbuf = nil
+	switch {
+	case err == nil && errno != 0:
+		err = errno
+	case err == nil && n == 0:
+		err = io.EOF
+	}
+	if err != nil {
+		if buf != nil {
+			s.put(buf)
+		}
+		return nil, 0, err
+	}
+	return buf, n, nil
+}
+
+func (s *Sock) doReadPooled(fd uintptr) bool {
+	if s.rbuf == nil {
+		s.rbuf = s.get()
+	}
+	p := s.rbuf[len(s.rbuf):cap(s.rbuf)]
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			s.put(s.rbuf)
+			s.rbuf = nil
+			return false
+		}
+		s.rn, s.rerrno = int(r), e
+		return true
+	}
+}
+
+// Writev writes all of the buffers, in one system call when the socket
+// takes them, waiting in the netpoller while its buffer is full. The
+// slices of iov are advanced as they are written.
+func (s *Sock) Writev(iov [][]byte) (int64, error) {
+	s.iov, s.wdone, s.werrno = iov, 0, 0
+	err := s.rc.Write(s.writevFn)
+	done, errno := s.wdone, s.werrno
+	s.iov = nil
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return int64(done), err
+}
+
+func (s *Sock) doWritev(fd uintptr) bool {
+	var vec [8]syscall.Iovec
+	for {
+		for len(s.iov) > 0 && len(s.iov[0]) == 0 {
+			s.iov = s.iov[1:]
+		}
+		if len(s.iov) == 0 {
+			return true
+		}
+		n := 0
+		for _, b := range s.iov {
+			if n == len(vec) {
+				break
+			}
+			if len(b) > 0 {
+				vec[n].Base = &b[0]
+				vec[n].SetLen(len(b))
+				n++
+			}
+		}
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vec[0])), uintptr(n))
+		switch e {
+		case 0:
+			s.wdone += int(r)
+			for w := int(r); w > 0; {
+				k := min(w, len(s.iov[0]))
+				s.iov[0] = s.iov[0][k:]
+				w -= k
+				if len(s.iov[0]) == 0 {
+					s.iov = s.iov[1:]
+				}
+			}
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+}
+
+// Sendfile sends n bytes of the file infd from its current offset,
+// waiting in the netpoller while the socket buffer is full. It returns
+// the bytes sent; fewer than n with a nil error means the file ended.
+func (s *Sock) Sendfile(infd int, n int64) (int64, error) {
+	s.infd, s.sfLeft, s.sfDone, s.werrno = infd, n, 0, 0
+	err := s.rc.Write(s.sendfileFn)
+	done, errno := s.sfDone, s.werrno
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return done, err
+}
+
+func (s *Sock) doSendfile(fd uintptr) bool {
+	for s.sfLeft > 0 {
+		chunk := min(s.sfLeft, 1<<30)
+		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDFILE, fd, uintptr(s.infd), 0, uintptr(chunk), 0, 0)
+		switch e {
+		case 0:
+			if r == 0 {
+				return true // the file is shorter than promised
+			}
+			s.sfDone += int64(r)
+			s.sfLeft -= int64(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
 }
 
 // Read reads into p, waiting in the netpoller while nothing is there. It
@@ -129,4 +283,20 @@ func (s *Sock) doPeek(fd uintptr) bool {
 		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 	s.peeked = e == 0 // a byte, or EOF: either way the socket is not idle
 	return true
+}
+
+// PeerGone says, without waiting or taking a byte, whether the peer of
+// the socket behind rc has closed or shut down its side (POLLRDHUP, what
+// nginx watches a waiting client for): true even when bytes it sent are
+// still unread, which a peek would not tell.
+func PeerGone(rc syscall.RawConn) bool {
+	gone := false
+	rc.Control(func(fd uintptr) {
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		n, err := unix.Poll(fds[:], 0)
+		if err == nil && n > 0 {
+			gone = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone
 }
