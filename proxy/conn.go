@@ -889,7 +889,6 @@ func (w *h1writer) Write(p []byte) (int, error) {
 	return len(p), short
 }
 
-
 func (w *h1writer) Flush() {
 	if w.c.hijacked {
 		return
