@@ -468,25 +468,23 @@ func (c *h1conn) check(now int64) {
 			c.expire(ph, true)
 			return
 		}
-		limit = idleTimeout
+		limit = c.s.to.idle
 	case phHead:
-		limit = readHeaderTimeout
+		limit = c.s.to.head
 	case phBody:
-		if dl := c.rdl.Load(); dl != 0 {
-			if now > dl {
-				c.expire(ph, true)
-			}
+		// The pipeline's deadline (http.ResponseController), or the
+		// timeout since the last read, whichever comes first.
+		if dl := c.rdl.Load(); dl != 0 && now > dl {
+			c.expire(ph, true)
 			return
 		}
-		limit = clientBodyTimeout
+		limit = c.s.to.body
 	case phWrite:
-		if dl := c.wdl.Load(); dl != 0 {
-			if now > dl {
-				c.expire(ph, false)
-			}
+		if dl := c.wdl.Load(); dl != 0 && now > dl {
+			c.expire(ph, false)
 			return
 		}
-		limit = sendTimeout
+		limit = c.s.to.send
 	case phHandler:
 		if c.rc != nil && rawsock.PeerGone(c.rc) {
 			c.markGone()
@@ -1203,6 +1201,13 @@ var statusLines = func() (t [1000]string) {
 }()
 
 func statusLine(code int) string { return statusLines[code] }
+
+// timeouts are the client timeouts the tick enforces, nginx's names:
+// keepalive_timeout, client_header_timeout, client_body_timeout (between
+// two reads) and send_timeout (between two writes).
+type timeouts struct{ idle, head, body, send time.Duration }
+
+var defaultTimeouts = timeouts{idle: idleTimeout, head: readHeaderTimeout, body: clientBodyTimeout, send: sendTimeout}
 
 // h1conns is the set of open HTTP/1.1 connections and listeners, for the
 // tick's timeouts and for Shutdown.

@@ -238,8 +238,18 @@ func defaultConfig() control.Proxy {
 
 func startProxy(t testing.TB, cfg control.Proxy, workers ...*fakeWorker) *harness {
 	t.Helper()
+	return startProxyWith(t, cfg, nil, workers...)
+}
+
+// startProxyWith is startProxy with setup run on the Server before it
+// serves (unexported knobs such as its timeouts).
+func startProxyWith(t testing.TB, cfg control.Proxy, setup func(*Server), workers ...*fakeWorker) *harness {
+	t.Helper()
 	h := &harness{t: t, alog: &syncBuf{}, elog: &syncBuf{}}
 	h.srv = New(Options{AccessLog: h.alog, ErrorLog: h.elog, TempDir: tempDir(t)})
+	if setup != nil {
+		setup(h.srv)
+	}
 	if err := h.srv.SetConfig(cfg); err != nil {
 		t.Fatal(err)
 	}

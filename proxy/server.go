@@ -109,6 +109,7 @@ type Server struct {
 	access *accessState // rate limits' buckets, the connection counter (access.go)
 
 	h1 h1conns // HTTP/1.1 connections and listeners (conn.go)
+	to timeouts
 	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
 	// for timestamps on the request path; date is the Date field of that
 	// second, "Date: ...\r\n".
@@ -148,6 +149,7 @@ func New(opts Options) *Server {
 	s.cfg.Store(st)
 	s.reqPool.New = func() any { return new(reqState) }
 	s.tickClock(time.Now())
+	s.to = defaultTimeouts
 	// HTTP/1.1 is conn.go's; this http.Server only carries HTTP/2's
 	// settings and its graceful shutdown hook (tls.go).
 	s.http = &http.Server{

@@ -659,19 +659,6 @@ func TestUpstreamUwsgiHealthCheck(t *testing.T) {
 	}
 }
 
-// startProxyWith is startProxy with a hook run on the server before its
-// first config.
-func startProxyWith(t *testing.T, cfg control.Proxy, hook func(*Server)) *harness {
-	t.Helper()
-	empty := defaultConfig()
-	h := startProxy(t, empty)
-	hook(h.srv)
-	if err := h.srv.SetConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
 func TestUpstreamRouteMatching(t *testing.T) {
 	st := &settings{routes: []route{{url: "/api", g: &group{name: "api"}}, {url: "/v2/", g: &group{name: "v2"}}, {url: "/", g: &group{name: "all"}}}}
 	for _, tc := range []struct{ path, want string }{
