@@ -1085,8 +1085,8 @@ func (w *h1writer) ReadFrom(src io.Reader) (int64, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	f, limit := sendfileSource(src)
-	if f == nil || w.c.raw == nil || w.noBody || w.chunked || (!w.committed && w.clen < 0) {
+	fd, off, limit, done := sendfileSource(src)
+	if fd == nil || w.c.raw == nil || w.noBody || w.chunked || (!w.committed && w.clen < 0) {
 		bp := getBuf()
 		defer putBuf(bp)
 		return io.CopyBuffer(writerOnly{w}, src, (*bp)[:cap(*bp)])
@@ -1098,19 +1098,15 @@ func (w *h1writer) ReadFrom(src io.Reader) (int64, error) {
 	if limit < 0 || w.clen-w.written < limit {
 		limit = w.clen - w.written
 	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	var sent int64
 	var serr error
 	conn := w.c
 	prev := conn.phase.Swap(phWrite)
-	cerr := rc.Control(func(fd uintptr) {
+	cerr := fd(func(fd int) {
 		for sent < limit && serr == nil {
 			conn.since.Store(conn.s.clock.Load())
 			var k int64
-			k, serr = conn.raw.Sendfile(int(fd), min(limit-sent, 1<<20))
+			k, serr = conn.raw.Sendfile(fd, off, min(limit-sent, 1<<20))
 			sent += k
 			if k == 0 && serr == nil {
 				break // the file is shorter than its size said
@@ -1119,34 +1115,48 @@ func (w *h1writer) ReadFrom(src io.Reader) (int64, error) {
 	})
 	conn.phase.CompareAndSwap(phWrite, prev)
 	w.written += sent
+	done(sent)
 	if serr == nil {
 		serr = cerr
 	}
 	if serr != nil {
 		w.err, w.closeAfter = serr, true
 	}
-	if lr, ok := src.(*io.LimitedReader); ok {
-		lr.N -= sent
-	}
 	return sent, serr
+}
+
+// sendfileSource finds the file behind r (io.CopyN wraps it in a
+// LimitedReader): a function that runs f with its descriptor, the offset
+// to send from (nil: the file's position), the limit (-1: none) and a
+// function to call with the bytes sent. fd is nil when r is no file.
+func sendfileSource(r io.Reader) (fd func(func(int)) error, off *int64, limit int64, done func(int64)) {
+	limit = -1
+	lr, _ := r.(*io.LimitedReader)
+	if lr != nil {
+		r, limit = lr.R, lr.N
+	}
+	done = func(n int64) {
+		if lr != nil {
+			lr.N -= n
+		}
+	}
+	switch f := r.(type) {
+	case *staticFile:
+		return func(fn func(int)) error { fn(f.of.fd); return nil }, &f.off, limit, done
+	case *os.File:
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return nil, nil, 0, nil
+		}
+		return func(fn func(int)) error {
+			return rc.Control(func(fd uintptr) { fn(int(fd)) })
+		}, nil, limit, done
+	}
+	return nil, nil, 0, nil
 }
 
 // writerOnly hides ReadFrom from io.CopyBuffer.
 type writerOnly struct{ io.Writer }
-
-// sendfileSource finds the file behind r (io.CopyN wraps it in a
-// LimitedReader); limit is -1 when r is the file itself.
-func sendfileSource(r io.Reader) (*os.File, int64) {
-	switch v := r.(type) {
-	case *os.File:
-		return v, -1
-	case *io.LimitedReader:
-		if f, ok := v.R.(*os.File); ok {
-			return f, v.N
-		}
-	}
-	return nil, 0
-}
 
 // SetReadDeadline and SetWriteDeadline are http.ResponseController's:
 // the tick enforces them.

@@ -6,11 +6,9 @@ package proxy
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/control"
@@ -72,11 +70,6 @@ func compileStatic(s control.Static) (*mount, error) {
 	}
 	m.dir = dir
 	return m, nil
-}
-
-// openFile opens a single-file mapping's file.
-func (m *mount) openFile() (*os.File, error) {
-	return os.OpenFile(m.file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 }
 
 // edgeMetrics are the edge features' series.

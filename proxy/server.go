@@ -108,8 +108,9 @@ type Server struct {
 
 	access *accessState // rate limits' buckets, the connection counter (access.go)
 
-	h1 h1conns // HTTP/1.1 connections and listeners (conn.go)
-	to timeouts
+	h1    h1conns   // HTTP/1.1 connections and listeners (conn.go)
+	files openFiles // static files kept open (openfiles.go)
+	to    timeouts
 	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
 	// for timestamps on the request path; date is the Date field of that
 	// second, "Date: ...\r\n".
@@ -240,6 +241,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.bg.Wait()
+	s.files.clear()
 	return err
 }
 

@@ -73,18 +73,15 @@ func (s *Server) serveStatic(rs *reqState, r *http.Request, st *settings, m *mou
 		w.Header().Set("Allow", "GET, HEAD")
 		return berthError(rs, http.StatusMethodNotAllowed, "berth: static files answer GET and HEAD only\n")
 	}
-	var f *os.File
-	var err error
 	if m.file != "" {
-		rel = filepath.Base(m.file)
-		f, err = m.openFile()
+		rel = filepath.Base(m.file) // dir is the file's directory
 	} else {
 		rel = strings.TrimLeft(rel, "/")
 		if rel == "" || strings.HasSuffix(rel, "/") || strings.IndexByte(rel, 0) >= 0 {
 			return berthError(rs, http.StatusNotFound, "404 page not found\n")
 		}
-		f, err = m.open(rel)
 	}
+	f, err := s.files.open(m, rel)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
 			return berthError(rs, http.StatusForbidden, "403 forbidden\n")
@@ -92,10 +89,7 @@ func (s *Server) serveStatic(rs *reqState, r *http.Request, st *settings, m *mou
 		return berthError(rs, http.StatusNotFound, "404 page not found\n")
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		return berthError(rs, http.StatusNotFound, "404 page not found\n")
-	}
+	fi := f.Stat()
 	h := w.Header()
 	ct := contentType(rel)
 	h["Content-Type"] = []string{ct}
@@ -141,49 +135,58 @@ var openat2Usable atomic.Bool
 
 func init() { openat2Usable.Store(true) }
 
-// open opens rel below m.dir for reading. With openat2 and
-// RESOLVE_BENEATH the kernel refuses, in one call, any ".." or symlink
-// leading out of the directory; otherwise os.Root does the same component
-// by component. O_NONBLOCK: opening a FIFO left in the tree must not hang.
-func (m *mount) open(rel string) (*os.File, error) {
+// openFD opens rel below m.dir (whose handle is h) for reading. With
+// openat2 and RESOLVE_BENEATH the kernel refuses, in one call, any ".." or
+// symlink leading out of the directory; otherwise os.Root does the same
+// component by component. O_NONBLOCK: opening a FIFO left in the tree must
+// not hang.
+func (m *mount) openFD(h *dirHandle, rel string) (int, error) {
 	if openat2Usable.Load() {
-		h := m.handle()
-		if h.fd < 0 {
-			return nil, fs.ErrNotExist
-		}
 		fd, err := unix.Openat2(h.fd, rel, &unix.OpenHow{
 			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY,
 			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
 		})
-		runtime.KeepAlive(h)
 		switch {
 		case err == nil:
-			return os.NewFile(uintptr(fd), filepath.Join(m.dir, rel)), nil
+			return fd, nil
 		case err == unix.EINTR || err == unix.EAGAIN:
-			return nil, fs.ErrNotExist
+			return -1, fs.ErrNotExist
 		case err == unix.EACCES:
-			return nil, fs.ErrPermission
+			return -1, fs.ErrPermission
 		case err != unix.ENOSYS && err != unix.EPERM:
-			return nil, fs.ErrNotExist // ENOENT, ENOTDIR, ELOOP, EXDEV (escape)...
+			return -1, fs.ErrNotExist // ENOENT, ENOTDIR, ELOOP, EXDEV (escape)...
 		}
 		// ENOSYS, or EPERM that may be a seccomp filter: ask os.Root,
 		// and stop using openat2 if it disagrees.
-		f, rerr := m.openRoot(rel)
+		fd, rerr := m.openRoot(rel)
 		if err == unix.ENOSYS || rerr == nil {
 			openat2Usable.Store(false)
 		}
-		return f, rerr
+		return fd, rerr
 	}
 	return m.openRoot(rel)
 }
 
-func (m *mount) openRoot(rel string) (*os.File, error) {
+// openRoot is openFD through os.Root; the descriptor is a copy, so the
+// os.File (and its poller registration) ends here.
+func (m *mount) openRoot(rel string) (int, error) {
 	root, err := os.OpenRoot(m.dir)
 	if err != nil {
-		return nil, fs.ErrNotExist
+		return -1, fs.ErrNotExist
 	}
 	defer root.Close()
-	return root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	rc.Control(func(raw uintptr) { fd, err = unix.FcntlInt(raw, unix.F_DUPFD_CLOEXEC, 0) })
+	return fd, err
 }
 
 // handle returns the mount's directory handle, reopened when older than

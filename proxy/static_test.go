@@ -206,3 +206,57 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// TestStaticOpenFilesNeverStale: the open-file cache (openfiles.go) serves
+// the file on disk now, whatever it held open: a file replaced by rename,
+// rewritten in place (longer, or the same length with a new mtime),
+// deleted, or swapped for a symlink leading out of the directory.
+func TestStaticOpenFilesNeverStale(t *testing.T) {
+	base := tempDir(t)
+	dir := filepath.Join(base, "static")
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(base, "secret.txt"), []byte("SECRET"), 0o644)
+	p := filepath.Join(dir, "f.txt")
+	write := func(body string, mtime time.Time) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, mtime, mtime)
+	}
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	write("one", t0)
+	cfg := defaultConfig()
+	cfg.Static = []control.Static{{URL: "/static/", Dir: dir}}
+	h := startProxy(t, cfg, startFake(t, "w1", 1, hello))
+	expect := func(status int, body string) {
+		t.Helper()
+		resp, got := h.get("/static/f.txt")
+		if resp.StatusCode != status || status == 200 && got != body {
+			t.Fatalf("got %d %q, want %d %q", resp.StatusCode, got, status, body)
+		}
+	}
+	expect(200, "one")
+	expect(200, "one") // from the open descriptor
+
+	tmp := filepath.Join(dir, ".f.tmp")
+	os.WriteFile(tmp, []byte("two"), 0o644)
+	os.Rename(tmp, p)
+	expect(200, "two") // replaced: another inode
+
+	write("three!", t0) // in place, longer
+	expect(200, "three!")
+	write("four!!", t0.Add(time.Second)) // in place, same length, new mtime
+	expect(200, "four!!")
+
+	os.Remove(p)
+	expect(404, "")
+	os.Symlink(filepath.Join(base, "secret.txt"), p)
+	expect(404, "")
+	h.srv.files.mu.Lock()
+	n := len(h.srv.files.m)
+	h.srv.files.mu.Unlock()
+	if n > maxOpenFiles {
+		t.Fatalf("%d descriptors cached", n)
+	}
+}

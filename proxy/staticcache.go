@@ -16,11 +16,9 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
-	"os"
 	"path"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -70,7 +68,7 @@ func cacheHeaders(h http.Header, m *mount, rel string) {
 // serveEncoded serves a compressible static file in an encoding the client
 // takes, from a sidecar or the memory cache; false: serve the file as it is
 // (Vary is set either way).
-func (s *Server) serveEncoded(w http.ResponseWriter, r *http.Request, st *settings, m *mount, rel string, f *os.File, fi fs.FileInfo) bool {
+func (s *Server) serveEncoded(w http.ResponseWriter, r *http.Request, st *settings, m *mount, rel string, f *staticFile, fi fs.FileInfo) bool {
 	h := w.Header()
 	addVary(h)
 	qBr, qGzip := acceptQ(r.Header["Accept-Encoding"])
@@ -126,21 +124,15 @@ func (s *Server) serveSidecar(w http.ResponseWriter, r *http.Request, m *mount, 
 	if enc == encGzip {
 		ext = ".gz"
 	}
-	var sf *os.File
-	var err error
-	if m.file != "" {
-		sf, err = os.OpenFile(m.file+ext, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	} else {
-		sf, err = m.open(rel + ext)
-	}
+	sf, err := s.files.open(m, rel+ext)
 	if err != nil {
 		return false
 	}
 	defer sf.Close()
-	sfi, err := sf.Stat()
+	sfi := sf.Stat()
 	// Older than its file by more than a moment: left over from an earlier
 	// build (the same build writes both within the same second or two).
-	if err != nil || !sfi.Mode().IsRegular() || sfi.ModTime().Before(fi.ModTime().Add(-2*time.Second)) {
+	if sfi.ModTime().Before(fi.ModTime().Add(-2 * time.Second)) {
 		return false
 	}
 	h := w.Header()

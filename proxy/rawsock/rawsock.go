@@ -50,6 +50,7 @@ type Sock struct {
 	iov        [][]byte
 	writevFn   func(uintptr) bool
 	infd       int
+	sfOff      *int64
 	sfLeft     int64
 	sfDone     int64
 	sendfileFn func(uintptr) bool
@@ -167,13 +168,15 @@ func (s *Sock) doWritev(fd uintptr) bool {
 	}
 }
 
-// Sendfile sends n bytes of the file infd from its current offset,
-// waiting in the netpoller while the socket buffer is full. It returns
-// the bytes sent; fewer than n with a nil error means the file ended.
-func (s *Sock) Sendfile(infd int, n int64) (int64, error) {
-	s.infd, s.sfLeft, s.sfDone, s.werrno = infd, n, 0, 0
+// Sendfile sends n bytes of the file infd from *off (advanced by what was
+// sent; nil: the file's own position), waiting in the netpoller while the
+// socket buffer is full. It returns the bytes sent; fewer than n with a
+// nil error means the file ended.
+func (s *Sock) Sendfile(infd int, off *int64, n int64) (int64, error) {
+	s.infd, s.sfOff, s.sfLeft, s.sfDone, s.werrno = infd, off, n, 0, 0
 	err := s.rc.Write(s.sendfileFn)
 	done, errno := s.sfDone, s.werrno
+	s.sfOff = nil
 	if err == nil && errno != 0 {
 		err = errno
 	}
@@ -183,7 +186,7 @@ func (s *Sock) Sendfile(infd int, n int64) (int64, error) {
 func (s *Sock) doSendfile(fd uintptr) bool {
 	for s.sfLeft > 0 {
 		chunk := min(s.sfLeft, 1<<30)
-		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDFILE, fd, uintptr(s.infd), 0, uintptr(chunk), 0, 0)
+		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDFILE, fd, uintptr(s.infd), uintptr(unsafe.Pointer(s.sfOff)), uintptr(chunk), 0, 0)
 		switch e {
 		case 0:
 			if r == 0 {
