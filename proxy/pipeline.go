@@ -124,6 +124,9 @@ type routing struct {
 
 // route is stage 2.
 func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing) response {
+	if s.acmeChallenge(rs, r) { // ACME: HTTP-01, before every route and the https redirect (acme.go)
+		return response{src: srcNone}
+	}
 	if ts := st.tls; ts != nil {
 		if rs.info.Scheme != "https" {
 			if ts.redirect {
@@ -131,6 +134,9 @@ func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing)
 			}
 		} else if ts.hsts != nil {
 			rs.rw.hsts = ts.hsts
+		}
+		if ts.altSvc != nil && r.ProtoMajor < 3 && connInfoOf(r).tls { // HTTP/3: Alt-Svc on TLS over TCP (h3.go)
+			rs.rw.altSvc = ts.altSvc
 		}
 	}
 	p := r.URL.Path
