@@ -110,6 +110,7 @@ type Supervisor struct {
 
 	listeners      []*listener
 	certs          []control.Certificate // tls.certificates as read and checked
+	acmeRoots      [][]byte              // tls.acme.ca_roots as read and checked
 	proxies        []*proxyProc
 	proxySeq       int
 	proxyFail      int
@@ -294,6 +295,12 @@ func (s *Supervisor) boot() error {
 	if s.certs, err = loadCertificates(s.cfg); err != nil {
 		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
 	}
+	if s.acmeRoots, err = loadACMERoots(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
+	if err := prepareACMEStorage(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
@@ -309,6 +316,11 @@ func (s *Supervisor) boot() error {
 		return err
 	}
 	s.listeners = lns
+	if s.cfg.TLS.HTTP3 {
+		if _, err := s.openUDP(s.listeners, s.cfg.Listen); err != nil {
+			return err
+		}
+	}
 	if err := s.startAdmin(s.cfg.Admin.Listen); err != nil {
 		return err
 	}
