@@ -17,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/berth-dev/berth/proxy/quicsteer"
 	"github.com/quic-go/quic-go"
@@ -28,8 +30,26 @@ type h3State struct {
 	mu     sync.Mutex
 	srv    *http3.Server
 	trs    []*quic.Transport
+	lns    []*quic.Listener
 	closed bool
+	conns  map[*h3Conn]struct{} // open connections, for the drain
 }
+
+// h3Conn is one HTTP/3 connection and its requests in progress.
+type h3Conn struct {
+	c      *quic.Conn
+	active atomic.Int32
+}
+
+type h3ConnKey struct{}
+
+// h3DrainGrace is how long a drain leaves an idle HTTP/3 connection after
+// GOAWAY before closing it: a request the client sent before the GOAWAY
+// reached it is in progress by then. quic-go's clients close such a
+// connection themselves; a client that vanished (a laptop put to sleep)
+// would otherwise hold the drain until its idle timeout, as an idle
+// keep-alive connection would, which net/http closes at once.
+const h3DrainGrace = time.Second
 
 // cidGen issues this proxy's connection IDs, tagged for the steering
 // program the supervisor attached to the socket's reuseport group.
@@ -56,11 +76,12 @@ func (s *Server) ServeHTTP3(pc net.PacketConn, tag byte) error {
 		return http.ErrServerClosed
 	}
 	if h.srv == nil {
+		h.conns = map[*h3Conn]struct{}{}
 		h.srv = &http3.Server{
-			Handler:        s,
+			Handler:        h3Handler{s},
 			MaxHeaderBytes: maxHeaderBytes,
 			IdleTimeout:    idleTimeout,
-			ConnContext:    h3ConnContext,
+			ConnContext:    s.h3ConnContext,
 			// quic-go logs at debug level only what berth's own log
 			// and metrics say better.
 			Logger: slog.New(slog.DiscardHandler),
@@ -81,6 +102,14 @@ func (s *Server) ServeHTTP3(pc net.PacketConn, tag byte) error {
 	if err != nil {
 		return fmt.Errorf("http3 on %s: %w", pc.LocalAddr(), err)
 	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	h.lns = append(h.lns, ln)
+	h.mu.Unlock()
 	err = srv.ServeListener(ln)
 	ln.Close()
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) {
@@ -90,11 +119,34 @@ func (s *Server) ServeHTTP3(pc net.PacketConn, tag byte) error {
 }
 
 // h3ConnContext gives an HTTP/3 connection the connInfo every front
-// gives its connections: the client's address and port, and TLS.
-func h3ConnContext(ctx context.Context, c *quic.Conn) context.Context {
+// gives its connections (the client's address and port, and TLS), and
+// tracks it for the drain until it closes.
+func (s *Server) h3ConnContext(ctx context.Context, c *quic.Conn) context.Context {
 	ci := newConnInfo(udpAsTCP(c.RemoteAddr()), udpAsTCP(c.LocalAddr()))
 	ci.tls = true
-	return context.WithValue(ctx, connKey{}, ci)
+	hc := &h3Conn{c: c}
+	h := &s.h3
+	h.mu.Lock()
+	h.conns[hc] = struct{}{}
+	h.mu.Unlock()
+	context.AfterFunc(c.Context(), func() {
+		h.mu.Lock()
+		delete(h.conns, hc)
+		h.mu.Unlock()
+	})
+	return context.WithValue(context.WithValue(ctx, connKey{}, ci), h3ConnKey{}, hc)
+}
+
+// h3Handler counts each connection's requests in progress around
+// ServeHTTP, so a drain knows which connections are idle.
+type h3Handler struct{ s *Server }
+
+func (h h3Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if hc, ok := r.Context().Value(h3ConnKey{}).(*h3Conn); ok {
+		hc.active.Add(1)
+		defer hc.active.Add(-1)
+	}
+	h.s.ServeHTTP(w, r)
 }
 
 func udpAsTCP(a net.Addr) net.Addr {
@@ -114,17 +166,51 @@ func (s *Server) shutdownH3(ctx context.Context) <-chan error {
 	h.mu.Lock()
 	h.closed = true
 	srv, trs := h.srv, h.trs
+	// Closed now, not when srv.Shutdown gets to it: from here a new
+	// connection's Initial is dropped (quic-go answers no handshake).
+	for _, ln := range h.lns {
+		ln.Close()
+	}
 	h.mu.Unlock()
 	if srv == nil {
 		done <- nil
 		return done
 	}
+	stopped := make(chan struct{})
 	go func() {
 		err := srv.Shutdown(ctx)
+		close(stopped)
 		for _, tr := range trs {
 			tr.Close()
 		}
 		done <- err
+	}()
+	go func() {
+		// Idle connections are closed once GOAWAY has had time to
+		// arrive; one with requests in progress is closed when they end.
+		grace := time.NewTimer(h3DrainGrace)
+		defer grace.Stop()
+		select {
+		case <-grace.C:
+		case <-stopped:
+			return
+		}
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			h.mu.Lock()
+			for hc := range h.conns {
+				if hc.active.Load() == 0 {
+					hc.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+				}
+			}
+			h.mu.Unlock()
+			select {
+			case <-t.C:
+			case <-stopped:
+				return
+			}
+		}
 	}()
 	return done
 }
