@@ -202,9 +202,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	cancelDrain := s.drainOnStop(ctx)
 	defer cancelDrain()
 	h3done := s.shutdownH3(ctx) // HTTP/3: no new connection from here; GOAWAY beside the other fronts
-	if d, ok := ctx.Deadline(); ok && time.Until(d) > 0 {
-		s.logf("draining: no new connection is accepted; requests in flight finish within %s", time.Until(d).Round(time.Second))
-	}
 	err := s.http.Shutdown(ctx)
 	if err == nil {
 		err = s.waitWebsockets(ctx)
