@@ -143,16 +143,20 @@ func TestACMEHTTP01(t *testing.T) {
 }
 
 // TestACMETLSALPN01: berth with an https:// listener only gets its
-// certificate through TLS-ALPN-01, serves it, shows it in `berth status`
-// and the metrics; a restart on the same storage serves the stored one
-// from its first handshake, with no new order.
+// certificate through TLS-ALPN-01, serves it beside a file certificate for
+// another name (mixed), shows it in `berth status` and the metrics; a
+// restart on the same storage serves the stored one from its first
+// handshake, with no new order.
 func TestACMETLSALPN01(t *testing.T) {
 	httpPort, tlsPort := loopbackPort(t), loopbackPort(t)
 	p := startPebble(t, pebbleOpts{httpPort: httpPort, tlsPort: tlsPort, life: 90 * 24 * time.Hour})
 	name := acmeName("alpn")
 	storage := filepath.Join(t.TempDir(), "acme")
 	secure := fmt.Sprintf("127.0.0.1:%d", tlsPort)
-	cfg := fmt.Sprintf("listen: [\"https://%s\"]\n", secure) + acmeConfig(p, name, storage) + acmeApp
+	files := t.TempDir()
+	fileSerial := writeCert(t, files, "files.berth.test")
+	cfg := fmt.Sprintf("listen: [\"https://%s\"]\n", secure) +
+		strings.Replace(acmeConfig(p, name, storage), "tls:\n", fmt.Sprintf("tls:\n  certificates: [{cert: %s/tls.crt, key: %s/tls.key}]\n", files, files), 1) + acmeApp
 	start := time.Now()
 	b := startBerth(t, berthOpts{config: cfg, app: map[string]string{"app.py": h3App}})
 	st := waitCertificate(t, b, time.Minute)
@@ -170,6 +174,20 @@ func TestACMETLSALPN01(t *testing.T) {
 	}
 	if n := p.orders(); n != 1 {
 		t.Errorf("pebble got %d orders, want 1", n)
+	}
+	// Mixed: the file's name, and a client with no SNI (the first file
+	// certificate is the default), get the file certificate.
+	for _, sni := range []string{"files.berth.test", ""} {
+		c, err := tls.Dial("tcp", secure, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if err != nil {
+			t.Errorf("SNI %q: %v", sni, err)
+			continue
+		}
+		got := c.ConnectionState().PeerCertificates[0].SerialNumber.Text(16)
+		c.Close()
+		if !strings.EqualFold(got, fileSerial) {
+			t.Errorf("SNI %q got serial %s, want the file certificate's %s", sni, got, fileSerial)
+		}
 	}
 	out, err := exec.Command(berthBinary(t), "status", "--admin", b.admin).CombinedOutput()
 	if !regexp.MustCompile(`tls\s+` + regexp.QuoteMeta(name) + `\s+valid until \d{4}-\d\d-\d\d \d\d:\d\d \(renews about .*Pebble`).Match(out) {
