@@ -22,7 +22,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,24 +29,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var pebbleBuild struct {
-	once   sync.Once
-	bin    string
-	modDir string
-	err    error
-}
-
-// pebbleBinaries builds Pebble once; a failed build skips the test on a
-// developer's machine and fails it in CI.
+// pebbleBinaries builds Pebble into the test's temporary directory (the
+// package has no TestMain to remove a shared one; Go's build cache makes
+// the second build of a run about 2 s). A failed build skips the test on
+// a developer's machine and fails it in CI.
 func pebbleBinaries(t *testing.T) (bin, modDir string) {
 	t.Helper()
-	b := &pebbleBuild
-	b.once.Do(func() {
-		dir, err := os.MkdirTemp("", "bt-pebble-")
-		if err != nil {
-			b.err = err
-			return
-		}
+	var b struct {
+		bin, modDir string
+		err         error
+	}
+	dir := t.TempDir()
+	func() {
 		start := time.Now()
 		cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator),
 			"github.com/letsencrypt/pebble/v2/cmd/pebble", "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv")
@@ -62,8 +55,8 @@ func pebbleBinaries(t *testing.T) (bin, modDir string) {
 			return
 		}
 		b.bin, b.modDir = dir, strings.TrimSpace(string(out))
-		fmt.Fprintf(os.Stderr, "tests: built pebble in %s\n", time.Since(start).Round(time.Millisecond))
-	})
+		t.Logf("built pebble in %s", time.Since(start).Round(time.Millisecond))
+	}()
 	if b.err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("pebble is needed and does not build: %v", b.err)
