@@ -311,6 +311,7 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	}
 	tw.Flush()
 	printUpstreams(w, st)
+	printTLS(w, st, time.Now())
 	printCompanions(w, st)
 }
 

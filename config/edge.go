@@ -28,6 +28,11 @@ type TLS struct {
 	// HSTS is the Strict-Transport-Security max-age sent on https
 	// responses; 0 = no header.
 	HSTS Duration `yaml:"hsts" json:"hsts"`
+	// ACME gets certificates for its domains from an ACME CA (acme.go).
+	ACME ACME `yaml:"acme" json:"acme"`
+	// HTTP3 serves HTTP/3 on the UDP port of each https:// listener,
+	// announced by Alt-Svc on the TLS responses.
+	HTTP3 bool `yaml:"http3" json:"http3"`
 }
 
 // Certificate is one PEM certificate chain and its private key.
@@ -88,7 +93,7 @@ const (
 var defaultSessionCookies = []string{"sessionid"}
 
 func defaultEdge(c *Config) {
-	c.TLS = TLS{Certificates: []Certificate{}}
+	c.TLS = TLS{Certificates: []Certificate{}, ACME: defaultACME()}
 	c.Proxy.Compression = Compression{Enabled: true, MinLength: DefaultCompressionMinLength, Types: append([]string{}, DefaultCompressionTypes...)}
 	c.Cache = Cache{Size: DefaultCacheSize, Routes: []CacheRoute{}}
 }
@@ -109,6 +114,8 @@ func (d *decoder) tls(dst *TLS) func(string, *yaml.Node) {
 			{"certificates", d.certificates(&dst.Certificates)},
 			{"redirect_http", d.boolean(&dst.RedirectHTTP)},
 			{"hsts", d.duration(&dst.HSTS)},
+			{"acme", d.acme(&dst.ACME)},
+			{"http3", d.boolean(&dst.HTTP3)},
 		})
 	}
 }
@@ -197,6 +204,7 @@ func (d *decoder) cacheRoutes(dst *[]CacheRoute) func(string, *yaml.Node) {
 // validateEdge checks the TLS, compression and cache keys.
 func (c *Config) validateEdge(bad func(path, format string, args ...any)) {
 	t := &c.TLS
+	c.validateACME(bad)
 	for i, cert := range t.Certificates {
 		p := index("tls.certificates", i)
 		if !filepath.IsAbs(cert.Cert) {
@@ -206,10 +214,10 @@ func (c *Config) validateEdge(bad func(path, format string, args ...any)) {
 			bad(join(p, "key"), "%s must be an absolute path to a PEM private key, e.g. /etc/berth/tls/tls.key", quoteShort(cert.Key))
 		}
 	}
-	if c.HasTLSListener() && len(t.Certificates) == 0 {
+	if c.HasTLSListener() && len(t.Certificates) == 0 && !t.ACME.Enabled() {
 		for i, l := range c.Listen {
 			if strings.HasPrefix(l, TLSScheme) {
-				bad(index("listen", i), "%q is a TLS listener but tls.certificates is empty; add {cert: …, key: …} under tls.certificates, or drop https://", l)
+				bad(index("listen", i), "%q is a TLS listener but there is no certificate: add {cert: …, key: …} under tls.certificates, or names under tls.acme.domains for certificates from an ACME CA, or drop https://", l)
 				break
 			}
 		}
@@ -302,6 +310,8 @@ func (c *Config) edgeNodes() (tlsNode, compression, cache *yaml.Node) {
 		"certificates", certs,
 		"redirect_http", boolNode(c.TLS.RedirectHTTP),
 		"hsts", strNode(c.TLS.HSTS.String()),
+		"acme", c.TLS.ACME.node(),
+		"http3", boolNode(c.TLS.HTTP3),
 	)
 	cp := c.Proxy.Compression
 	compression = mapNode(
@@ -329,6 +339,7 @@ func boolNode(b bool) *yaml.Node {
 func sameEdge(a, b *Config) bool {
 	return sameList(a.TLS.Certificates, b.TLS.Certificates) &&
 		a.TLS.RedirectHTTP == b.TLS.RedirectHTTP && a.TLS.HSTS == b.TLS.HSTS &&
+		sameACME(&a.TLS.ACME, &b.TLS.ACME) && a.TLS.HTTP3 == b.TLS.HTTP3 &&
 		a.Proxy.Compression.Enabled == b.Proxy.Compression.Enabled &&
 		a.Proxy.Compression.MinLength == b.Proxy.Compression.MinLength &&
 		sameList(a.Proxy.Compression.Types, b.Proxy.Compression.Types) &&

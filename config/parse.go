@@ -39,6 +39,11 @@ func Parse(name string, data []byte) (*Config, error) {
 	if root != nil {
 		d.config(c, root)
 	}
+	if _, written := d.lines["listen"]; !written && c.TLS.ACME.Enabled() {
+		// A site that gets its certificates by itself is served on the
+		// ports the CA validates: tls.acme.domains alone is a whole config.
+		c.Listen = append([]string{}, ACMEListen...)
+	}
 	// Validate even after decode errors, so one run lists every problem: a
 	// value that failed to decode keeps its default, and checks on it (or
 	// under it) are skipped so it is not reported twice.

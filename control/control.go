@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/config"
+	"github.com/berth-dev/berth/acme"
 )
 
 // Message types. Supervisor → proxy: TypeConfig, TypeWorkers.
@@ -159,6 +160,35 @@ type TLS struct {
 	HTTPSPort int `json:"https_port,omitempty"`
 	// HSTS is Strict-Transport-Security's max-age; 0 = no header.
 	HSTS Duration `json:"hsts,omitempty"`
+	// ACME gets certificates for its names from an ACME CA in the proxy
+	// (package acme); nil: none.
+	ACME *ACME `json:"acme,omitempty"`
+	// HTTP3 serves HTTP/3 on the UDP sockets the proxy inherited
+	// (BERTH_LISTEN_UDP) and announces it with Alt-Svc on TLS responses.
+	HTTP3 bool `json:"http3,omitempty"`
+	// HTTP3Port is the UDP port Alt-Svc names: the first https://
+	// listener's, which has the same number as its TCP port.
+	HTTP3Port int `json:"http3_port,omitempty"`
+}
+
+// ACME is tls.acme as the proxy's Manager takes it. The supervisor reads
+// the ca_roots files (as root, like the certificates) and sends their PEM,
+// so the proxy running as app.user never needs to read /etc/berth; it has
+// given the storage directory to that user (acme.PrepareStorage).
+type ACME struct {
+	Email   string   `json:"email,omitempty"`
+	Domains []string `json:"domains"`
+	CA      string   `json:"ca"`
+	// CARoots are the ca_roots paths (for messages), CARootPEM what they
+	// held.
+	CARoots   []string `json:"ca_roots,omitempty"`
+	CARootPEM [][]byte `json:"ca_root_pem,omitempty"`
+	Storage   string   `json:"storage"`
+	// RenewCheck is how often certificates are checked for renewal; 0:
+	// certmagic's 10 minutes. Not a config key: the supervisor sets it
+	// from BERTH_ACME_RENEW_CHECK, for tests whose certificates live
+	// seconds.
+	RenewCheck Duration `json:"renew_check,omitempty"`
 }
 
 // Certificate is one certificate chain and its key, in PEM, with the paths
@@ -221,6 +251,9 @@ type Stats struct {
 	// Upstreams: each group's servers (one per address a name resolved
 	// to), in config order; nil when no group is configured.
 	Upstreams map[string][]UpstreamStats `json:"upstreams,omitempty"`
+	// ACME: each tls.acme domain's certificate and last error, in config
+	// order; nil without tls.acme.
+	ACME []acme.DomainStatus `json:"acme,omitempty"`
 }
 
 // UpstreamStats are one upstream server's counters as seen by one proxy.

@@ -27,6 +27,8 @@ import (
 //	BERTH_LISTEN_FDS      how many listeners follow, from fd 4
 //	BERTH_LISTEN_NAMES    their addresses, for messages
 //	BERTH_LISTEN_TLS      "true" or "false" per listener: speak TLS on it
+//	BERTH_UDP_FDS         how many UDP sockets follow the listeners (HTTP/3)
+//	BERTH_QUIC_TAG        this proxy's QUIC connection ID tag (proxy/quicsteer)
 //	BERTH_METRICS_SOCKET  unix socket path to serve /metrics on ("" = none)
 //	BERTH_PROXY_ID        this proxy's generation, for messages
 //
@@ -85,9 +87,30 @@ func Main() int {
 		}
 		listeners = append(listeners, l)
 	}
+	// HTTP/3: the UDP sockets of the https:// listeners' ports, this
+	// proxy's own in each port's reuseport group.
+	nu, err := envInt("BERTH_UDP_FDS", 0)
+	if err != nil || nu < 0 {
+		return fail("BERTH_UDP_FDS: %v", err)
+	}
+	quicTag, err := envInt("BERTH_QUIC_TAG", 0)
+	if err != nil || quicTag < 0 || quicTag > 255 {
+		return fail("BERTH_QUIC_TAG: %v", err)
+	}
+	var udps []net.PacketConn
+	for i := 0; i < nu; i++ {
+		f := os.NewFile(uintptr(4+nl+i), fmt.Sprintf("udp-%d", i))
+		pc, err := net.FilePacketConn(f)
+		f.Close()
+		if err != nil {
+			return fail("udp socket fd %d: %v", 4+nl+i, err)
+		}
+		udps = append(udps, pc)
+	}
 
 	srv := New(Options{ErrorLog: os.Stderr})
 	srv.elog.SetPrefix(elog.Prefix())
+	srv.SetACMEListeners(acmeAddrs(listeners, tlsFlags))
 
 	in := make(chan control.Message)
 	ended := make(chan error, 1)
@@ -141,7 +164,7 @@ func Main() int {
 			os.Remove(path)
 		}()
 	}
-	serveErr := make(chan error, len(listeners))
+	serveErr := make(chan error, len(listeners)+len(udps))
 	for i, l := range listeners {
 		serve := srv.Serve
 		if i < len(tlsFlags) && tlsFlags[i] == "true" {
@@ -152,6 +175,13 @@ func Main() int {
 				serveErr <- fmt.Errorf("serve %s: %w", l.Addr(), err)
 			}
 		}(l)
+	}
+	for _, pc := range udps {
+		go func(pc net.PacketConn) {
+			if err := srv.ServeHTTP3(pc, byte(quicTag)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("serve http3 %s: %w", pc.LocalAddr(), err)
+			}
+		}(pc)
 	}
 	var fwd sync.WaitGroup
 	fwd.Add(1)
@@ -265,4 +295,22 @@ func envInt(name string, def int) (int, error) {
 		return 0, fmt.Errorf("%s=%q: %w", name, v, err)
 	}
 	return n, nil
+}
+
+// acmeAddrs are the first plain and the first TLS TCP listener, where the
+// CA's HTTP-01 and TLS-ALPN-01 validations arrive; "" for none.
+func acmeAddrs(ls []net.Listener, tlsFlags []string) (plain, secure string) {
+	for i, l := range ls {
+		if l.Addr().Network() != "tcp" {
+			continue
+		}
+		if i < len(tlsFlags) && tlsFlags[i] == "true" {
+			if secure == "" {
+				secure = l.Addr().String()
+			}
+		} else if plain == "" {
+			plain = l.Addr().String()
+		}
+	}
+	return plain, secure
 }

@@ -136,5 +136,6 @@ func statsEqual(a, b control.Stats) bool {
 			return false
 		}
 	}
-	return len(a.Upstreams) == 0 && len(b.Upstreams) == 0 || reflect.DeepEqual(a.Upstreams, b.Upstreams)
+	return (len(a.Upstreams) == 0 && len(b.Upstreams) == 0 || reflect.DeepEqual(a.Upstreams, b.Upstreams)) &&
+		reflect.DeepEqual(a.ACME, b.ACME) // ACME
 }

@@ -132,6 +132,9 @@ type routing struct {
 
 // route is stage 2.
 func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing) response {
+	if s.acmeChallenge(rs, r) { // ACME: HTTP-01, before every route and the https redirect (acme.go)
+		return response{src: srcNone}
+	}
 	rs.rw.fields = st.access.headers
 	if len(st.access.hosts) > 0 {
 		// A canonical-host redirect comes before anything, https too.
@@ -146,6 +149,9 @@ func (s *Server) route(rs *reqState, r *http.Request, st *settings, ro *routing)
 			}
 		} else if ts.hsts != nil {
 			rs.rw.hsts = ts.hsts
+		}
+		if ts.altSvc != nil && r.ProtoMajor < 3 && connInfoOf(r).tls { // HTTP/3: Alt-Svc on TLS over TCP (h3.go)
+			rs.rw.altSvc = ts.altSvc
 		}
 	}
 	p := r.URL.Path

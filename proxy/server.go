@@ -116,6 +116,8 @@ type Server struct {
 	// second, "Date: ...\r\n".
 	clock atomic.Int64
 	date  atomic.Pointer[[]byte]
+	acme acmeState // ACME: certificates from an ACME CA (acme.go)
+	h3   h3State   // HTTP/3 (h3.go)
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -180,6 +182,9 @@ func (s *Server) SetConfig(c control.Proxy) error {
 	if err != nil {
 		return err
 	}
+	if err := s.applyACME(c); err != nil { // ACME: a Manager that cannot be made refuses the config
+		return err
+	}
 	st.routes = s.up.apply(c)
 	old := s.cfg.Swap(st)
 	if st.cache == nil && old.cache != nil {
@@ -222,7 +227,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.up.shutdown()
 	cancelDrain := s.drainOnStop(ctx)
 	defer cancelDrain()
-	s.http.Shutdown(ctx) // its hook sends HTTP/2 GOAWAY (it serves nothing itself)
+	h3done := s.shutdownH3(ctx) // HTTP/3: no new connection from here; GOAWAY beside the other fronts
+	s.http.Shutdown(ctx)        // its hook sends HTTP/2 GOAWAY (it serves nothing itself)
 	err := s.shutdownH1(ctx)
 	if err == nil {
 		err = s.waitWebsockets(ctx)
@@ -239,6 +245,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if herr := s.shutdownH2(ctx); err == nil {
 		err = herr
 	}
+	if herr := <-h3done; err == nil { // HTTP/3: its requests finished, or were cut at ctx's end
+		err = herr
+	}
+	s.stopACME() // ACME: after the listeners stop accepting; its lock goes to the next proxy
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.bg.Wait()
 	s.files.clear()
@@ -254,6 +264,7 @@ func (s *Server) MetricsHandler() http.Handler {
 func (s *Server) Stats() control.Stats {
 	st := s.poolStats()
 	st.Upstreams = s.up.stats()
+	st.ACME = s.acmeStatus() // ACME
 	return st
 }
 
@@ -266,6 +277,7 @@ type respWriter struct {
 	status int
 	bytes  int64
 	hsts   []string // Strict-Transport-Security to add; nil: none
+	altSvc []string // HTTP/3: Alt-Svc to add on TLS over TCP; nil: none
 	xcache string   // X-Cache-Status to add; "": none
 	reqID  string   // "" when proxy.request_id is off
 	// fields and locFields are proxy.headers and the location's headers,
@@ -283,6 +295,9 @@ func (rw *respWriter) stamp() {
 	}
 	if rw.hsts != nil {
 		h["Strict-Transport-Security"] = rw.hsts[:1:1]
+	}
+	if rw.altSvc != nil { // HTTP/3: announced on HTTP/1.1 and HTTP/2 over TLS (h3.go)
+		h["Alt-Svc"] = rw.altSvc[:1:1]
 	}
 	if rw.xcache != "" {
 		h["X-Cache-Status"] = []string{rw.xcache}

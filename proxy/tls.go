@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/acme"
 	"github.com/berth-dev/berth/control"
 	"github.com/berth-dev/berth/proxy/h2guard"
 	"golang.org/x/net/http2"
@@ -42,6 +43,7 @@ type tlsSettings struct {
 	redirect bool
 	port     string   // ":8443" for redirects; "" for 443
 	hsts     []string // the Strict-Transport-Security value; nil: none
+	altSvc   []string // HTTP/3's Alt-Svc; nil: tls.http3 is off
 }
 
 func compileTLS(t *control.TLS) (*tlsSettings, error) {
@@ -58,6 +60,9 @@ func compileTLS(t *control.TLS) (*tlsSettings, error) {
 	}
 	if t.HTTPSPort != 0 && t.HTTPSPort != 443 {
 		ts.port = ":" + strconv.Itoa(t.HTTPSPort)
+	}
+	if t.HTTP3 && t.HTTP3Port > 0 {
+		ts.altSvc = altSvcValue(t.HTTP3Port)
 	}
 	if secs := int64(time.Duration(t.HSTS) / time.Second); secs > 0 {
 		ts.hsts = []string{"max-age=" + strconv.FormatInt(secs, 10)}
@@ -85,6 +90,9 @@ func (s *Server) newTLSConfig() *tls.Config {
 		CipherSuites:   mozillaIntermediate,
 		NextProtos:     []string{"h2", "http/1.1"},
 		GetCertificate: s.certificate,
+		// ACME: the CA's TLS-ALPN-01 hello (acme-tls/1 alone) gets the
+		// challenge's config (acme.go); every other hello this one.
+		GetConfigForClient: s.acmeConfigForClient,
 	}
 }
 
@@ -92,6 +100,9 @@ func (s *Server) newTLSConfig() *tls.Config {
 // and key type suit the client (SNI), else the first one.
 func (s *Server) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	ts := s.cfg.Load().tls
+	if c, err, ok := s.acmeCertificate(hello, ts != nil && len(ts.certs) > 0); ok { // ACME: its names, or all without files
+		return c, err
+	}
 	if ts == nil || len(ts.certs) == 0 {
 		return nil, errors.New("no certificate is configured (tls.certificates)")
 	}
@@ -125,6 +136,10 @@ func (s *Server) handshake(c net.Conn) {
 		return
 	}
 	quickAck(c)
+	if acme.IsChallengeConn(tc.ConnectionState()) { // ACME: a TLS-ALPN-01 validation (RFC 8737) gets no HTTP
+		tc.Close()
+		return
+	}
 	if tc.ConnectionState().NegotiatedProtocol == http2.NextProtoTLS {
 		s.serveH2(tc)
 		return

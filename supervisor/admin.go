@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/berth-dev/berth/acme"
 	"github.com/berth-dev/berth/control"
 )
 
@@ -200,6 +201,16 @@ type Status struct {
 	Cron     []JobStatus     `json:"cron"`
 	// Upstreams are each group's servers as the serving proxy sees them.
 	Upstreams map[string][]control.UpstreamStats `json:"upstreams,omitempty"`
+	// TLS is what the serving proxy says of its ACME certificates; nil
+	// without tls.acme.
+	TLS *TLSStatus `json:"tls,omitempty"`
+}
+
+// TLSStatus is the tls part of /status.
+type TLSStatus struct {
+	// ACME is each tls.acme domain's certificate (expiry, issuer, next
+	// renewal) and last error, in config order.
+	ACME []acme.DomainStatus `json:"acme"`
 }
 
 // WorkerStatus is one worker in /status.
@@ -294,6 +305,9 @@ func (s *Supervisor) status() Status {
 	}
 	if p := s.activeProxy(); p != nil {
 		st.Upstreams = p.stats.Upstreams
+		if p.stats.ACME != nil {
+			st.TLS = &TLSStatus{ACME: p.stats.ACME}
+		}
 	}
 	for _, p := range s.proxies {
 		st.Queue += p.stats.Queue

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/acme"
 	"github.com/berth-dev/berth/config"
 	"github.com/berth-dev/berth/control"
 )
@@ -44,6 +45,9 @@ func loadCertificates(cfg *config.Config) ([]control.Certificate, error) {
 				return nil, fmt.Errorf("tls.certificates[%d]: %s: %w", i, c.Cert, err)
 			}
 		}
+		if name := acmeName(cfg, leaf); name != "" {
+			return nil, fmt.Errorf("tls.certificates[%d]: %s is for %s, which is also in tls.acme.domains; a name gets its certificate from one place: remove it from tls.acme.domains, or drop the pair", i, c.Cert, name)
+		}
 		if time.Now().After(leaf.NotAfter) {
 			// Served all the same: refusing would take the site down
 			// harder than an expired certificate does.
@@ -69,20 +73,100 @@ func sameCertificates(a, b []control.Certificate) bool {
 
 // tlsControl is the TLS part of the proxies' config; nil without TLS.
 func (s *Supervisor) tlsControl(cfg *config.Config) *control.TLS {
-	if len(cfg.TLS.Certificates) == 0 && !cfg.TLS.RedirectHTTP {
+	a := &cfg.TLS.ACME
+	if len(cfg.TLS.Certificates) == 0 && !cfg.TLS.RedirectHTTP && !a.Enabled() && !cfg.TLS.HTTP3 {
 		return nil
 	}
-	t := &control.TLS{Certificates: s.certs, RedirectHTTP: cfg.TLS.RedirectHTTP, HSTS: control.Duration(cfg.TLS.HSTS)}
-	// The redirect names the first TLS listener's port, as bound.
+	t := &control.TLS{Certificates: s.certs, RedirectHTTP: cfg.TLS.RedirectHTTP, HSTS: control.Duration(cfg.TLS.HSTS), HTTP3: cfg.TLS.HTTP3}
+	if a.Enabled() {
+		t.ACME = &control.ACME{Email: a.Email, Domains: a.Domains, CA: a.CA, CARoots: a.CARoots, CARootPEM: s.acmeRoots,
+			Storage: a.Storage, RenewCheck: control.Duration(acmeRenewCheck())}
+	}
+	// The redirect and Alt-Svc name the first TLS listener's port, as
+	// bound (its UDP port has the same number).
 	for _, l := range s.listeners {
 		if listenerTLS(cfg.Listen, l.configured, l.addr) {
 			if _, port, err := net.SplitHostPort(l.addr); err == nil {
 				t.HTTPSPort, _ = strconv.Atoi(port)
+				if l.udp != nil {
+					t.HTTP3Port = t.HTTPSPort
+				}
 			}
 			break
 		}
 	}
 	return t
+}
+
+// acmeRenewCheck is BERTH_ACME_RENEW_CHECK, how often the proxy checks its
+// ACME certificates for renewal (0: certmagic's 10 minutes). It is for
+// tests whose certificates live seconds, not a config key.
+func acmeRenewCheck() time.Duration {
+	d, _ := time.ParseDuration(os.Getenv("BERTH_ACME_RENEW_CHECK"))
+	return d
+}
+
+// acmeName is the first name of leaf that is also in tls.acme.domains.
+func acmeName(cfg *config.Config, leaf *x509.Certificate) string {
+	for _, d := range cfg.TLS.ACME.Domains {
+		d = strings.TrimSuffix(strings.ToLower(d), ".")
+		if slices.Contains(leaf.DNSNames, d) || leaf.Subject.CommonName == d {
+			return d
+		}
+	}
+	return ""
+}
+
+// loadACMERoots reads tls.acme.ca_roots as root, like the certificates,
+// for the proxy (app.user) that talks to the CA.
+func loadACMERoots(cfg *config.Config) ([][]byte, error) {
+	if !cfg.TLS.ACME.Enabled() {
+		return nil, nil
+	}
+	var out [][]byte
+	for i, f := range cfg.TLS.ACME.CARoots {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("tls.acme.ca_roots[%d]: %w", i, err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("tls.acme.ca_roots[%d]: %s holds no PEM certificate; give the CA's root certificate file", i, f)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// swapACMERoots makes roots the ones the proxies are sent and says whether
+// that changed them.
+func (s *Supervisor) swapACMERoots(roots [][]byte) bool {
+	if slices.EqualFunc(roots, s.acmeRoots, bytes.Equal) {
+		return false
+	}
+	s.acmeRoots = roots
+	return true
+}
+
+// prepareACMEStorage gives tls.acme.storage to the user the proxy runs as
+// (acme.PrepareStorage, as root), before a proxy with that config starts:
+// certmagic writes 0600 files there and takes its locks by creating them.
+func prepareACMEStorage(cfg *config.Config) error {
+	a := &cfg.TLS.ACME
+	if !a.Enabled() {
+		return nil
+	}
+	uid, gid := os.Geteuid(), os.Getegid()
+	cred, err := credentialFor(cfg.App.User)
+	if err != nil {
+		return err
+	}
+	if cred != nil {
+		uid, gid = int(cred.Uid), int(cred.Gid)
+	}
+	if err := acme.PrepareStorage(a.Storage, uid, gid); err != nil {
+		return fmt.Errorf("tls.acme.storage: %w", err)
+	}
+	return nil
 }
 
 // reloadCertificates re-reads the certificate files after they changed. It
@@ -93,6 +177,10 @@ func (s *Supervisor) tlsControl(cfg *config.Config) *control.TLS {
 // put back the pair it read when it was staged.
 func (s *Supervisor) reloadCertificates(reason string) {
 	certs, err := loadCertificates(s.cfg)
+	var roots [][]byte
+	if err == nil {
+		roots, err = loadACMERoots(s.cfg)
+	}
 	if err != nil {
 		s.log.Printf("tls (%s): %v; the certificates in use keep serving", reason, err)
 		s.reloadState = reloadStatus{At: s.now(), OK: false, Message: err.Error(), Reason: reason}
@@ -100,9 +188,10 @@ func (s *Supervisor) reloadCertificates(reason string) {
 		return
 	}
 	if st := s.pending; st != nil && !st.code && slices.Equal(certFiles(st.cfg), certFiles(s.cfg)) {
-		st.certs = certs
+		st.certs, st.acmeRoots = certs, roots
 	}
-	if !s.swapCertificates(certs) {
+	rootsChanged := s.swapACMERoots(roots)
+	if !s.swapCertificates(certs) && !rootsChanged {
 		return
 	}
 	for _, p := range s.proxies {
@@ -140,6 +229,9 @@ func certFiles(cfg *config.Config) []string {
 	var out []string
 	for _, c := range cfg.TLS.Certificates {
 		out = append(out, c.Cert, c.Key)
+	}
+	if cfg.TLS.ACME.Enabled() {
+		out = append(out, cfg.TLS.ACME.CARoots...)
 	}
 	return out
 }

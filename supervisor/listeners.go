@@ -10,6 +10,7 @@ import (
 
 	"github.com/berth-dev/berth/config"
 	"github.com/coreos/go-systemd/v22/activation"
+	"golang.org/x/sys/unix"
 )
 
 // listener is one listening socket the supervisor owns for its whole life.
@@ -18,6 +19,7 @@ type listener struct {
 	configured string   // the `listen` entry it was opened for; "" when socket-activated
 	file       *os.File // what proxies inherit
 	ln         net.Listener
+	udp        *udpGroup // HTTP/3's UDP sockets on the same port; nil: none (udp.go)
 }
 
 func openListeners(addrs []string) ([]*listener, error) {
@@ -79,6 +81,14 @@ func activationFiles() []*listener {
 	files := activation.Files(true)
 	var out []*listener
 	for _, f := range files {
+		if isDatagram(f) {
+			// One socket shared by every proxy would lose a draining
+			// proxy's HTTP/3 packets to the next one; berth binds the
+			// https:// listener's port over UDP itself (udp.go).
+			fmt.Fprintf(os.Stderr, "berth: socket activation passed a UDP socket (%s); it is not used: with tls.http3 berth binds the UDP port of each https socket itself, so drop ListenDatagram= from the socket unit\n", f.Name())
+			f.Close()
+			continue
+		}
 		ln, err := net.FileListener(f)
 		name := f.Name()
 		if err == nil {
@@ -94,6 +104,10 @@ func activationFiles() []*listener {
 }
 
 func (l *listener) close() {
+	if l.udp != nil {
+		l.udp.closeBase()
+		l.udp = nil
+	}
 	if l.file != nil {
 		l.file.Close()
 		l.file = nil
@@ -168,4 +182,15 @@ func containsListener(ls []*listener, l *listener) bool {
 		}
 	}
 	return false
+}
+
+// isDatagram says whether f is a UDP (datagram) socket.
+func isDatagram(f *os.File) bool {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	typ := 0
+	raw.Control(func(fd uintptr) { typ, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE) })
+	return typ == unix.SOCK_DGRAM
 }

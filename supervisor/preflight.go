@@ -496,6 +496,20 @@ func CheckHost(cfg *config.Config) HostCheck {
 	} else if n := len(accessFilePaths(cfg)); n > 0 {
 		r.checked = append(r.checked, fmt.Sprintf("access rules: %d file(s) readable and valid", n))
 	}
+	if a := &cfg.TLS.ACME; a.Enabled() {
+		if _, err := loadACMERoots(cfg); err != nil {
+			if errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0 {
+				r.skipped = append(r.skipped, fmt.Sprintf("%v (berth check runs as uid %d; run it as root)", err, os.Geteuid()))
+			} else {
+				r.errs = append(r.errs, err)
+			}
+		} else if len(a.CARoots) > 0 {
+			r.checked = append(r.checked, fmt.Sprintf("tls.acme.ca_roots: %d PEM file(s)", len(a.CARoots)))
+		}
+		// Not changed here: berth run creates it (0700) and gives it to
+		// the proxy's user as root (acme.PrepareStorage).
+		r.checked = append(r.checked, fmt.Sprintf("tls.acme.storage %s: berth run creates it if missing and gives it to the proxy's user", a.Storage))
+	}
 	hc.Checked, hc.Skipped, hc.Err = r.checked, r.skipped, r.err()
 	return hc
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/berth-dev/berth/cgroup"
 	"github.com/berth-dev/berth/config"
 	"github.com/berth-dev/berth/control"
+	"github.com/berth-dev/berth/proxy/quicsteer"
 )
 
 // proxyConfig is the part of cfg the proxy applies, with the certificates
@@ -65,6 +66,27 @@ func (s *Supervisor) startProxy() error {
 		names = append(names, l.addr)
 		tlsFlags = append(tlsFlags, strconv.FormatBool(listenerTLS(s.cfg.Listen, l.configured, l.addr)))
 	}
+	// HTTP/3: a socket of its own in each https:// port's group (udp.go).
+	for _, l := range s.listeners {
+		if l.udp == nil || !s.cfg.TLS.HTTP3 {
+			continue
+		}
+		u, err := l.udp.add(p.n)
+		if err != nil {
+			s.log.Printf("proxy %d: %v; it serves no HTTP/3 on %s", p.n, err, l.udp.addr)
+			continue
+		}
+		p.udp = append(p.udp, u)
+		files = append(files, u.file)
+	}
+	udpStarted := false
+	defer func() {
+		if !udpStarted {
+			for _, u := range p.udp {
+				u.close()
+			}
+		}
+	}()
 	cred, err := credentialFor(s.cfg.App.User)
 	if err != nil {
 		ours.Close()
@@ -79,6 +101,8 @@ func (s *Supervisor) startProxy() error {
 			"BERTH_LISTEN_FDS":     strconv.Itoa(len(s.listeners)),
 			"BERTH_LISTEN_NAMES":   strings.Join(names, ","),
 			"BERTH_LISTEN_TLS":     strings.Join(tlsFlags, ","),
+			"BERTH_UDP_FDS":        strconv.Itoa(len(p.udp)),
+			"BERTH_QUIC_TAG":       strconv.Itoa(int(quicsteer.Tag(p.n))),
 			"BERTH_METRICS_SOCKET": p.metrics,
 			"BERTH_PROXY_ID":       strconv.Itoa(p.n),
 		}),
@@ -99,6 +123,7 @@ func (s *Supervisor) startProxy() error {
 		_ = s.os.Signal(p.pid, syscall.SIGKILL)
 		return fmt.Errorf("proxy: control socket: %w", err)
 	}
+	udpStarted = true // the proxy's now: closed when it exits
 	p.conn = conn
 	p.ctl = control.NewConn(conn)
 	s.procs[p.pid] = p
@@ -267,6 +292,10 @@ func (s *Supervisor) proxyExited(p *proxyProc, e Exit) {
 	close(p.out)
 	p.out = nil
 	p.conn.Close()
+	for _, u := range p.udp {
+		u.close() // its connections died with it; the group steers to the others
+	}
+	p.udp = nil
 	os.Remove(p.metrics)
 	for _, w := range s.workers {
 		if w.state == wDraining {

@@ -48,6 +48,8 @@ type staged struct {
 	cgroupsUp bool                  // cgroup limits were written for cfg: abort writes prev's back
 	certs     []control.Certificate // cfg's certificates, read and checked; the newest read until commit
 	access    accessFiles           // cfg's error pages and htpasswd files, likewise
+	acmeRoots [][]byte              // cfg's tls.acme.ca_roots, read and checked
+	udp       []*listener           // listeners given an HTTP/3 UDP group for cfg (udp.go)
 	gen       *generation           // rolling in; nil when the workers stay
 
 	prevGen  *generation
@@ -200,8 +202,23 @@ func (s *Supervisor) prepare(st *staged) error {
 	if st.access, err = loadAccessFiles(cfg); err != nil {
 		return err
 	}
+	if st.acmeRoots, err = loadACMERoots(cfg); err != nil {
+		return err
+	}
+	if err := prepareACMEStorage(cfg); err != nil {
+		return err
+	}
 	if ch.Listen && !s.socketActivated() {
 		if st.listeners, err = s.reuseOrOpen(cfg.Listen); err != nil {
+			return err
+		}
+	}
+	if cfg.TLS.HTTP3 {
+		ls := st.listeners
+		if ls == nil {
+			ls = s.listeners
+		}
+		if st.udp, err = s.openUDP(ls, cfg.Listen); err != nil {
 			return err
 		}
 	}
@@ -244,6 +261,9 @@ func (s *Supervisor) commit(st *staged) {
 	if accessChanged {
 		s.access = st.access
 	}
+	if !st.code && s.swapACMERoots(st.acmeRoots) {
+		certsChanged = true
+	}
 	if ch.Proxy || certsChanged || accessChanged {
 		for _, p := range s.proxies {
 			s.send(p, control.Message{Type: control.TypeConfig, Config: s.proxyConfig(cfg)})
@@ -276,6 +296,16 @@ func (s *Supervisor) commit(st *staged) {
 			}
 		}
 		did = append(did, "listeners reopened: "+listenerNames(st.listeners))
+	} else if !st.code && (prev.TLS.HTTP3 != cfg.TLS.HTTP3 || len(st.udp) > 0) {
+		// A proxy gets its UDP sockets when it starts: a new one takes
+		// over as on a listen change, the old one finishes its requests.
+		if err := s.startProxy(); err != nil {
+			s.log.Printf("%v", err)
+		}
+		did = append(did, fmt.Sprintf("http3 %v: proxy restarted", cfg.TLS.HTTP3))
+	}
+	if !st.code && !cfg.TLS.HTTP3 {
+		closeUDP(s.listeners)
 	}
 	if st.adminSet {
 		if s.admin != nil {
@@ -328,6 +358,8 @@ func (s *Supervisor) commit(st *staged) {
 // a reload refused while it was prepared and a generation abandoned during
 // its roll alike; tail is the generation's last log lines, if any.
 func (s *Supervisor) abort(st *staged, why string, tail []string) {
+	closeUDP(st.udp)
+	st.udp = nil
 	s.closeUnused(st.listeners)
 	st.listeners = nil
 	if st.admin != nil {

@@ -179,5 +179,6 @@ type proxyProc struct {
 	listeners []*listener
 	started   time.Time
 	stats     control.Stats
+	udp       []*udpSock // its HTTP/3 sockets, one per https:// listener's group (udp.go)
 	stopSeq
 }

@@ -111,6 +111,7 @@ type Supervisor struct {
 	listeners      []*listener
 	certs          []control.Certificate // tls.certificates as read and checked
 	access         accessFiles           // the access rules' files, as read and checked
+	acmeRoots      [][]byte              // tls.acme.ca_roots as read and checked
 	proxies        []*proxyProc
 	proxySeq       int
 	proxyFail      int
@@ -298,6 +299,12 @@ func (s *Supervisor) boot() error {
 	if s.access, err = loadAccessFiles(s.cfg); err != nil {
 		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
 	}
+	if s.acmeRoots, err = loadACMERoots(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
+	if err := prepareACMEStorage(s.cfg); err != nil {
+		return preflightError{fmt.Errorf("pre-flight check failed: %w", err)}
+	}
 	if s.cfgHash, err = hashFile(s.opts.ConfigPath); err != nil {
 		return err
 	}
@@ -313,6 +320,11 @@ func (s *Supervisor) boot() error {
 		return err
 	}
 	s.listeners = lns
+	if s.cfg.TLS.HTTP3 {
+		if _, err := s.openUDP(s.listeners, s.cfg.Listen); err != nil {
+			return err
+		}
+	}
 	if err := s.startAdmin(s.cfg.Admin.Listen); err != nil {
 		return err
 	}

@@ -72,6 +72,9 @@ type berthOpts struct {
 	// (socket activation checks LISTEN_PID).
 	host    bool
 	noReady bool // don't wait for /readyz
+	// noListen leaves listen out of a config that has none, for a test of
+	// listen's default.
+	noListen bool
 	// configMap lays the config out as a Kubernetes ConfigMap volume:
 	// berth.yaml → ..data/berth.yaml, ..data → ..<timestamp>/.
 	configMap bool
@@ -152,7 +155,7 @@ func startBerth(t testing.TB, o berthOpts) *berthProc {
 	b.addr = freeAddr(t)
 	b.admin = freeAddr(t)
 	cfg := o.config
-	if !regexp.MustCompile(`(?m)^listen:`).MatchString(cfg) {
+	if !o.noListen && !regexp.MustCompile(`(?m)^listen:`).MatchString(cfg) {
 		cfg = fmt.Sprintf("listen: [%q]\n", b.addr) + cfg
 	}
 	if !regexp.MustCompile(`(?m)^admin:`).MatchString(cfg) {
