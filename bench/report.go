@@ -334,8 +334,12 @@ func (rep *report) printTables(w io.Writer) {
 			for _, s := range sc.Stacks {
 				switch sc.Kind {
 				case kindMemory:
-					row(sc.Name, s.Stack, fmt.Sprintf("%.1f MiB", s.PSSWorkersMiB), fmtRatio(s),
-						fmt.Sprintf("PSS of all the stack's processes: %.1f MiB%s", s.PSSTotalMiB, failNote(s)))
+					note := fmt.Sprintf("PSS of all the stack's processes: %.1f MiB%s", s.PSSTotalMiB, failNote(s))
+					if strings.HasPrefix(sc.Name, "idle") {
+						note = fmt.Sprintf("front: %.1f KB per connection; all processes: %.1f MiB%s",
+							s.PSSWorkersMiB*1024*1.024/idleConnCount, s.PSSTotalMiB, failNote(s))
+					}
+					row(sc.Name, s.Stack, fmt.Sprintf("%.1f MiB", s.PSSWorkersMiB), fmtRatio(s), note)
 				case kindStartup:
 					row(sc.Name, s.Stack, fmt.Sprintf("%.3f s", s.StartupS), fmtRatio(s), strings.TrimPrefix(failNote(s), "; "))
 				}

@@ -42,6 +42,9 @@ type scenario struct {
 	h2   bool // HTTP/2 with h2load instead of wrk (implies tls)
 	asgi bool // an ASGI app: berth and uvicorn serve it, not uWSGI or Gunicorn
 	ws   bool // measured with websockets (ws.go), not wrk
+	// idle: a memory scenario of idle keep-alive connections (idle.go):
+	// the figure is what idleConnCount of them add to the front.
+	idle bool
 }
 
 // serves says whether stack takes part in the scenario: WSGI scenarios
@@ -74,6 +77,8 @@ var scenarios = []*scenario{
 	{Name: "asgi-hello", Desc: "raw ASGI hello world (14-byte body)", Kind: kindThroughput, app: appASGI, path: "/", asgi: true},
 	{Name: "asgi-json", Desc: "Starlette JSON endpoint (/json, JSONResponse)", Kind: kindThroughput, app: appStarlette, path: "/json", asgi: true},
 	{Name: "ws-echo", Desc: "websocket echo round trips/s (Starlette; -c connections, one 32-byte message in flight on each)", Kind: kindThroughput, app: appStarlette, path: "/ws", asgi: true, ws: true},
+	{Name: "idle", Desc: "PSS the front (nginx, berth's proxy) grows by when 5,000 idle keep-alive connections are open, each after one request", Kind: kindMemory, app: appHello, path: "/", idle: true},
+	{Name: "idle-tls", Desc: "as idle, over HTTPS (HTTP/1.1)", Kind: kindMemory, app: appHello, path: "/", idle: true, tls: true},
 	{Name: "ws-memory", Desc: "PSS growth when 1,000 idle websockets are open (raw ASGI app)", Kind: kindMemory, app: appASGI, path: "/ws", asgi: true, ws: true},
 }
 
@@ -411,6 +416,9 @@ func (sc *scenario) memory(ctx context.Context, e *benchEnv, stack string, res *
 		return err
 	}
 	res.Workers = len(workers)
+	if sc.idle {
+		return sc.idleMemory(ctx, in, all, res)
+	}
 	if res.PSSWorkersKiB, err = sumPSS(workers); err != nil {
 		return err
 	}
