@@ -66,6 +66,10 @@ func TestParseValues(t *testing.T) {
 		{"workers: {preload: false}", func(c *Config) bool { return !c.Workers.Preload }},
 		{"proxy: {max_body_size: 512Mi}", func(c *Config) bool { return c.Proxy.MaxBodySize == 512<<20 }},
 		{"proxy: {max_body_size: 0}", func(c *Config) bool { return c.Proxy.MaxBodySize == 0 }},
+		{"proxy: {}", func(c *Config) bool { return c.Proxy.BodyBufferSize == 64<<10 }},
+		{"proxy: {body_buffer_size: 2M}", func(c *Config) bool { return c.Proxy.BodyBufferSize == 2000000 }},
+		{"proxy: {body_buffer_size: 1}", func(c *Config) bool { return c.Proxy.BodyBufferSize == 1 }},
+		{"proxy: {body_buffer_size: 1Gi}", func(c *Config) bool { return c.Proxy.BodyBufferSize == 1<<30 }},
 		{"proxy: {trusted_proxies: [10.1.2.3/8, 192.0.2.7, '::1']}", func(c *Config) bool {
 			return reflect.DeepEqual(c.Proxy.TrustedProxies, []string{"10.0.0.0/8", "192.0.2.7/32", "::1/128"})
 		}},
@@ -128,6 +132,9 @@ func TestParseErrors(t *testing.T) {
 		{"static: [{url: /s/, dir: /d, extra: 1}]", `t.yaml:1: static[0]: unknown key "extra"; valid keys: url, dir`},
 		{"static: /app/static", `t.yaml:1: static: expected a list of {url: /static/, dir: /app/static} entries, got "/app/static"`},
 		{"proxy: {queue: {timeout: -1s}}", `t.yaml:1: proxy.queue.timeout: must not be negative, got -1s`},
+		{"proxy: {body_buffer_size: 2Gi}", `t.yaml:1: proxy.body_buffer_size: must be from 1 to 1Gi (the bytes of a request body kept in memory before it goes to a temp file; the default is 64Ki), got 2147483648`},
+		{"proxy: {body_buffer_size: 2MB}", `t.yaml:1: proxy.body_buffer_size: invalid size "2MB": use a whole number of bytes`},
+		{"proxy: {body_buffer_size: -1}", `t.yaml:1: proxy.body_buffer_size: invalid size -1: use a whole number`},
 		{"shutdown: {delay: -1s}", `t.yaml:1: shutdown.delay: must not be negative, got -1s`},
 		{"workers: {timeout: [1]}", `t.yaml:1: workers.timeout: expected a duration such as 30s or 1m30s, got a list`},
 		{"app: {env: {'A=B': x}}", `t.yaml:1: app.env.A=B: "A=B" is not a valid environment variable name`},
@@ -329,6 +336,7 @@ func TestDiff(t *testing.T) {
 		{"compression", func(c *Config) { c.Proxy.Compression.Enabled = false }, Changes{Proxy: true}},
 		{"cache", func(c *Config) { c.Cache.Routes = []CacheRoute{{URL: "/", MaxTTL: 1}} }, Changes{Proxy: true}},
 		{"max body", func(c *Config) { c.Proxy.MaxBodySize = 5 }, Changes{Proxy: true}},
+		{"body buffer", func(c *Config) { c.Proxy.BodyBufferSize = 2 << 20 }, Changes{Proxy: true}},
 		{"trusted", func(c *Config) { c.Proxy.TrustedProxies = []string{"10.0.0.0/8"} }, Changes{Proxy: true}},
 		{"access log", func(c *Config) { c.Proxy.AccessLog = "json" }, Changes{Proxy: true}},
 		{"queue", func(c *Config) { c.Proxy.Queue.Size = 1 }, Changes{Proxy: true}},

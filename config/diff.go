@@ -52,6 +52,7 @@ func Diff(old, new *Config) Changes {
 			!sameLocations(old, new) ||
 			!mountURLsEqual(old.Mounts, new.Mounts) ||
 			old.Proxy.MaxBodySize != new.Proxy.MaxBodySize ||
+			old.Proxy.BodyBufferSize != new.Proxy.BodyBufferSize ||
 			!slices.Equal(old.Proxy.TrustedProxies, new.Proxy.TrustedProxies) ||
 			old.Proxy.AccessLog != new.Proxy.AccessLog ||
 			old.Proxy.RequestID != new.Proxy.RequestID ||

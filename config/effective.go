@@ -79,6 +79,7 @@ func (c *Config) Effective() ([]byte, error) {
 		"mounts", c.mountsNode(),
 		"proxy", mapNode(
 			"max_body_size", intNode(int64(p.MaxBodySize)),
+			"body_buffer_size", intNode(int64(p.BodyBufferSize)),
 			"trusted_proxies", strList(p.TrustedProxies),
 			"access_log", strNode(p.AccessLog),
 			"request_id", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(p.RequestID)},

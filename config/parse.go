@@ -636,6 +636,7 @@ func (d *decoder) config(c *Config, root *yaml.Node) {
 		{"proxy", func(path string, n *yaml.Node) {
 			d.section(path, n, []field{
 				{"max_body_size", d.size(&p.MaxBodySize)},
+				{"body_buffer_size", d.size(&p.BodyBufferSize)},
 				{"trusted_proxies", d.strs(&p.TrustedProxies)},
 				{"access_log", d.str(&p.AccessLog)},
 				{"request_id", d.boolean(&p.RequestID)},

@@ -107,7 +107,11 @@ type Static struct {
 
 // Proxy holds the HTTP front's settings.
 type Proxy struct {
-	MaxBodySize    Size     `yaml:"max_body_size" json:"max_body_size"`
+	MaxBodySize Size `yaml:"max_body_size" json:"max_body_size"`
+	// BodyBufferSize is how much of a request body the proxy keeps in
+	// memory; a longer one goes to an unlinked temp file (nginx's
+	// client_body_buffer_size).
+	BodyBufferSize Size     `yaml:"body_buffer_size" json:"body_buffer_size"`
 	TrustedProxies []string `yaml:"trusted_proxies" json:"trusted_proxies"`
 	// AccessLog is "combined", "json", "off" or a format with nginx-style
 	// $variables (proxy/logformat), checked when the file is read.

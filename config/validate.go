@@ -41,7 +41,8 @@ func Default() *Config {
 		Static: []Static{},
 		Mounts: []Mount{},
 		Proxy: Proxy{
-			MaxBodySize:    1 << 20, // nginx's client_max_body_size 1m
+			MaxBodySize:    1 << 20,  // nginx's client_max_body_size 1m
+			BodyBufferSize: 64 << 10, // JSON and form posts stay out of temp files (nginx: 16k)
 			TrustedProxies: []string{},
 			AccessLog:      "combined",
 			RequestID:      true,
@@ -72,6 +73,11 @@ func (c *Config) Validate() error {
 // maxUnixPath is the longest path that fits sockaddr_un.sun_path (108 bytes
 // with the terminating NUL).
 const maxUnixPath = 107
+
+// MaxBodyBufferSize bounds proxy.body_buffer_size. Every request being
+// uploaded may hold that much memory, so a typo (2G for 2M) must not pass
+// as a setting.
+const MaxBodyBufferSize = 1 << 30
 
 // moduleRE is a Python module path with an optional callable, as gunicorn
 // and uWSGI take them: "mysite.wsgi" or "mysite.wsgi:application".
@@ -233,6 +239,9 @@ func (c *Config) validate(file string, lines map[string]int, failed func(path st
 	pr := &c.Proxy
 	if pr.MaxBodySize < 0 {
 		bad("proxy.max_body_size", "must not be negative (0 = no limit), got %d", pr.MaxBodySize)
+	}
+	if pr.BodyBufferSize < 1 || pr.BodyBufferSize > MaxBodyBufferSize {
+		bad("proxy.body_buffer_size", "must be from 1 to 1Gi (the bytes of a request body kept in memory before it goes to a temp file; the default is 64Ki), got %d", pr.BodyBufferSize)
 	}
 	for i, s := range pr.TrustedProxies {
 		norm, err := normalizeCIDR(s)

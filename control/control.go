@@ -44,8 +44,12 @@ type Message struct {
 // Proxy is the part of the configuration the proxy applies. It is swapped
 // atomically: a request sees either the old or the new settings, never a mix.
 type Proxy struct {
-	Static         []Static `json:"static"`
-	MaxBodySize    int64    `json:"max_body_size"`   // bytes; 0 means no limit
+	Static      []Static `json:"static"`
+	MaxBodySize int64    `json:"max_body_size"` // bytes; 0 means no limit
+	// BodyBufferSize is how much of a request body is kept in memory
+	// before it goes to a temp file, in bytes; 0 means the proxy's
+	// default (64 KiB), so a Proxy built without it behaves as before.
+	BodyBufferSize int64    `json:"body_buffer_size,omitempty"`
 	TrustedProxies []string `json:"trusted_proxies"` // CIDRs, already validated
 	AccessLog      string   `json:"access_log"`      // "combined", "json", "off" or a format with nginx-style $variables
 	// RequestID gives every request an ID (X-Request-ID from a trusted

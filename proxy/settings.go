@@ -34,6 +34,7 @@ type settings struct {
 	logUp        bool              // the log shows upstream times: measure them
 	requestID    bool              // proxy.request_id
 	maxBody      int64             // 0: no limit
+	bodyBuffer   int               // bytes of a request body kept in memory; more spills to a temp file
 	queueSize    int               // 0: no queue, 503 at once when every worker is busy
 	queueTimeout time.Duration
 	timeout      time.Duration // 0: wait for workers without limit
@@ -65,6 +66,7 @@ func compile(p control.Proxy) (*settings, error) {
 	st := &settings{
 		raw:          p,
 		maxBody:      p.MaxBodySize,
+		bodyBuffer:   int(p.BodyBufferSize),
 		queueSize:    p.QueueSize,
 		queueTimeout: time.Duration(p.QueueTimeout),
 		timeout:      time.Duration(p.Timeout),
@@ -94,6 +96,12 @@ func compile(p control.Proxy) (*settings, error) {
 	}
 	if p.MaxBodySize < 0 || p.QueueSize < 0 || p.QueueTimeout < 0 || p.Timeout < 0 || p.GracefulTimeout < 0 || p.DrainTimeout < 0 {
 		return nil, fmt.Errorf("proxy config: max_body_size, queue size and timeouts must not be negative")
+	}
+	switch {
+	case p.BodyBufferSize < 0 || p.BodyBufferSize > maxBodyBuffer:
+		return nil, fmt.Errorf("proxy config: body_buffer_size %d: it must be from 1 to %d bytes", p.BodyBufferSize, maxBodyBuffer)
+	case p.BodyBufferSize == 0:
+		st.bodyBuffer = reqMemLimit
 	}
 	for _, s := range p.Static {
 		m, err := compileStatic(s)

@@ -25,6 +25,7 @@ import (
 func (s *Supervisor) proxyConfig(cfg *config.Config) *control.Proxy {
 	p := &control.Proxy{
 		MaxBodySize:     int64(cfg.Proxy.MaxBodySize),
+		BodyBufferSize:  int64(cfg.Proxy.BodyBufferSize),
 		TrustedProxies:  cfg.Proxy.TrustedProxies,
 		AccessLog:       cfg.Proxy.AccessLog,
 		RequestID:       cfg.Proxy.RequestID,
