@@ -63,7 +63,8 @@ func (s *Server) readBody(rs *reqState, r *http.Request, st *settings) (hasBody 
 	}
 	if hasBody {
 		rc := http.NewResponseController(w.w)
-		rs.body.reset(reqMemLimit, s.opts.TempDir)
+		rs.body.reset(st.bodyBuffer, s.opts.TempDir)
+		rs.body.expect(r.ContentLength) // -1 for chunked and HTTP/2 without one
 		err := rs.body.readFrom(r.Body, st.maxBody, func() { rc.SetReadDeadline(time.Now().Add(clientBodyTimeout)) })
 		// net/http watches the connection once the body is read; a stale
 		// deadline would cancel the request's context.

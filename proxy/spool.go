@@ -4,87 +4,173 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"sync"
 )
 
 const (
-	// reqMemLimit is how much of a request body is kept in memory before it
-	// goes to a temp file (nginx client_body_buffer_size is 8-16 KiB).
+	// reqMemLimit is proxy.body_buffer_size's default: how much of a
+	// request body is kept in memory before it goes to a temp file. 64 KiB
+	// keeps JSON and form posts out of files (nginx's
+	// client_body_buffer_size defaults to 8-16 KiB).
 	reqMemLimit = 64 << 10
+	// maxBodyBuffer bounds body_buffer_size, as config.MaxBodyBufferSize.
+	maxBodyBuffer = 1 << 30
 	// respMemLimit is the same for a worker's response body.
 	respMemLimit = 1 << 20
-	// pooledBufMax is the largest buffer kept for reuse.
-	pooledBufMax = respMemLimit
 	firstBufSize = 16 << 10
+	// spillChunk is the least a spilled body is copied to its file
+	// through; fewer, larger writes.
+	spillChunk = 64 << 10
 )
+
+// Buffers come from pools by size class, powers of two from 16 KiB to
+// 4 MiB, so a body read into a buffer of exactly its Content-Length reuses
+// one of the class above. A larger buffer is made for its request and left
+// to the GC: whatever body_buffer_size says, an idle proxy keeps pooled
+// buffers of at most 4 MiB, and sync.Pool gives those up to the GC too.
+const (
+	minClassShift = 14 // 16 KiB
+	maxClassShift = 22 // 4 MiB
+	pooledBufMax  = 1 << maxClassShift
+)
+
+var bufPools [maxClassShift - minClassShift + 1]sync.Pool // of *[]byte; the pointer travels with the buffer so Put does not allocate
 
 var errBodyTooLarge = errors.New("body larger than max_body_size")
 
-var bufPool sync.Pool // of *[]byte; the pointer travels with the buffer so Put does not allocate
-
-func getBuf() *[]byte {
-	if p, ok := bufPool.Get().(*[]byte); ok {
+// getBufSize returns an empty buffer with room for at least n bytes.
+func getBufSize(n int) *[]byte {
+	if n > pooledBufMax {
+		b := make([]byte, 0, n)
+		return &b
+	}
+	c := 0
+	if n > 1<<minClassShift {
+		c = bits.Len(uint(n-1)) - minClassShift
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
 		*p = (*p)[:0]
 		return p
 	}
-	b := make([]byte, 0, firstBufSize)
+	b := make([]byte, 0, 1<<(c+minClassShift))
 	return &b
 }
 
+func getBuf() *[]byte { return getBufSize(firstBufSize) }
+
+// putBuf gives a buffer back to the largest class its capacity serves (a
+// buffer grown by append lands between two classes).
 func putBuf(p *[]byte) {
-	if p == nil || cap(*p) == 0 || cap(*p) > pooledBufMax {
+	if p == nil || cap(*p) < 1<<minClassShift || cap(*p) > pooledBufMax {
 		return
 	}
 	*p = (*p)[:0]
-	bufPool.Put(p)
+	bufPools[bits.Len(uint(cap(*p)))-1-minClassShift].Put(p)
 }
 
 // spool holds a body: in memory up to limit bytes, then in an unlinked temp
 // file, so a slow peer on one side never holds the other side.
 // The zero value is unusable; call reset first.
 type spool struct {
-	bp    *[]byte // buf's pool handle
-	buf   []byte
-	f     *os.File
-	n     int64
-	limit int
-	dir   string // temp dir; "" means os.TempDir()
+	bp     *[]byte // the pooled buffer buf is a slice of
+	buf    []byte  // the body in memory; its capacity is what may be read before the next decision
+	f      *os.File
+	n      int64
+	length int64 // the announced length (Content-Length); -1: unknown
+	limit  int
+	dir    string  // temp dir; "" means os.TempDir()
+	one    [1]byte // the probe past a full buffer: does the body go on?
 }
 
+// reset empties the spool for a body of which limit bytes may be kept in
+// memory. A limit of 0 keeps nothing: any byte goes to a temp file.
 func (s *spool) reset(limit int, dir string) {
 	s.release()
 	s.limit = limit
 	s.dir = dir
+	s.length = -1
 }
 
-// readFrom reads r to EOF. max > 0 bounds the total: past it readFrom
-// stops with errBodyTooLarge. before, when set, runs before each read (to
-// push a read deadline forward).
+// expect gives the body's announced length (-1: unknown), after reset
+// and before readFrom. A body announced to fit the limit is read into one
+// buffer of exactly that size; one announced past it goes to the temp file
+// at once, without filling memory first.
+func (s *spool) expect(length int64) { s.length = length }
+
+// readFrom reads r to EOF. An unannounced body (chunked) goes into a
+// buffer that doubles up to limit, then spills. max > 0 bounds the total:
+// past it readFrom stops with errBodyTooLarge. before, when set, runs
+// before each read (to push a read deadline forward).
 func (s *spool) readFrom(r io.Reader, max int64, before func()) error {
-	if s.bp == nil {
-		s.bp = getBuf()
-		s.buf = *s.bp
+	if s.bp == nil && s.f == nil {
+		if s.length > int64(s.limit) {
+			if err := s.spill(); err != nil {
+				return err
+			}
+		} else {
+			n := firstBufSize
+			if s.length >= 0 {
+				n = int(s.length)
+			}
+			s.bp = getBufSize(min(n, s.limit))
+			s.buf = (*s.bp)[:0:min(n, s.limit)]
+		}
 	}
 	for {
 		if s.f != nil {
-			return s.copyToFile(r, max, before)
+			return s.copyToFile(r, max, before, 0)
 		}
 		if len(s.buf) == cap(s.buf) {
-			if cap(s.buf) >= s.limit {
-				if err := s.spill(); err != nil {
+			if cap(s.buf) < s.limit && (s.length < 0 || s.n < s.length) {
+				s.grow()
+				continue
+			}
+			// Full at the announced length or at the limit. Only a read
+			// tells whether the body ends here: a body of exactly the
+			// limit stays in memory, and an announced length is not
+			// trusted to be the end.
+			if before != nil {
+				before()
+			}
+			n, err := r.Read(s.one[:])
+			if n == 0 {
+				if err == io.EOF {
+					return nil
+				}
+				if err != nil {
 					return err
 				}
 				continue
 			}
-			nc := 2 * cap(s.buf)
-			if nc > s.limit {
-				nc = s.limit
+			s.n++
+			if max > 0 && s.n > max {
+				return errBodyTooLarge
 			}
-			nb := make([]byte, len(s.buf), nc)
-			copy(nb, s.buf)
-			s.buf = nb
-			*s.bp = nb // the grown buffer goes back to the pool
+			if cap(s.buf) < s.limit { // longer than announced
+				s.grow()
+				s.buf = append(s.buf, s.one[0])
+			} else {
+				if serr := s.spill(); serr != nil {
+					return serr
+				}
+				if err == nil {
+					// The byte leads the next write to the file.
+					(*s.bp)[:1][0] = s.one[0]
+					return s.copyToFile(r, max, before, 1)
+				}
+				if _, werr := s.f.Write(s.one[:]); werr != nil {
+					return fmt.Errorf("buffer a body to a temp file: %w", werr)
+				}
+			}
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			continue
 		}
 		if before != nil {
 			before()
@@ -104,38 +190,63 @@ func (s *spool) readFrom(r io.Reader, max int64, before func()) error {
 	}
 }
 
+// grow doubles buf's room, up to limit: within its pooled buffer when that
+// has the room, else in one of the next class (the old one goes back).
+func (s *spool) grow() {
+	nc := min(max(2*cap(s.buf), firstBufSize), s.limit)
+	if cap(*s.bp) >= nc {
+		s.buf = (*s.bp)[:len(s.buf):nc]
+		return
+	}
+	nbp := getBufSize(nc)
+	nb := (*nbp)[:len(s.buf):nc]
+	copy(nb, s.buf)
+	putBuf(s.bp)
+	s.bp, s.buf = nbp, nb
+}
+
 // spill moves the memory part into a new temp file, unlinked at once so
-// nothing is left behind if the process dies.
+// nothing is left behind if the process dies, and makes sure bp is a
+// scratch buffer large enough to copy the rest through.
 func (s *spool) spill() error {
 	f, err := os.CreateTemp(s.dir, "berth-body-*")
 	if err != nil {
 		return fmt.Errorf("buffer a body to a temp file (set TMPDIR to a writable directory): %w", err)
 	}
 	os.Remove(f.Name())
-	if _, err := f.Write(s.buf); err != nil {
-		f.Close()
-		return fmt.Errorf("buffer a body to a temp file: %w", err)
+	if len(s.buf) > 0 {
+		if _, err := f.Write(s.buf); err != nil {
+			f.Close()
+			return fmt.Errorf("buffer a body to a temp file: %w", err)
+		}
 	}
 	s.f = f
+	s.buf = nil
+	if want := min(max(s.limit, spillChunk), respMemLimit); s.bp == nil || cap(*s.bp) < want {
+		putBuf(s.bp)
+		s.bp = getBufSize(want)
+	}
 	return nil
 }
 
-// copyToFile continues reading into the temp file, reusing buf as scratch.
-func (s *spool) copyToFile(r io.Reader, max int64, before func()) error {
-	scratch := s.buf[:cap(s.buf)]
+// copyToFile continues reading into the temp file through the scratch
+// buffer, whose first pend bytes are already read.
+func (s *spool) copyToFile(r io.Reader, max int64, before func(), pend int) error {
+	scratch := (*s.bp)[:cap(*s.bp)]
 	for {
 		if before != nil {
 			before()
 		}
-		n, err := r.Read(scratch)
-		if n > 0 {
+		n, err := r.Read(scratch[pend:])
+		if n > 0 || pend > 0 {
 			s.n += int64(n)
 			if max > 0 && s.n > max {
 				return errBodyTooLarge
 			}
-			if _, werr := s.f.Write(scratch[:n]); werr != nil {
+			if _, werr := s.f.Write(scratch[:pend+n]); werr != nil {
 				return fmt.Errorf("buffer a body to a temp file: %w", werr)
 			}
+			pend = 0
 		}
 		if err == io.EOF {
 			return nil
@@ -169,9 +280,9 @@ func (s *spool) release() {
 		s.f = nil
 	}
 	if s.bp != nil {
-		*s.bp = s.buf
 		putBuf(s.bp)
-		s.bp, s.buf = nil, nil
+		s.bp = nil
 	}
+	s.buf = nil
 	s.n = 0
 }
