@@ -425,3 +425,25 @@ func TestUwsgiAddHeader(t *testing.T) {
 		t.Errorf("same header from nginx: %+v", s)
 	}
 }
+
+// TestNginxBodyBufferSize: client_body_buffer_size in force where the app
+// is reached becomes proxy.body_buffer_size (nginx's k and m are ×1024);
+// one only in a static location is not needed, and 0 (berth keeps at least
+// a byte) needs a decision.
+func TestNginxBodyBufferSize(t *testing.T) {
+	_, c := parsed(t, [2]string{"site.conf", "server {\n  listen 8000;\n  client_body_buffer_size 2m;\n  location / { uwsgi_pass unix:/run/app.sock; }\n}\n"})
+	if c.Proxy.BodyBufferSize != 2<<20 {
+		t.Errorf("body_buffer_size = %d, want %d", c.Proxy.BodyBufferSize, 2<<20)
+	}
+	res, c := parsed(t, [2]string{"site.conf", "server {\n  listen 8000;\n  location /static/ { alias /srv/static/; client_body_buffer_size 1m; }\n  location / { uwsgi_pass unix:/run/app.sock; }\n}\n"})
+	if c.Proxy.BodyBufferSize != 64<<10 {
+		t.Errorf("a static location's client_body_buffer_size was translated: %d", c.Proxy.BodyBufferSize)
+	}
+	if s := skippedKey(t, res, "client_body_buffer_size"); s.Reason != NotNeeded {
+		t.Errorf("static location's value: %+v", s)
+	}
+	res, c = parsed(t, [2]string{"site.conf", "server {\n  listen 8000;\n  client_body_buffer_size 0;\n  location / { uwsgi_pass unix:/run/app.sock; }\n}\n"})
+	if s := skippedKey(t, res, "client_body_buffer_size"); s.Reason != NeedsDecision || c.Proxy.BodyBufferSize != 64<<10 {
+		t.Errorf("client_body_buffer_size 0: %+v, body_buffer_size %d", s, c.Proxy.BodyBufferSize)
+	}
+}

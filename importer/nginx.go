@@ -70,7 +70,7 @@ func (s *nginxScope) last(name string) *ndir {
 // inherited are the directives whose meaning depends on the locations that
 // reach the app, resolved once every location is known.
 var inherited = map[string]bool{
-	"client_max_body_size": true, "uwsgi_read_timeout": true, "proxy_read_timeout": true, "root": true,
+	"client_max_body_size": true, "client_body_buffer_size": true, "uwsgi_read_timeout": true, "proxy_read_timeout": true, "root": true,
 }
 
 // ruleDirectives are translated once every location of the site is known,
@@ -873,7 +873,7 @@ func (n *nginxImport) resolve() {
 	// an upstreams: group is that group's timeout.
 	groupTimeouts := map[*ndir][]string{}
 	for i, l := range n.appLocs {
-		names := []string{"client_max_body_size"}
+		names := []string{"client_max_body_size", "client_body_buffer_size"}
 		if l.group == "" {
 			names = append(names, readTimeout(l))
 		} else if d, _ := l.scope.get("proxy_read_timeout"); d != nil && !slices.Contains(groupTimeouts[d], l.group) {
@@ -945,6 +945,17 @@ func (n *nginxImport) nginxValue(d *ndir, where string) (string, any, string, bo
 			note = "0: no limit"
 		}
 		return "proxy.max_body_size", s, note, true
+	case "client_body_buffer_size":
+		s, err := nginxSize(d.args[0])
+		if err != nil {
+			n.b.skip(src, d.text(), NeedsDecision, "%v", err)
+			return "", nil, "", false
+		}
+		if s < 1 || s > config.MaxBodyBufferSize {
+			n.b.skip(src, d.text(), NeedsDecision, "berth's proxy.body_buffer_size is from 1 byte to 1g; choose one, or leave it out for 64k")
+			return "", nil, "", false
+		}
+		return "proxy.body_buffer_size", s, "bodies up to it stay in memory, longer ones go to a temp file", true
 	default: // uwsgi_read_timeout, proxy_read_timeout
 		t, err := nginxTime(d.args[0])
 		if err != nil || t <= 0 {

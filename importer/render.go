@@ -109,10 +109,11 @@ func (b *builder) render(inputs []string) []byte {
 		}
 	}
 	compressionKeys := []string{"enabled", "min_length", "types"}
-	if section("proxy", "max_body_size", "trusted_proxies", "access_log", "limits.connections_per_client") ||
+	if section("proxy", "max_body_size", "body_buffer_size", "trusted_proxies", "access_log", "limits.connections_per_client") ||
 		section("proxy.compression", compressionKeys...) || len(b.headers) > 0 || len(b.errorPages) > 0 {
 		emit("proxy:", nil)
 		scalar("  ", "max_body_size", "proxy.max_body_size")
+		scalar("  ", "body_buffer_size", "proxy.body_buffer_size")
 		list("  ", "trusted_proxies", "proxy.trusted_proxies")
 		scalar("  ", "access_log", "proxy.access_log")
 		if section("proxy.compression", compressionKeys...) {
