@@ -76,6 +76,7 @@ func putBuf(p *[]byte) {
 type spool struct {
 	bp     *[]byte // the pooled buffer buf is a slice of
 	buf    []byte  // the body in memory; its capacity is what may be read before the next decision
+	toFile bool    // the body goes to f, made at its first byte
 	f      *os.File
 	n      int64
 	length int64 // the announced length (Content-Length); -1: unknown
@@ -96,7 +97,7 @@ func (s *spool) reset(limit int, dir string) {
 // expect gives the body's announced length (-1: unknown), after reset
 // and before readFrom. A body announced to fit the limit is read into one
 // buffer of exactly that size; one announced past it goes to the temp file
-// at once, without filling memory first.
+// from its first byte, without filling memory first.
 func (s *spool) expect(length int64) { s.length = length }
 
 // readFrom reads r to EOF. An unannounced body (chunked) goes into a
@@ -104,7 +105,7 @@ func (s *spool) expect(length int64) { s.length = length }
 // past it readFrom stops with errBodyTooLarge. before, when set, runs
 // before each read (to push a read deadline forward).
 func (s *spool) readFrom(r io.Reader, max int64, before func()) error {
-	if s.bp == nil && s.f == nil {
+	if s.bp == nil && !s.toFile {
 		if s.length > int64(s.limit) {
 			if err := s.spill(); err != nil {
 				return err
@@ -119,7 +120,7 @@ func (s *spool) readFrom(r io.Reader, max int64, before func()) error {
 		}
 	}
 	for {
-		if s.f != nil {
+		if s.toFile {
 			return s.copyToFile(r, max, before, 0)
 		}
 		if len(s.buf) == cap(s.buf) {
@@ -160,8 +161,8 @@ func (s *spool) readFrom(r io.Reader, max int64, before func()) error {
 					(*s.bp)[:1][0] = s.one[0]
 					return s.copyToFile(r, max, before, 1)
 				}
-				if _, werr := s.f.Write(s.one[:]); werr != nil {
-					return fmt.Errorf("buffer a body to a temp file: %w", werr)
+				if werr := s.write(s.one[:]); werr != nil {
+					return werr
 				}
 			}
 			if err == io.EOF {
@@ -205,26 +206,39 @@ func (s *spool) grow() {
 	s.bp, s.buf = nbp, nb
 }
 
-// spill moves the memory part into a new temp file, unlinked at once so
-// nothing is left behind if the process dies, and makes sure bp is a
-// scratch buffer large enough to copy the rest through.
+// spill sends the body to a temp file from now on, the memory part
+// first, and makes sure bp is a scratch buffer large enough to copy the
+// rest through.
 func (s *spool) spill() error {
-	f, err := os.CreateTemp(s.dir, "berth-body-*")
-	if err != nil {
-		return fmt.Errorf("buffer a body to a temp file (set TMPDIR to a writable directory): %w", err)
-	}
-	os.Remove(f.Name())
+	s.toFile = true
 	if len(s.buf) > 0 {
-		if _, err := f.Write(s.buf); err != nil {
-			f.Close()
-			return fmt.Errorf("buffer a body to a temp file: %w", err)
+		if err := s.write(s.buf); err != nil {
+			return err
 		}
 	}
-	s.f = f
 	s.buf = nil
 	if want := min(max(s.limit, spillChunk), respMemLimit); s.bp == nil || cap(*s.bp) < want {
 		putBuf(s.bp)
 		s.bp = getBufSize(want)
+	}
+	return nil
+}
+
+// write appends p to the temp file, making it first: unlinked at once, so
+// nothing is left behind if the process dies, and only once a byte is
+// there to write, so a client that announces a long body and sends
+// nothing holds no file.
+func (s *spool) write(p []byte) error {
+	if s.f == nil {
+		f, err := os.CreateTemp(s.dir, "berth-body-*")
+		if err != nil {
+			return fmt.Errorf("buffer a body to a temp file (set TMPDIR to a writable directory): %w", err)
+		}
+		os.Remove(f.Name())
+		s.f = f
+	}
+	if _, err := s.f.Write(p); err != nil {
+		return fmt.Errorf("buffer a body to a temp file: %w", err)
 	}
 	return nil
 }
@@ -243,8 +257,8 @@ func (s *spool) copyToFile(r io.Reader, max int64, before func(), pend int) erro
 			if max > 0 && s.n > max {
 				return errBodyTooLarge
 			}
-			if _, werr := s.f.Write(scratch[:pend+n]); werr != nil {
-				return fmt.Errorf("buffer a body to a temp file: %w", werr)
+			if werr := s.write(scratch[:pend+n]); werr != nil {
+				return werr
 			}
 			pend = 0
 		}
@@ -259,7 +273,8 @@ func (s *spool) copyToFile(r io.Reader, max int64, before func(), pend int) erro
 
 func (s *spool) size() int64 { return s.n }
 
-// inMemory says whether bytes() is the whole body.
+// inMemory says whether bytes() is the whole body (an empty one included,
+// even if it was to go to a file).
 func (s *spool) inMemory() bool { return s.f == nil }
 
 func (s *spool) bytes() []byte { return s.buf }
@@ -279,6 +294,7 @@ func (s *spool) release() {
 		s.f.Close()
 		s.f = nil
 	}
+	s.toFile = false
 	if s.bp != nil {
 		putBuf(s.bp)
 		s.bp = nil

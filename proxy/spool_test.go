@@ -189,3 +189,24 @@ func TestBufPoolClasses(t *testing.T) {
 		t.Fatalf("a 32 KiB class buffer of %d bytes", cap(*p))
 	}
 }
+
+// A body announced past the limit goes to a file, but the file is made at
+// its first byte: a client that announces 1 GiB and sends nothing holds
+// no file descriptor but its connection.
+func TestSpoolNoFileBeforeAByte(t *testing.T) {
+	var s spool
+	s.reset(64<<10, t.TempDir())
+	s.expect(1 << 30)
+	err := s.readFrom(io.MultiReader(), 0, nil) // EOF at once: net/http says io.ErrUnexpectedEOF
+	if err != nil || s.f != nil || !s.inMemory() || s.size() != 0 {
+		t.Fatalf("nothing sent: error %v, file %v, in memory %v, size %d", err, s.f, s.inMemory(), s.size())
+	}
+	s.release()
+	s.reset(64<<10, t.TempDir())
+	s.expect(1 << 30)
+	err = s.readFrom(&pieces{b: []byte("x"), step: 1, eofWithData: true}, 0, nil)
+	if err != nil || s.f == nil || s.size() != 1 {
+		t.Fatalf("one byte sent: error %v, file %v, size %d", err, s.f, s.size())
+	}
+	s.release()
+}
