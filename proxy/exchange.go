@@ -287,6 +287,9 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 
 	// Buffer the whole body and give the worker back.
 	rs.resp.reset(respMemLimit, s.opts.TempDir)
+	if !hd.NoBody && !hd.Chunked {
+		rs.resp.expect(hd.Length) // one buffer of its size, or the file from the start
+	}
 	if err := rs.resp.readFrom(&rs.rbody, 0, nil); err != nil {
 		clear(h)
 		if isTimeout(err) {
