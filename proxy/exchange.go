@@ -370,18 +370,21 @@ func isTimeout(err error) bool {
 }
 
 // writeRequest writes a request packet to w on c, or on a new connection
-// when c is nil, with the exchange's deadline counted from start. It is
-// the one place a request goes out, for the first send and for the
-// handoff of a queued request. A dial error comes back with a nil
-// connection; any other error with c, for the caller to judge and close.
-func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start time.Time) (*upConn, error) {
+// when c is nil, with the exchange's deadline counted from start, and body
+// after it when not nil (an in-memory body too large to be copied into the
+// packet): one writev, so one system call when the socket takes both. It
+// is the one place a request goes out, for the first send and for the
+// handoff of a queued request. It returns the bytes written; a dial error
+// comes back with a nil connection, any other error with c, for the caller
+// to judge and close.
+func writeRequest(w *worker, c *upConn, pkt, body []byte, timeout time.Duration, start time.Time) (*upConn, int64, error) {
 	if c != nil && c.reused && c.unsolicited() {
-		return c, errStale // the caller drops it as a stale pooled connection
+		return c, 0, errStale // the caller drops it as a stale pooled connection
 	}
 	if c == nil {
 		var err error
 		if c, err = dialWorker(w); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	if timeout > 0 {
@@ -392,8 +395,13 @@ func writeRequest(w *worker, c *upConn, pkt []byte, timeout time.Duration, start
 		c.deadline = false
 	}
 	c.cnt.n = 0
-	_, err := c.raw.Write(pkt)
-	return c, err
+	if body == nil {
+		n, err := c.raw.Write(pkt)
+		return c, int64(n), err
+	}
+	iov := [2][]byte{pkt, body}
+	n, err := c.raw.Writev(iov[:])
+	return c, n, err
 }
 
 // errStale: a pooled connection found closed by the worker, or holding
@@ -404,9 +412,14 @@ var errStale = errors.New("the pooled worker connection was closed or holds unso
 // connections the worker had closed. On failure it has released the worker
 // and returns a nil connection, the outcome and, for a timeout, the 504.
 func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c *upConn, pkt []byte, bodyInPkt bool, start time.Time) (*upConn, outcome, response) {
+	var body []byte
+	if !bodyInPkt && rs.body.inMemory() {
+		body = rs.body.bytes()
+	}
 	for {
+		var n int64
 		var err error
-		c, err = writeRequest(wk, c, pkt, st.timeout, start)
+		c, n, err = writeRequest(wk, c, pkt, body, st.timeout, start)
 		if c == nil {
 			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
 				// The proxy's limit, not the worker's fault: the worker
@@ -420,7 +433,8 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 			wk.rt.release(wk, nil, false)
 			return nil, retryDial, response{}
 		}
-		if err != nil && c.reused && !isTimeout(err) {
+		sent := n >= int64(len(pkt)) // the packet went out whole
+		if err != nil && c.reused && !isTimeout(err) && !sent {
 			// A pooled connection the worker closed while it sat idle (on
 			// a unix socket that is EPIPE at once): not the request's
 			// fault and not its one retry; use another connection.
@@ -428,11 +442,9 @@ func (s *Server) send(rs *reqState, r *http.Request, st *settings, wk *worker, c
 			continue
 		}
 		out := retryWrite // the packet did not go out: the worker has nothing
-		if err == nil && !bodyInPkt {
+		if !bodyInPkt && (err == nil || sent) {
 			out = failed502 // the worker may have begun on the packet
-			if rs.body.inMemory() {
-				_, err = c.raw.Write(rs.body.bytes())
-			} else {
+			if err == nil && body == nil {
 				var f *os.File
 				if f, err = rs.body.file(); err == nil {
 					_, err = io.Copy(c.c, f)
@@ -465,7 +477,7 @@ func (s *Server) handoff(job *sendJob, g grant) grant {
 		return g
 	}
 	start := time.Now()
-	c, err := writeRequest(g.w, g.c, job.pkt, job.timeout, start)
+	c, _, err := writeRequest(g.w, g.c, job.pkt, nil, job.timeout, start)
 	if err != nil {
 		if c != nil {
 			if c.reused {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"testing"
+	"time"
 )
 
 // pieces returns body in reads of at most step bytes; with eofWithData the
@@ -209,4 +211,31 @@ func TestSpoolNoFileBeforeAByte(t *testing.T) {
 		t.Fatalf("one byte sent: error %v, file %v, size %d", err, s.f, s.size())
 	}
 	s.release()
+}
+
+// An in-memory body too large to be copied into the packet goes out with
+// it in one writev: the worker gets exactly the bytes, on a fresh
+// connection and on a pooled one the worker had closed (a stale
+// connection is replaced, not answered 502, even for a POST).
+func TestInMemoryBodyToWorker(t *testing.T) {
+	fw := startFake(t, "w1", 1, echo)
+	cfg := defaultConfig()
+	cfg.BodyBufferSize = 1 << 20
+	h := startProxy(t, cfg, fw)
+	body := string(bytes.Repeat([]byte("0123456789abcdef"), 300<<10/16)) // 300 KiB: past the packet's 64 KiB
+	for i, r := range []io.Reader{strings.NewReader(body), io.MultiReader(strings.NewReader(body[:1000]), strings.NewReader(body[1000:]))} {
+		resp, got := h.do("POST", "/", r)
+		if resp.StatusCode != 200 || got != body {
+			t.Fatalf("upload %d: %d, %d bytes back of %d", i, resp.StatusCode, len(got), len(body))
+		}
+	}
+	waitFor(t, "the connection to be pooled", 2*time.Second, func() bool { return h.srv.Stats().Workers["w1"].InFlight == 0 })
+	fw.closeConns()
+	time.Sleep(20 * time.Millisecond)
+	if resp, got := h.do("POST", "/", strings.NewReader(body)); resp.StatusCode != 200 || got != body {
+		t.Fatalf("after the worker closed the pooled connection: %d, %d bytes back", resp.StatusCode, len(got))
+	}
+	if m := h.metricsText(); !strings.Contains(m, `berth_upstream_errors_total{kind="stale"} 1`) {
+		t.Errorf("the stale connection was not the path taken:\n%s", grepLine(m, "upstream_errors"))
+	}
 }
