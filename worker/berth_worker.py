@@ -59,6 +59,26 @@ _digits = re.compile(r'[0-9]+\Z').match
 MAX_CONTENT_LENGTH = (1 << 63) - 1  # as nginx's and Go's: any larger length is an attack or a bug
 # Header names already validated, mapped to their lower-case form: apps repeat a few names.
 _header_names = {}
+# Statuses already validated, mapped to (status line, no body): apps answer with a few, and the
+# checks below cost more than the rest of start_response.
+_statuses = {}
+
+
+def _check_status(status):
+    if type(status) is not str:
+        raise TypeError('status must be a str, not %s' % type(status).__name__)
+    if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
+            '\n' in status or '\r' in status:
+        raise ValueError('status %r: want "NNN Reason"' % status)
+    code = int(status[:3])
+    if code < 200:
+        # 1xx are interim answers the server owns (a proxy would wait for the final one
+        # after it), and codes under 100 are no HTTP status at all.
+        raise ValueError('status %r: want a final status, 200 or above' % status)
+    st = ('HTTP/1.1 ' + status + '\r\n', code == 204 or code == 304)
+    if len(_statuses) < 1024:
+        _statuses[status] = st
+    return st
 
 
 def _check_header_name(name):
@@ -316,7 +336,7 @@ class Response:
         self.keepalive = keepalive
         self.head_req = head_req
         self.status = None
-        self.head = None  # status line and headers, without the blank line
+        self.head = None  # status line, headers and the blank line that ends them
         self.cl = None  # the app's Content-Length, when it gave one
         self.no_body = head_req
         self.sent = False  # headers are on the wire
@@ -333,21 +353,16 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError('start_response() called a second time without exc_info')
-        if type(status) is not str:
-            raise TypeError('status must be a str, not %s' % type(status).__name__)
-        if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
-                '\n' in status or '\r' in status:
-            raise ValueError('status %r: want "NNN Reason"' % status)
-        code = int(status[:3])
-        if code < 200:
-            # 1xx are interim answers the server owns (a proxy would wait for the final one
-            # after it), and codes under 100 are no HTTP status at all.
-            raise ValueError('status %r: want a final status, 200 or above' % status)
+        # A str subclass equal to a cached status must still be refused by _check_status.
+        st = _statuses.get(status) if type(status) is str else None
+        if st is None:
+            st = _check_status(status)
         cl = None
-        lines = ['HTTP/1.1 ', status, '\r\n']
+        lines = [st[0]]
         add = lines.append
+        names = _header_names
         for name, value in headers:
-            lname = _header_names.get(name)
+            lname = names.get(name)
             if lname is None:
                 lname = _check_header_name(name)
             if type(value) is not str:
@@ -362,16 +377,19 @@ class Response:
             add(': ')
             add(value)
             add('\r\n')
+        add('\r\n')
         self.status = status
         # Encoding here makes a non-latin-1 header fail inside start_response, like any other
         # invalid header, before anything was sent.
         self.head = ''.join(lines).encode('latin-1')
         self.cl = cl
-        self.no_body = self.head_req or code < 200 or code == 204 or code == 304
+        self.no_body = self.head_req or st[1]
         return self.write
 
     def _head(self, framing):
-        return self.head + framing + b'\r\n'
+        if not framing:
+            return self.head
+        return self.head[:-2] + framing + b'\r\n'
 
     def _send(self, data):
         try:
@@ -466,11 +484,30 @@ class Response:
 
     def send_list(self, result):
         """Fast path for a list/tuple of bytes: one sendall with an exact Content-Length."""
-        total = 0
-        for b in result:
-            if type(b) is not bytes:
+        if len(result) == 1:
+            # Most apps answer with one buffer: skip the loop.
+            body = result[0]
+            if type(body) is not bytes:
                 return False
-            total += len(b)
+            total = len(body)
+            cl = self.cl
+            if cl is not None and total <= JOIN_MAX and not self.no_body:
+                if cl != total:
+                    return False
+                self.sent = True
+                self.count = total
+                try:
+                    self.sock.sendall(self.head + body)
+                except OSError as e:
+                    self.close = True
+                    raise ClientGone(str(e)) from None
+                return True
+        else:
+            total = 0
+            for b in result:
+                if type(b) is not bytes:
+                    return False
+                total += len(b)
         cl = self.cl
         if cl is not None and cl != total:
             return False
