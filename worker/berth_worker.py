@@ -53,6 +53,8 @@ _token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 # uwsgi var names already found valid (CGI meta-variable names are tokens, RFC 3875 4.1): a
 # front sends the same few dozen names every time, so one set look-up checks them all.
 _good_names = set()
+# Request methods already found to be tokens: a regex match costs more than a set look-up.
+_good_methods = set()
 # RFC 9110 5.5: a recipient must reject (or replace) NUL, CR and LF in a field value.
 _nul_cr_lf = re.compile('[\0\r\n]').search
 _digits = re.compile(r'[0-9]+\Z').match
@@ -720,22 +722,27 @@ class Worker:
     # -- one request --------------------------------------------------------------------------
 
     def _read_request(self, conn):
-        if conn.pos == conn.end:
-            conn.pos = conn.end = 0
-        if not conn.fill(4):
-            return None
-        mod1, size, mod2 = _unpack_head(conn.buf, conn.pos)
-        # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does;
-        # MOD_COMPACT is berth's proxy's NUL-separated vars (docs/internals.md).
-        if mod1 != 0 and mod1 != 30 and mod1 != MOD_COMPACT:
-            raise BadRequest('uwsgi modifier1 %d is not WSGI (want 0)' % mod1)
-        if not conn.fill(4 + size):
-            raise ClientGone('closed in request head')
-        p = conn.pos + 4
-        conn.pos = p + size
-        data = bytes(conn.mv[p:p + size])
-        s = data.decode('latin-1')  # PEP 3333: environ strings are bytes-as-latin-1
+        # Usually one recv brought the whole head: Conn.fill only when it did not.
+        p = conn.pos
+        avail = conn.end - p
+        if avail < 4:
+            if not avail:
+                conn.pos = conn.end = 0
+            if not conn.fill(4):
+                return None
+            p = conn.pos
+            avail = conn.end - p
+        mod1, size, mod2 = _unpack_head(conn.buf, p)
         if mod1 == MOD_COMPACT:
+            # berth's proxy's NUL-separated vars (docs/internals.md)
+            if avail < 4 + size:
+                if not conn.fill(4 + size):
+                    raise ClientGone('closed in request head')
+                p = conn.pos
+            p += 4
+            conn.pos = e = p + size
+            # PEP 3333: environ strings are bytes-as-latin-1
+            s = conn.buf[p:e].decode('latin-1')
             parts = s.split('\0')
             n = len(parts) >> 1
             if len(parts) & 1 == 0 or parts[-1]:
@@ -745,7 +752,20 @@ class Worker:
             d = dict(zip(it, it))
             if len(d) != n:
                 raise BadRequest('compact vars: a key is given twice')
+            # No key or value holds a NUL here, and a key with CR or LF is no token: one scan of
+            # the whole block for CR and LF replaces joining the values.
+            if '\r' in s or '\n' in s or not _good_names.issuperset(d):
+                _check_each_var(d)
         else:
+            # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
+            if mod1 != 0 and mod1 != 30:
+                raise BadRequest('uwsgi modifier1 %d is not WSGI (want 0)' % mod1)
+            if not conn.fill(4 + size):
+                raise ClientGone('closed in request head')
+            p = conn.pos + 4
+            conn.pos = p + size
+            data = bytes(conn.mv[p:p + size])
+            s = data.decode('latin-1')  # PEP 3333: environ strings are bytes-as-latin-1
             d = {}
             i = n = 0
             try:
@@ -761,6 +781,9 @@ class Worker:
                 raise BadRequest('uwsgi var %d runs past the end of the %d-byte vars block' % (n + 1, size))
             if len(d) != n:
                 d = _merge_repeated(data, s)
+            values = ''.join(d.values())
+            if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
+                _check_each_var(d)
         _check_vars(d)
         env = self.base.copy()
         env.update(d)
@@ -897,15 +920,16 @@ def _merge_repeated(data, s):
 
 def _check_vars(d):
     """Raise BadRequest unless the vars of one request may reach the app (docs/internals.md,
-    "Malformed packets"). The usual packet is checked with a few C-speed scans."""
-    values = ''.join(d.values())
-    if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
-        _check_each_var(d)
+    "Malformed packets"), once each name and value has passed _check_each_var or the caller's
+    C-speed scans that stand for it."""
     method = d.get('REQUEST_METHOD')
-    if method is None:
-        raise BadRequest('no REQUEST_METHOD')
-    if not _token(method):
-        raise BadRequest('REQUEST_METHOD %r is not an HTTP method (a token)' % method[:30])
+    if method not in _good_methods:
+        if method is None:
+            raise BadRequest('no REQUEST_METHOD')
+        if not _token(method):
+            raise BadRequest('REQUEST_METHOD %r is not an HTTP method (a token)' % method[:30])
+        if len(_good_methods) < 64:
+            _good_methods.add(method)
     if 'PATH_INFO' not in d and 'REQUEST_URI' not in d:
         raise BadRequest('neither PATH_INFO nor REQUEST_URI is set')
     clen = d.get('CONTENT_LENGTH')
