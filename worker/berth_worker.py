@@ -587,6 +587,9 @@ class Worker:
         self.sock_ino = None
         self.stopping = False
         self.states = []
+        # var count -> (var names of a request served, with the final '', its environ as built
+        # before anything else touched it, the vars' values blanked): see _read_request.
+        self.layouts = {}
         self.base = {
             'wsgi.version': (1, 0),
             'wsgi.url_scheme': 'http',
@@ -748,14 +751,34 @@ class Worker:
             if len(parts) & 1 == 0 or parts[-1]:
                 raise BadRequest('compact vars: %d strings, not key/value pairs each ending in NUL'
                                  % (len(parts) - 1))
-            it = iter(parts)
-            d = dict(zip(it, it))
-            if len(d) != n:
-                raise BadRequest('compact vars: a key is given twice')
+            # A proxy sends the same var names in the same order request after request: when they
+            # equal those of a request already served (so they are valid names, each once), the
+            # environ is a copy of that request's, its values replaced. Copying a dict that
+            # already holds every key, and updating keys whose hashes are known, costs less than
+            # building the vars dict, checking its names and merging it into the base environ.
+            keys = parts[::2]
+            layout = self.layouts.get(n)
             # No key or value holds a NUL here, and a key with CR or LF is no token: one scan of
             # the whole block for CR and LF replaces joining the values.
-            if '\r' in s or '\n' in s or not _good_names.issuperset(d):
-                _check_each_var(d)
+            if layout is not None and layout[0] == keys and '\r' not in s and '\n' not in s:
+                env = layout[1].copy()
+                env.update(zip(layout[0], parts[1::2]))
+                _check_vars(env)  # none of the vars it reads is in self.base
+            else:
+                it = iter(parts)
+                d = dict(zip(it, it))
+                if len(d) != n:
+                    raise BadRequest('compact vars: a key is given twice')
+                if '\r' in s or '\n' in s or not _good_names.issuperset(d):
+                    _check_each_var(d)
+                _check_vars(d)
+                env = self.base.copy()
+                env.update(d)
+                if n in self.layouts or len(self.layouts) < 64:
+                    # Blanked: a cached environ must not keep a request's cookies alive.
+                    tmpl = env.copy()
+                    tmpl.update(dict.fromkeys(d, ''))
+                    self.layouts[n] = (keys, tmpl)
         else:
             # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
             if mod1 != 0 and mod1 != 30:
@@ -784,9 +807,9 @@ class Worker:
             values = ''.join(d.values())
             if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
                 _check_each_var(d)
-        _check_vars(d)
-        env = self.base.copy()
-        env.update(d)
+            _check_vars(d)
+            env = self.base.copy()
+            env.update(d)
         # nginx passes Content-Type/-Length twice (also as HTTP_*); PEP 3333 wants them once.
         if 'HTTP_CONTENT_TYPE' in env:
             del env['HTTP_CONTENT_TYPE']
