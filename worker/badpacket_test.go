@@ -486,6 +486,32 @@ func TestCompactSameNames(t *testing.T) {
 		posted["REQUEST_METHOD"] != "POST" {
 		t.Errorf("POST with a body: %v", posted)
 	}
+	// Names that make the worker adjust the environ: the adjustment must hold on the shortcut too.
+	for _, tc := range []struct {
+		name string
+		vs   []kv
+		want map[string]string
+	}{
+		{"HTTPS", edit(set("HTTPS", "on")), map[string]string{"wsgi.url_scheme": "https"}},
+		{"UWSGI_SCHEME", edit(set("UWSGI_SCHEME", "https")), map[string]string{"wsgi.url_scheme": "https"}},
+		{"no PATH_INFO", edit(del("PATH_INFO")), map[string]string{"PATH_INFO": "/rec"}},
+		{"SCRIPT_NAME", edit(set("SCRIPT_NAME", "/app/"), set("PATH_INFO", "/app/rec")), map[string]string{"SCRIPT_NAME": "/app", "PATH_INFO": "/rec"}},
+		{"HTTP_CONTENT_TYPE", edit(set("HTTP_CONTENT_TYPE", "text/plain")), map[string]string{"HTTP_CONTENT_TYPE": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := 0; i < 2; i++ {
+				served, env := send(t, tc.vs, "")
+				if !served {
+					t.Fatalf("rejected (try %d)", i+1)
+				}
+				for k, v := range tc.want {
+					if env[k] != v {
+						t.Errorf("try %d: %s = %q, want %q", i+1, k, env[k], v)
+					}
+				}
+			}
+		})
+	}
 	for _, tc := range []struct {
 		name string
 		vs   []kv

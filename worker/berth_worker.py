@@ -58,6 +58,8 @@ _good_methods = set()
 # RFC 9110 5.5: a recipient must reject (or replace) NUL, CR and LF in a field value.
 _nul_cr_lf = re.compile('[\0\r\n]').search
 _digits = re.compile(r'[0-9]+\Z').match
+# Vars that make _read_request adjust the environ (so does a missing PATH_INFO).
+_ADJUSTED = frozenset(('HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH', 'SCRIPT_NAME', 'HTTPS', 'UWSGI_SCHEME'))
 MAX_CONTENT_LENGTH = (1 << 63) - 1  # as nginx's and Go's: any larger length is an attack or a bug
 # Header names already validated, mapped to their lower-case form: apps repeat a few names.
 _header_names = {}
@@ -588,7 +590,8 @@ class Worker:
         self.stopping = False
         self.states = []
         # var count -> (var names of a request served, with the final '', its environ as built
-        # before anything else touched it, the vars' values blanked): see _read_request.
+        # before anything else touched it, the vars' values blanked, whether it needed no
+        # adjustment after that): see _read_request.
         self.layouts = {}
         self.base = {
             'wsgi.version': (1, 0),
@@ -725,12 +728,15 @@ class Worker:
     # -- one request --------------------------------------------------------------------------
 
     def _read_request(self, conn):
-        # Usually one recv brought the whole head: Conn.fill only when it did not.
+        # Usually one recv brings the whole head: Conn.fill only when it did not.
         p = conn.pos
         avail = conn.end - p
-        if avail < 4:
+        if not avail:
+            p = conn.pos = 0
+            avail = conn.end = conn.sock.recv_into(conn.mv)
             if not avail:
-                conn.pos = conn.end = 0
+                return None
+        if avail < 4:
             if not conn.fill(4):
                 return None
             p = conn.pos
@@ -764,6 +770,8 @@ class Worker:
                 env = layout[1].copy()
                 env.update(zip(layout[0], parts[1::2]))
                 _check_vars(env)  # none of the vars it reads is in self.base
+                if layout[2]:
+                    return env  # none of the adjustments below applies to these names
             else:
                 it = iter(parts)
                 d = dict(zip(it, it))
@@ -778,7 +786,7 @@ class Worker:
                     # Blanked: a cached environ must not keep a request's cookies alive.
                     tmpl = env.copy()
                     tmpl.update(dict.fromkeys(d, ''))
-                    self.layouts[n] = (keys, tmpl)
+                    self.layouts[n] = (keys, tmpl, 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d))
         else:
             # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
             if mod1 != 0 and mod1 != 30:
