@@ -231,28 +231,31 @@ func run(o options) error {
 func printSummary(w io.Writer, o options, rts []runtime, results []result) {
 	fmt.Fprintf(w, "\nworker CPU per request, medians of %d rounds (%d requests each, app %s, mode %s)\n",
 		o.rounds, o.n, o.app, o.mode)
-	fmt.Fprintf(w, "%-6s %-40s %10s %10s %10s %10s\n", "conns", "runtime", "µs/req", "vs first", "req/s", "ctxsw/req")
+	fmt.Fprintln(w, "(user: utime alone, what the Python code itself costs; the kernel's share grows with the machine's load)")
+	fmt.Fprintf(w, "%-6s %-40s %8s %9s %8s %9s %8s %9s\n", "conns", "runtime", "µs/req", "vs first", "user µs", "vs first", "req/s", "ctxsw/req")
 	for _, c := range o.conns {
 		for i, rt := range rts {
-			var cpu, rps, sw, ratio []float64
+			var cpu, user, rps, sw, ratio, uratio []float64
 			for _, r := range results {
 				if r.conns != c || r.rt != i {
 					continue
 				}
 				cpu = append(cpu, r.cpuUS)
+				user = append(user, r.cpuUS-r.sysUS)
 				rps = append(rps, r.rps)
 				sw = append(sw, r.ctxsw)
 				for _, b := range results {
 					if b.conns == c && b.rt == 0 && b.round == r.round {
 						ratio = append(ratio, r.cpuUS/b.cpuUS)
+						uratio = append(uratio, (r.cpuUS-r.sysUS)/(b.cpuUS-b.sysUS))
 					}
 				}
 			}
-			rs := "-"
+			rs, us := "-", "-"
 			if i > 0 {
-				rs = fmt.Sprintf("%.3f×", median(ratio))
+				rs, us = fmt.Sprintf("%.3f×", median(ratio)), fmt.Sprintf("%.3f×", median(uratio))
 			}
-			fmt.Fprintf(w, "%-6d %-40s %10.2f %10s %10.0f %10.2f\n", c, rt.label, median(cpu), rs, median(rps), median(sw))
+			fmt.Fprintf(w, "%-6d %-40s %8.2f %9s %8.2f %9s %8.0f %9.2f\n", c, rt.label, median(cpu), rs, median(user), us, median(rps), median(sw))
 		}
 	}
 }
