@@ -329,6 +329,11 @@ class Input:
         raise StopIteration
 
 
+# wsgi.input of every request without a body: with nothing remaining, an Input never touches
+# its connection nor changes, so one serves them all.
+_NO_BODY = Input(None, 0)
+
+
 class Response:
     """State of one response: start_response, write() and the framing on the wire."""
 
@@ -363,7 +368,6 @@ class Response:
             st = _check_status(status)
         cl = None
         lines = [st[0]]
-        add = lines.append
         names = _header_names
         for name, value in headers:
             lname = names.get(name)
@@ -377,11 +381,8 @@ class Response:
                 cl = int(value) if value.isdigit() else -1
                 if cl < 0:
                     raise ValueError('header Content-Length: %r is not a length' % value)
-            add(name)
-            add(': ')
-            add(value)
-            add('\r\n')
-        add('\r\n')
+            lines += (name, ': ', value, '\r\n')
+        lines.append('\r\n')
         self.status = status
         # Encoding here makes a non-latin-1 header fail inside start_response, like any other
         # invalid header, before anything was sent.
@@ -852,7 +853,7 @@ class Worker:
         keepalive = env.pop('BERTH_KEEPALIVE', None) == '1'
         clen = env.get('CONTENT_LENGTH')
         length = int(clen) if clen else 0  # _check_vars saw digits only
-        inp = Input(conn, length)
+        inp = Input(conn, length) if length else _NO_BODY
         env['wsgi.input'] = inp
         resp = Response(conn.sock, keepalive, env['REQUEST_METHOD'] == 'HEAD')
         result = t = None
