@@ -66,6 +66,7 @@ type options struct {
 	plain    bool
 	perf     string // command to attach to the worker during the measured requests
 	keep     bool
+	uwsgi    string // uWSGI binary for the reference row; "" = none
 }
 
 type headerFlag [][2]string
@@ -98,6 +99,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.plain, "plain", false, "send uWSGI's length-prefixed vars (as nginx would) instead of berth's compact ones")
 	fs.StringVar(&o.perf, "perf", "", "command run with -p PID appended during each measured run, stopped with SIGINT after it (e.g. \"perf record -g -o /tmp/w.data\")")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dirs (runtimes, worker stderr)")
+	fs.StringVar(&o.uwsgi, "uwsgi", "", "also measure this uWSGI binary's worker (python3 plugin, one process, -conns threads), sent uWSGI's own vars on a new connection per request as nginx does (e.g. /usr/bin/uwsgi)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -159,6 +161,7 @@ func main() {
 type runtime struct {
 	label string
 	dir   string
+	uwsgi bool // uWSGI's own worker, driven as nginx drives it
 }
 
 type result struct {
@@ -201,6 +204,13 @@ func run(o options) error {
 			label = src
 		}
 		rts = append(rts, runtime{label: label, dir: dir})
+	}
+	if o.uwsgi != "" {
+		dir := filepath.Join(top, "uwsgi")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		rts = append(rts, runtime{label: "uWSGI (a connection per request)", dir: dir, uwsgi: true})
 	}
 	var results []result
 	for r := 1; r <= o.rounds; r++ {
@@ -275,6 +285,7 @@ func median(v []float64) float64 {
 // proc is one worker process under measurement.
 type proc struct {
 	pid     int
+	uwsgi   bool // a connection per request, uWSGI's vars
 	sock    string
 	stop    func() // kills and reaps the worker (and its zygote)
 	stderr  string
@@ -287,6 +298,9 @@ func startWorker(o options, rt runtime, threads int) (*proc, error) {
 	dir, err := os.MkdirTemp(rt.dir, "run")
 	if err != nil {
 		return nil, err
+	}
+	if rt.uwsgi {
+		return startUwsgi(o, dir, threads)
 	}
 	nsock := filepath.Join(dir, "n.sock")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
@@ -397,6 +411,78 @@ func startWorker(o options, rt runtime, threads int) (*proc, error) {
 	return p, nil
 }
 
+// startUwsgi starts uWSGI as bench/stacks/uwsgi.ini.tmpl does, with one
+// worker process, and waits until that worker answers.
+func startUwsgi(o options, dir string, threads int) (*proc, error) {
+	sock := filepath.Join(dir, "u.sock")
+	logPath := filepath.Join(dir, "uwsgi.log")
+	// --opt=value: uWSGI takes some options' values as optional, and a
+	// separate word would be read as a config file.
+	args := []string{"--plugin=python3", "--master", "--processes=1", "--socket=" + sock,
+		"--chmod-socket=600", "--chdir=" + o.apps, "--module=" + o.app, "--need-app", "--die-on-term",
+		"--disable-logging", "--logto=" + logPath}
+	if threads > 1 {
+		args = append(args, "--threads="+strconv.Itoa(threads))
+	}
+	cmd := exec.Command(o.uwsgi, args...)
+	cmd.Dir = o.apps
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{sock: sock, stderr: logPath, started: time.Now(), uwsgi: true}
+	p.stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	pkt, err := packetFor(o, false)
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := (&client{sock: sock, pkt: pkt}).doOnce()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("uWSGI not answering: %v\n%s", err, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The master's one child is the worker.
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(b, ')'); i > 0 {
+			if f := strings.Fields(string(b[i+1:])); len(f) > 1 && f[1] == strconv.Itoa(cmd.Process.Pid) {
+				p.pid = pid
+			}
+		}
+	}
+	if p.pid == 0 {
+		p.stop()
+		return nil, errors.New("uWSGI's worker process not found")
+	}
+	return p, nil
+}
+
 // waitNotify reads sd_notify datagrams until one with READY=1 and key.
 func waitNotify(c *net.UnixConn, key string) (map[string]string, error) {
 	buf := make([]byte, 4096)
@@ -418,8 +504,13 @@ func waitNotify(c *net.UnixConn, key string) (map[string]string, error) {
 	}
 }
 
-// packet is what the proxy would send for GET o.path with wrk's headers.
+// packet is what the proxy would send for GET o.path with wrk's headers
+// (to a uWSGI server, -uwsgi: its own encoding).
 func packet(o options) ([]byte, error) {
+	return packetFor(o, !o.plain)
+}
+
+func packetFor(o options, compact bool) ([]byte, error) {
 	u, err := url.ParseRequestURI(o.path)
 	if err != nil {
 		return nil, err
@@ -431,14 +522,47 @@ func packet(o options) ([]byte, error) {
 	}
 	in := &cgi.Vars{RemoteAddr: "127.0.0.1", RemotePort: "50312", Scheme: "http", PathInfo: u.Path,
 		ServerName: "127.0.0.1", ServerPort: "8080", RequestID: "4f0c1e0b8a6d4c9e9a3b2f1d0c5e7a61"}
-	return uwsgi.AppendPacket(nil, r, in, !o.plain)
+	return uwsgi.AppendPacket(nil, r, in, compact)
 }
 
-// client is one kept-alive connection, as the proxy pools them.
+// client is one kept-alive connection, as the proxy pools them; with sock
+// set, a new connection per request, as nginx talks to uWSGI.
 type client struct {
-	c   net.Conn
-	br  *bufio.Reader
-	pkt []byte
+	c    net.Conn
+	br   *bufio.Reader
+	pkt  []byte
+	sock string
+}
+
+// doOnce is one request on a connection of its own, the response ending at
+// the worker's close.
+func (cl *client) doOnce() error {
+	c, err := net.Dial("unix", cl.sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := c.Write(cl.pkt); err != nil {
+		return err
+	}
+	if cl.br == nil {
+		cl.br = bufio.NewReaderSize(nil, 64<<10)
+	}
+	cl.br.Reset(c)
+	resp, err := http.ReadResponse(cl.br, nil)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return nil
 }
 
 func (cl *client) do() error {
@@ -476,8 +600,12 @@ func drive(clients []*client, n int) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			do := cl.do
+			if cl.sock != "" {
+				do = cl.doOnce
+			}
 			for j := 0; j < k; j++ {
-				if err := cl.do(); err != nil {
+				if err := do(); err != nil {
 					errs[i] = err
 					return
 				}
@@ -534,7 +662,7 @@ func readUsage(pid int) (usage, error) {
 }
 
 func runOne(o options, rt runtime, conns int) (result, error) {
-	pkt, err := packet(o)
+	pkt, err := packetFor(o, !o.plain && !rt.uwsgi)
 	if err != nil {
 		return result{}, err
 	}
@@ -545,6 +673,10 @@ func runOne(o options, rt runtime, conns int) (result, error) {
 	defer p.stop()
 	var clients []*client
 	for i := 0; i < conns; i++ {
+		if p.uwsgi {
+			clients = append(clients, &client{sock: p.sock, pkt: pkt})
+			continue
+		}
 		c, err := net.Dial("unix", p.sock)
 		if err != nil {
 			return result{}, err
