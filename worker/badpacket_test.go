@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -485,6 +486,16 @@ func TestCompactSameNames(t *testing.T) {
 	if _, posted := send(t, edit(set("REQUEST_METHOD", "POST"), set("CONTENT_LENGTH", "5")), "hello"); posted["body"] != "hello" ||
 		posted["REQUEST_METHOD"] != "POST" {
 		t.Errorf("POST with a body: %v", posted)
+	}
+	// Two header sets of the same size, alternating: each keeps its own values.
+	for i := 0; i < 4; i++ {
+		vs, name := edit(set("HTTP_A", strconv.Itoa(i))), "HTTP_A"
+		if i%2 == 1 {
+			vs, name = edit(set("HTTP_B", strconv.Itoa(i))), "HTTP_B"
+		}
+		if _, env := send(t, vs, ""); env[name] != strconv.Itoa(i) || env["HTTP_A"] != "" && name == "HTTP_B" {
+			t.Errorf("request %d: %s = %q in %v", i, name, env[name], env)
+		}
 	}
 	// Names that make the worker adjust the environ: the adjustment must hold on the shortcut too.
 	for _, tc := range []struct {

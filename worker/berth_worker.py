@@ -590,9 +590,9 @@ class Worker:
         self.sock_ino = None
         self.stopping = False
         self.states = []
-        # var count -> (var names of a request served, with the final '', its environ as built
-        # before anything else touched it, the vars' values blanked, whether it needed no
-        # adjustment after that): see _read_request.
+        # var count -> up to 4 (var names of a request served, with the final '', its environ as
+        # built before anything else touched it, the vars' values blanked, whether it needed no
+        # adjustment after that), the newest first: see _read_request.
         self.layouts = {}
         self.base = {
             'wsgi.version': (1, 0),
@@ -764,10 +764,19 @@ class Worker:
             # already holds every key, and updating keys whose hashes are known, costs less than
             # building the vars dict, checking its names and merging it into the base environ.
             keys = parts[::2]
-            layout = self.layouts.get(n)
+            same = self.layouts.get(n)
+            layout = None
+            if same is not None:
+                if same[0][0] == keys:
+                    layout = same[0]
+                else:
+                    for c in same:
+                        if c[0] == keys:
+                            layout = c
+                            break
             # No key or value holds a NUL here, and a key with CR or LF is no token: one scan of
             # the whole block for CR and LF replaces joining the values.
-            if layout is not None and layout[0] == keys and '\r' not in s and '\n' not in s:
+            if layout is not None and '\r' not in s and '\n' not in s:
                 env = layout[1].copy()
                 env.update(zip(layout[0], parts[1::2]))
                 _check_vars(env)  # none of the vars it reads is in self.base
@@ -783,11 +792,14 @@ class Worker:
                 _check_vars(d)
                 env = self.base.copy()
                 env.update(d)
-                if n in self.layouts or len(self.layouts) < 64:
+                if layout is None and (same is not None or len(self.layouts) < 64):
                     # Blanked: a cached environ must not keep a request's cookies alive.
                     tmpl = env.copy()
                     tmpl.update(dict.fromkeys(d, ''))
-                    self.layouts[n] = (keys, tmpl, 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d))
+                    # A few per count: two kinds of clients whose header sets differ only by
+                    # name must not evict each other on every request. A new tuple, not an
+                    # insert, so that another thread's loop over the old one is undisturbed.
+                    self.layouts[n] = ((keys, tmpl, 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d)),) + (same or ())[:3]
         else:
             # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
             if mod1 != 0 and mod1 != 30:
