@@ -59,7 +59,8 @@ _good_methods = set()
 _nul_cr_lf = re.compile('[\0\r\n]').search
 _digits = re.compile(r'[0-9]+\Z').match
 # Vars that make _read_request adjust the environ (so does a missing PATH_INFO).
-_ADJUSTED = frozenset(('HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH', 'SCRIPT_NAME', 'HTTPS', 'UWSGI_SCHEME'))
+_ADJUSTED = frozenset(('HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH', 'SCRIPT_NAME', 'HTTPS',
+                       'UWSGI_SCHEME'))
 MAX_CONTENT_LENGTH = (1 << 63) - 1  # as nginx's and Go's: any larger length is an attack or a bug
 # Header names already validated, mapped to their lower-case form: apps repeat a few names.
 _header_names = {}
@@ -799,7 +800,8 @@ class Worker:
                     # A few per count: two kinds of clients whose header sets differ only by
                     # name must not evict each other on every request. A new tuple, not an
                     # insert, so that another thread's loop over the old one is undisturbed.
-                    self.layouts[n] = ((keys, tmpl, 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d)),) + (same or ())[:3]
+                    plain = 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d)
+                    self.layouts[n] = ((keys, tmpl, plain),) + (same or ())[:3]
         else:
             # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
             if mod1 != 0 and mod1 != 30:
