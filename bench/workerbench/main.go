@@ -318,6 +318,9 @@ func startWorker(o options, rt runtime, threads int) (*proc, error) {
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"PYTHONUNBUFFERED=1",
+		// Not in berth's environment, but it only spares the app's source
+		// tree a __pycache__; the import is done before anything is measured.
+		"PYTHONDONTWRITEBYTECODE=1",
 		"BERTH_APP=" + o.app,
 		"BERTH_CHDIR=" + o.apps,
 		"BERTH_PYTHONPATH=",
@@ -426,6 +429,7 @@ func startUwsgi(o options, dir string, threads int) (*proc, error) {
 	}
 	cmd := exec.Command(o.uwsgi, args...)
 	cmd.Dir = o.apps
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
