@@ -6,10 +6,12 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -416,5 +418,135 @@ func TestShortBody(t *testing.T) {
 	got := appCalls(t, calls)
 	if len(got) != 1 || got[0]["read_error"] != "ClientGone" || got[0]["body"] != "" {
 		t.Fatalf("app calls %v: want one, whose read raised ClientGone", got)
+	}
+}
+
+// TestCompactSameNames: compact packets whose var names, in order, are those of a request
+// already served take the worker's shortcut (that request's environ, values replaced; see
+// _read_request). Each must still get exactly its own values, and every rule above must still
+// hold for them.
+func TestCompactSameNames(t *testing.T) {
+	w, calls := recordingWorker(t)
+	send := func(t *testing.T, vs []kv, body string) (bool, map[string]string) {
+		t.Helper()
+		before := len(appCalls(t, calls))
+		c := dialUwsgi(t, w.sock)
+		// A worker that refused a packet lingers until we close: the next packet must not wait.
+		defer c.Close()
+		if _, err := c.Write(append(compactPacket(vs), body...)); err != nil {
+			t.Fatal(err)
+		}
+		got := readToEOF(t, c)
+		after := appCalls(t, calls)
+		if strings.HasPrefix(string(got), "HTTP/1.1 400 Bad Request\r\n") {
+			if len(after) != before {
+				t.Fatalf("rejected, yet the app was called")
+			}
+			return false, nil
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(got)), nil)
+		if err != nil || resp.StatusCode != 200 || len(after) != before+1 {
+			t.Fatalf("want served (200) or rejected, got %.120q (%v), %d app calls", got, err, len(after)-before)
+		}
+		return true, after[len(after)-1]
+	}
+	edit := func(edits ...varEdit) []kv {
+		vs := goodVars()
+		for _, e := range edits {
+			vs = e(vs)
+		}
+		return vs
+	}
+	// rename keeps the count and the place of a var, under another name.
+	rename := func(from, to string) varEdit {
+		return func(vs []kv) []kv {
+			for i := range vs {
+				if vs[i][0] == from {
+					vs[i][0] = to
+				}
+			}
+			return vs
+		}
+	}
+	served, first := send(t, goodVars(), "")
+	if !served {
+		t.Fatal("the baseline was rejected")
+	}
+	if _, again := send(t, goodVars(), ""); !maps.Equal(again, first) {
+		t.Fatalf("the same request twice: environs differ:\n%v\n%v", first, again)
+	}
+	_, other := send(t, edit(set("QUERY_STRING", "b=2"), set("REQUEST_URI", "/rec?b=2"), set("HTTP_HOST", "other.local"),
+		set("REMOTE_PORT", "1"), set("CONTENT_TYPE", "text/plain")), "")
+	for k, v := range map[string]string{"QUERY_STRING": "b=2", "REQUEST_URI": "/rec?b=2", "HTTP_HOST": "other.local",
+		"REMOTE_PORT": "1", "CONTENT_TYPE": "text/plain", "PATH_INFO": "/rec", "SERVER_NAME": "test.local"} {
+		if other[k] != v {
+			t.Errorf("%s = %q, want %q", k, other[k], v)
+		}
+	}
+	if _, posted := send(t, edit(set("REQUEST_METHOD", "POST"), set("CONTENT_LENGTH", "5")), "hello"); posted["body"] != "hello" ||
+		posted["REQUEST_METHOD"] != "POST" {
+		t.Errorf("POST with a body: %v", posted)
+	}
+	// Two header sets of the same size, alternating: each keeps its own values.
+	for i := 0; i < 4; i++ {
+		vs, name := edit(set("HTTP_A", strconv.Itoa(i))), "HTTP_A"
+		if i%2 == 1 {
+			vs, name = edit(set("HTTP_B", strconv.Itoa(i))), "HTTP_B"
+		}
+		if _, env := send(t, vs, ""); env[name] != strconv.Itoa(i) || env["HTTP_A"] != "" && name == "HTTP_B" {
+			t.Errorf("request %d: %s = %q in %v", i, name, env[name], env)
+		}
+	}
+	// Names that make the worker adjust the environ: the adjustment must hold on the shortcut too.
+	for _, tc := range []struct {
+		name string
+		vs   []kv
+		want map[string]string
+	}{
+		{"HTTPS", edit(set("HTTPS", "on")), map[string]string{"wsgi.url_scheme": "https"}},
+		{"UWSGI_SCHEME", edit(set("UWSGI_SCHEME", "https")), map[string]string{"wsgi.url_scheme": "https"}},
+		{"no PATH_INFO", edit(del("PATH_INFO")), map[string]string{"PATH_INFO": "/rec"}},
+		{"SCRIPT_NAME", edit(set("SCRIPT_NAME", "/app/"), set("PATH_INFO", "/app/rec")), map[string]string{"SCRIPT_NAME": "/app", "PATH_INFO": "/rec"}},
+		{"HTTP_CONTENT_TYPE", edit(set("HTTP_CONTENT_TYPE", "text/plain")), map[string]string{"HTTP_CONTENT_TYPE": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := 0; i < 2; i++ {
+				served, env := send(t, tc.vs, "")
+				if !served {
+					t.Fatalf("rejected (try %d)", i+1)
+				}
+				for k, v := range tc.want {
+					if env[k] != v {
+						t.Errorf("try %d: %s = %q, want %q", i+1, k, env[k], v)
+					}
+				}
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		vs   []kv
+		body string
+	}{
+		{"CR in a value", edit(set("HTTP_HOST", "a\rb")), ""},
+		{"LF in a value", edit(set("QUERY_STRING", "a=1\nX: y")), ""},
+		{"REQUEST_METHOD with a space", edit(set("REQUEST_METHOD", "GET /x")), ""},
+		{"empty REQUEST_METHOD", edit(set("REQUEST_METHOD", "")), ""},
+		{"CONTENT_LENGTH with a plus", edit(set("CONTENT_LENGTH", "+5")), "hello"},
+		{"a wsgi. name in place of another", edit(rename("HTTP_HOST", "wsgi.url_scheme")), ""},
+		{"a key twice, in place of another", edit(rename("HTTP_HOST", "REQUEST_METHOD")), ""},
+		{"a name that is no token, in place of another", edit(rename("HTTP_HOST", "HTTP_A B")), ""},
+		{"neither PATH_INFO nor REQUEST_URI", edit(rename("PATH_INFO", "HTTP_A"), rename("REQUEST_URI", "HTTP_B")), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := 0; i < 2; i++ { // the second time, the names are no longer new
+				if served, env := send(t, tc.vs, tc.body); served {
+					t.Fatalf("served (try %d): %v", i+1, env)
+				}
+			}
+		})
+	}
+	if _, last := send(t, goodVars(), ""); !maps.Equal(last, first) {
+		t.Fatalf("the baseline after the rejected ones: environs differ:\n%v\n%v", first, last)
 	}
 }

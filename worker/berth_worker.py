@@ -53,12 +53,37 @@ _token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 # uwsgi var names already found valid (CGI meta-variable names are tokens, RFC 3875 4.1): a
 # front sends the same few dozen names every time, so one set look-up checks them all.
 _good_names = set()
+# Request methods already found to be tokens: a regex match costs more than a set look-up.
+_good_methods = set()
 # RFC 9110 5.5: a recipient must reject (or replace) NUL, CR and LF in a field value.
 _nul_cr_lf = re.compile('[\0\r\n]').search
 _digits = re.compile(r'[0-9]+\Z').match
+# Vars that make _read_request adjust the environ (so does a missing PATH_INFO).
+_ADJUSTED = frozenset(('HTTP_CONTENT_TYPE', 'HTTP_CONTENT_LENGTH', 'SCRIPT_NAME', 'HTTPS',
+                       'UWSGI_SCHEME'))
 MAX_CONTENT_LENGTH = (1 << 63) - 1  # as nginx's and Go's: any larger length is an attack or a bug
 # Header names already validated, mapped to their lower-case form: apps repeat a few names.
 _header_names = {}
+# Statuses already validated, mapped to (status line, no body): apps answer with a few, and the
+# checks below cost more than the rest of start_response.
+_statuses = {}
+
+
+def _check_status(status):
+    if type(status) is not str:
+        raise TypeError('status must be a str, not %s' % type(status).__name__)
+    if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
+            '\n' in status or '\r' in status:
+        raise ValueError('status %r: want "NNN Reason"' % status)
+    code = int(status[:3])
+    if code < 200:
+        # 1xx are interim answers the server owns (a proxy would wait for the final one
+        # after it), and codes under 100 are no HTTP status at all.
+        raise ValueError('status %r: want a final status, 200 or above' % status)
+    st = ('HTTP/1.1 ' + status + '\r\n', code == 204 or code == 304)
+    if len(_statuses) < 1024:
+        _statuses[status] = st
+    return st
 
 
 def _check_header_name(name):
@@ -305,6 +330,11 @@ class Input:
         raise StopIteration
 
 
+# wsgi.input of every request without a body: with nothing remaining, an Input never touches
+# its connection nor changes, so one serves them all.
+_NO_BODY = Input(None, 0)
+
+
 class Response:
     """State of one response: start_response, write() and the framing on the wire."""
 
@@ -316,7 +346,7 @@ class Response:
         self.keepalive = keepalive
         self.head_req = head_req
         self.status = None
-        self.head = None  # status line and headers, without the blank line
+        self.head = None  # status line, headers and the blank line that ends them
         self.cl = None  # the app's Content-Length, when it gave one
         self.no_body = head_req
         self.sent = False  # headers are on the wire
@@ -333,21 +363,15 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError('start_response() called a second time without exc_info')
-        if type(status) is not str:
-            raise TypeError('status must be a str, not %s' % type(status).__name__)
-        if len(status) < 4 or status[3] != ' ' or not status[:3].isdigit() or \
-                '\n' in status or '\r' in status:
-            raise ValueError('status %r: want "NNN Reason"' % status)
-        code = int(status[:3])
-        if code < 200:
-            # 1xx are interim answers the server owns (a proxy would wait for the final one
-            # after it), and codes under 100 are no HTTP status at all.
-            raise ValueError('status %r: want a final status, 200 or above' % status)
+        # A str subclass equal to a cached status must still be refused by _check_status.
+        st = _statuses.get(status) if type(status) is str else None
+        if st is None:
+            st = _check_status(status)
         cl = None
-        lines = ['HTTP/1.1 ', status, '\r\n']
-        add = lines.append
+        lines = [st[0]]
+        names = _header_names
         for name, value in headers:
-            lname = _header_names.get(name)
+            lname = names.get(name)
             if lname is None:
                 lname = _check_header_name(name)
             if type(value) is not str:
@@ -358,20 +382,20 @@ class Response:
                 cl = int(value) if value.isdigit() else -1
                 if cl < 0:
                     raise ValueError('header Content-Length: %r is not a length' % value)
-            add(name)
-            add(': ')
-            add(value)
-            add('\r\n')
+            lines += (name, ': ', value, '\r\n')
+        lines.append('\r\n')
         self.status = status
         # Encoding here makes a non-latin-1 header fail inside start_response, like any other
         # invalid header, before anything was sent.
         self.head = ''.join(lines).encode('latin-1')
         self.cl = cl
-        self.no_body = self.head_req or code < 200 or code == 204 or code == 304
+        self.no_body = self.head_req or st[1]
         return self.write
 
     def _head(self, framing):
-        return self.head + framing + b'\r\n'
+        if not framing:
+            return self.head
+        return self.head[:-2] + framing + b'\r\n'
 
     def _send(self, data):
         try:
@@ -466,11 +490,30 @@ class Response:
 
     def send_list(self, result):
         """Fast path for a list/tuple of bytes: one sendall with an exact Content-Length."""
-        total = 0
-        for b in result:
-            if type(b) is not bytes:
+        if len(result) == 1:
+            # Most apps answer with one buffer: skip the loop.
+            body = result[0]
+            if type(body) is not bytes:
                 return False
-            total += len(b)
+            total = len(body)
+            cl = self.cl
+            if cl is not None and total <= JOIN_MAX and not self.no_body:
+                if cl != total:
+                    return False
+                self.sent = True
+                self.count = total
+                try:
+                    self.sock.sendall(self.head + body)
+                except OSError as e:
+                    self.close = True
+                    raise ClientGone(str(e)) from None
+                return True
+        else:
+            total = 0
+            for b in result:
+                if type(b) is not bytes:
+                    return False
+                total += len(b)
         cl = self.cl
         if cl is not None and cl != total:
             return False
@@ -548,6 +591,10 @@ class Worker:
         self.sock_ino = None
         self.stopping = False
         self.states = []
+        # var count -> up to 4 (var names of a request served, with the final '', its environ as
+        # built before anything else touched it, the vars' values blanked, whether it needed no
+        # adjustment after that), the newest first: see _read_request.
+        self.layouts = {}
         self.base = {
             'wsgi.version': (1, 0),
             'wsgi.url_scheme': 'http',
@@ -683,32 +730,88 @@ class Worker:
     # -- one request --------------------------------------------------------------------------
 
     def _read_request(self, conn):
-        if conn.pos == conn.end:
-            conn.pos = conn.end = 0
-        if not conn.fill(4):
-            return None
-        mod1, size, mod2 = _unpack_head(conn.buf, conn.pos)
-        # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does;
-        # MOD_COMPACT is berth's proxy's NUL-separated vars (docs/internals.md).
-        if mod1 != 0 and mod1 != 30 and mod1 != MOD_COMPACT:
-            raise BadRequest('uwsgi modifier1 %d is not WSGI (want 0)' % mod1)
-        if not conn.fill(4 + size):
-            raise ClientGone('closed in request head')
-        p = conn.pos + 4
-        conn.pos = p + size
-        data = bytes(conn.mv[p:p + size])
-        s = data.decode('latin-1')  # PEP 3333: environ strings are bytes-as-latin-1
+        # Usually one recv brings the whole head: Conn.fill only when it did not.
+        p = conn.pos
+        avail = conn.end - p
+        if not avail:
+            p = conn.pos = 0
+            avail = conn.end = conn.sock.recv_into(conn.mv)
+            if not avail:
+                return None
+        if avail < 4:
+            if not conn.fill(4):
+                return None
+            p = conn.pos
+            avail = conn.end - p
+        mod1, size, mod2 = _unpack_head(conn.buf, p)
         if mod1 == MOD_COMPACT:
+            # berth's proxy's NUL-separated vars (docs/internals.md)
+            if avail < 4 + size:
+                if not conn.fill(4 + size):
+                    raise ClientGone('closed in request head')
+                p = conn.pos
+            p += 4
+            conn.pos = e = p + size
+            # PEP 3333: environ strings are bytes-as-latin-1
+            s = conn.buf[p:e].decode('latin-1')
             parts = s.split('\0')
             n = len(parts) >> 1
             if len(parts) & 1 == 0 or parts[-1]:
                 raise BadRequest('compact vars: %d strings, not key/value pairs each ending in NUL'
                                  % (len(parts) - 1))
-            it = iter(parts)
-            d = dict(zip(it, it))
-            if len(d) != n:
-                raise BadRequest('compact vars: a key is given twice')
+            # A proxy sends the same var names in the same order request after request: when they
+            # equal those of a request already served (so they are valid names, each once), the
+            # environ is a copy of that request's, its values replaced. Copying a dict that
+            # already holds every key, and updating keys whose hashes are known, costs less than
+            # building the vars dict, checking its names and merging it into the base environ.
+            keys = parts[::2]
+            same = self.layouts.get(n)
+            layout = None
+            if same is not None:
+                if same[0][0] == keys:
+                    layout = same[0]
+                else:
+                    for c in same:
+                        if c[0] == keys:
+                            layout = c
+                            break
+            # No key or value holds a NUL here, and a key with CR or LF is no token: one scan of
+            # the whole block for CR and LF replaces joining the values.
+            if layout is not None and '\r' not in s and '\n' not in s:
+                env = layout[1].copy()
+                env.update(zip(layout[0], parts[1::2]))
+                _check_vars(env)  # none of the vars it reads is in self.base
+                if layout[2]:
+                    return env  # none of the adjustments below applies to these names
+            else:
+                it = iter(parts)
+                d = dict(zip(it, it))
+                if len(d) != n:
+                    raise BadRequest('compact vars: a key is given twice')
+                if '\r' in s or '\n' in s or not _good_names.issuperset(d):
+                    _check_each_var(d)
+                _check_vars(d)
+                env = self.base.copy()
+                env.update(d)
+                if layout is None and (same is not None or len(self.layouts) < 64):
+                    # Blanked: a cached environ must not keep a request's cookies alive.
+                    tmpl = env.copy()
+                    tmpl.update(dict.fromkeys(d, ''))
+                    # A few per count: two kinds of clients whose header sets differ only by
+                    # name must not evict each other on every request. A new tuple, not an
+                    # insert, so that another thread's loop over the old one is undisturbed.
+                    plain = 'PATH_INFO' in d and _ADJUSTED.isdisjoint(d)
+                    self.layouts[n] = ((keys, tmpl, plain),) + (same or ())[:3]
         else:
+            # modifier1 30 is nginx's old "strip SCRIPT_NAME" request, which berth always does.
+            if mod1 != 0 and mod1 != 30:
+                raise BadRequest('uwsgi modifier1 %d is not WSGI (want 0)' % mod1)
+            if not conn.fill(4 + size):
+                raise ClientGone('closed in request head')
+            p = conn.pos + 4
+            conn.pos = p + size
+            data = bytes(conn.mv[p:p + size])
+            s = data.decode('latin-1')  # PEP 3333: environ strings are bytes-as-latin-1
             d = {}
             i = n = 0
             try:
@@ -724,9 +827,12 @@ class Worker:
                 raise BadRequest('uwsgi var %d runs past the end of the %d-byte vars block' % (n + 1, size))
             if len(d) != n:
                 d = _merge_repeated(data, s)
-        _check_vars(d)
-        env = self.base.copy()
-        env.update(d)
+            values = ''.join(d.values())
+            if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
+                _check_each_var(d)
+            _check_vars(d)
+            env = self.base.copy()
+            env.update(d)
         # nginx passes Content-Type/-Length twice (also as HTTP_*); PEP 3333 wants them once.
         if 'HTTP_CONTENT_TYPE' in env:
             del env['HTTP_CONTENT_TYPE']
@@ -761,7 +867,7 @@ class Worker:
         keepalive = env.pop('BERTH_KEEPALIVE', None) == '1'
         clen = env.get('CONTENT_LENGTH')
         length = int(clen) if clen else 0  # _check_vars saw digits only
-        inp = Input(conn, length)
+        inp = Input(conn, length) if length else _NO_BODY
         env['wsgi.input'] = inp
         resp = Response(conn.sock, keepalive, env['REQUEST_METHOD'] == 'HEAD')
         result = t = None
@@ -860,15 +966,16 @@ def _merge_repeated(data, s):
 
 def _check_vars(d):
     """Raise BadRequest unless the vars of one request may reach the app (docs/internals.md,
-    "Malformed packets"). The usual packet is checked with a few C-speed scans."""
-    values = ''.join(d.values())
-    if not _good_names.issuperset(d) or '\0' in values or '\r' in values or '\n' in values:
-        _check_each_var(d)
+    "Malformed packets"), once each name and value has passed _check_each_var or the caller's
+    C-speed scans that stand for it."""
     method = d.get('REQUEST_METHOD')
-    if method is None:
-        raise BadRequest('no REQUEST_METHOD')
-    if not _token(method):
-        raise BadRequest('REQUEST_METHOD %r is not an HTTP method (a token)' % method[:30])
+    if method not in _good_methods:
+        if method is None:
+            raise BadRequest('no REQUEST_METHOD')
+        if not _token(method):
+            raise BadRequest('REQUEST_METHOD %r is not an HTTP method (a token)' % method[:30])
+        if len(_good_methods) < 64:
+            _good_methods.add(method)
     if 'PATH_INFO' not in d and 'REQUEST_URI' not in d:
         raise BadRequest('neither PATH_INFO nor REQUEST_URI is set')
     clen = d.get('CONTENT_LENGTH')
