@@ -14,7 +14,7 @@ import (
 // refusal returns the http1.Rejection of the head r stands for, when the
 // HTTP/1.1 connection refused it.
 func refusal(ci *connInfo, r *http.Request) *http1.Rejection {
-	if ci.h1 == nil || r != ci.h1.req {
+	if ci.h1 == nil || ci.h1.q == nil || r != ci.h1.q.req {
 		return nil
 	}
 	return ci.refused

@@ -95,11 +95,10 @@ type h1conn struct {
 	r     int
 	rerr  error // the read error that ended the input
 
-	req    *http.Request // reused; its context is ctx
-	url    url.URL
-	body   h1body
-	w      h1writer
-	ctx    connCtx
+	// q is the request being served; nil between requests, when its
+	// state is back in the pool.
+	q      *h1req
+	remote string        // RemoteAddr
 	gone   chan struct{} // closed once the client is seen gone
 	goneMu sync.Once
 
@@ -132,11 +131,7 @@ func (s *Server) serveConn(nc net.Conn) {
 			}
 		}
 	}
-	c.ctx.c = c
-	c.req = (&http.Request{RemoteAddr: nc.RemoteAddr().String(), Header: http.Header{}}).WithContext(&c.ctx)
-	c.w.c = c
-	c.w.h = http.Header{}
-	c.body.c = c
+	c.remote = nc.RemoteAddr().String()
 	if !s.h1.add(c) {
 		nc.Close()
 		return
@@ -177,6 +172,49 @@ func (c *h1conn) serveIdle() {
 	c.serve()
 }
 
+// h1req is a request's state on a connection: the Request, URL, header
+// maps, body reader and response writer, reused from a pool so that an
+// idle connection holds none of it (nginx keeps a request's memory apart
+// from its idle connection's the same way).
+type h1req struct {
+	req  *http.Request // its context is ctx
+	url  url.URL
+	body h1body
+	w    h1writer
+	ctx  connCtx
+}
+
+var h1reqs = sync.Pool{New: func() any {
+	q := &h1req{}
+	q.req = (&http.Request{Header: http.Header{}}).WithContext(&q.ctx)
+	q.w.h = http.Header{}
+	return q
+}}
+
+// acquire takes request state for the connection.
+func (c *h1conn) acquire() *h1req {
+	q := h1reqs.Get().(*h1req)
+	q.ctx.c, q.body.c, q.w.c = c, c, c
+	q.req.RemoteAddr = c.remote
+	c.q = q
+	return q
+}
+
+// release gives the request state back, unless a hijacked connection's
+// relay still holds its Request.
+func (c *h1conn) release(q *h1req) {
+	c.q = nil
+	if c.hijacked {
+		return
+	}
+	q.ctx.c, q.body.c, q.w.c, q.w.req = nil, nil, nil, nil
+	q.req.Body = nil
+	if cap(q.w.head) > 8<<10 {
+		q.w.head = nil
+	}
+	h1reqs.Put(q)
+}
+
 // serveOne reads one request and answers it; false ends the connection.
 func (c *h1conn) serveOne() bool {
 	s := c.s
@@ -185,10 +223,12 @@ func (c *h1conn) serveOne() bool {
 		return false // gone, timed out, or closed by Shutdown: nothing to answer
 	}
 	c.phase.Store(phHandler)
-	r := c.req
+	q := c.acquire()
+	defer c.release(q)
+	r := q.req
 	c.ci.refused = nil
 	if rej == nil {
-		rej = http1.ParseRequest(head, r, &c.url)
+		rej = http1.ParseRequest(head, r, &q.url)
 	}
 	if rej == nil {
 		rej = c.expect(r)
@@ -196,26 +236,26 @@ func (c *h1conn) serveOne() bool {
 	if rej != nil {
 		c.refusedRequest(rej)
 	} else if r.ContentLength != 0 {
-		c.body.reset(r)
-		r.Body = &c.body
+		q.body.reset(r)
+		r.Body = &q.body
 	} else {
 		r.Body = http.NoBody
 	}
-	c.w.reset(r)
+	q.w.reset(r)
 	c.rdl.Store(0)
 	c.wdl.Store(0)
 	c.callHandler()
 	if c.hijacked {
 		return true
 	}
-	c.w.finish()
-	c.w.release()
-	keep := !c.w.closeAfter && !r.Close && c.ci.refused == nil && !s.shut.Load() && c.w.err == nil
-	if keep && r.Body == &c.body && !c.body.discardBuffered() {
+	q.w.finish()
+	q.w.release()
+	keep := !q.w.closeAfter && !r.Close && c.ci.refused == nil && !s.shut.Load() && q.w.err == nil
+	if keep && r.Body == &q.body && !q.body.discardBuffered() {
 		keep = false // a body still on its way: closing is cheaper than reading it
 	}
 	if !keep {
-		if c.w.err == nil && (c.n > c.r || r.Body == &c.body && !c.body.done) {
+		if q.w.err == nil && (c.n > c.r || r.Body == &q.body && !q.body.done) {
 			c.linger()
 		}
 		return false
@@ -230,10 +270,11 @@ func (c *h1conn) serveOne() bool {
 // callHandler runs the pipeline, turning its panics into a closed
 // connection as net/http does: ErrAbortHandler quietly, others logged.
 func (c *h1conn) callHandler() {
+	q := c.q
 	defer func() {
 		if p := recover(); p != nil {
-			c.w.closeAfter = true
-			c.w.err = errAborted
+			q.w.closeAfter = true
+			q.w.err = errAborted
 			if p != http.ErrAbortHandler {
 				buf := make([]byte, 64<<10)
 				buf = buf[:runtime.Stack(buf, false)]
@@ -241,7 +282,7 @@ func (c *h1conn) callHandler() {
 			}
 		}
 	}()
-	c.s.ServeHTTP(&c.w, c.req)
+	c.s.ServeHTTP(&q.w, q.req)
 }
 
 var errAborted = errors.New("the handler aborted the response")
@@ -255,7 +296,7 @@ func (c *h1conn) expect(r *http.Request) *http1.Rejection {
 		return nil
 	}
 	if len(v) == 1 && strings.EqualFold(v[0], "100-continue") {
-		c.body.cont = r.ProtoMinor >= 1 && r.ContentLength != 0
+		c.q.body.cont = r.ProtoMinor >= 1 && r.ContentLength != 0
 		return nil
 	}
 	if r.ProtoMinor == 0 {
@@ -269,10 +310,11 @@ func (c *h1conn) expect(r *http.Request) *http1.Rejection {
 // pipeline's ingress answers it with the refusal (refusal()), and the
 // connection closes after.
 func (c *h1conn) refusedRequest(rej *http1.Rejection) {
-	r := c.req
+	q := c.q
+	r := q.req
 	clear(r.Header)
-	c.url = url.URL{Path: "/"}
-	r.Method, r.URL, r.RequestURI, r.Host = http.MethodGet, &c.url, "/", ""
+	q.url = url.URL{Path: "/"}
+	r.Method, r.URL, r.RequestURI, r.Host = http.MethodGet, &q.url, "/", ""
 	r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, 1
 	r.Body, r.ContentLength, r.TransferEncoding, r.Close = http.NoBody, 0, nil, true
 	c.ci.refused = rej
@@ -448,7 +490,6 @@ func (c *h1conn) close() {
 	c.nc.Close()
 	c.putIn(nil)
 	c.in = nil
-	c.w.release()
 }
 
 // markGone closes the connection's Done channel: the pipeline stops
@@ -578,7 +619,7 @@ func (b *h1body) Read(p []byte) (int, error) {
 	c := b.c
 	if b.cont {
 		b.cont = false
-		c.w.writeContinue()
+		c.q.w.writeContinue()
 	}
 	c.phase.Store(phBody)
 	n, err := b.read(p)
