@@ -55,8 +55,9 @@ const (
 	// the answer instead of a reset.
 	lingerTime = 500 * time.Millisecond
 	// manyConns: above this many open connections, one that goes idle
-	// moves to a fresh goroutine, so that what stays behind while it
-	// waits is a small stack, not the one a request grew.
+	// waits without a goroutine (idlepark.go; TLS: on a fresh goroutine's
+	// small stack, not the one a request grew). Below it, waiting on the
+	// goroutine saves the epoll_ctl and the goroutine start.
 	manyConns = 256
 )
 
@@ -83,6 +84,7 @@ type h1conn struct {
 	nc  net.Conn
 	raw *rawsock.Sock   // nil for TLS: reads and writes go through nc
 	rc  syscall.RawConn // the TCP socket, for PeerGone; nil for unix sockets without one
+	fd  int32           // the socket's descriptor, for idlepark.go; -1: none (TLS)
 	tls bool
 	ci  *connInfo
 	f   http1.Framer
@@ -110,11 +112,12 @@ type h1conn struct {
 	wdl   atomic.Int64
 
 	hijacked bool
+	parked   atomic.Bool // waiting in the server's idle epoll set (idlepark.go)
 }
 
 // serveConn serves one accepted connection until it closes.
 func (s *Server) serveConn(nc net.Conn) {
-	c := &h1conn{s: s, nc: nc, gone: make(chan struct{})}
+	c := &h1conn{s: s, nc: nc, gone: make(chan struct{}), fd: -1}
 	c.ci = newConnInfo(nc.RemoteAddr(), nc.LocalAddr())
 	c.ci.h1 = c
 	var inner net.Conn = nc
@@ -129,6 +132,7 @@ func (s *Server) serveConn(nc net.Conn) {
 				c.raw = rawsock.New(rc)
 				c.raw.SetPool(c.getIn, c.putIn)
 			}
+			rc.Control(func(fd uintptr) { c.fd = int32(fd) })
 		}
 	}
 	c.remote = nc.RemoteAddr().String()
@@ -145,9 +149,10 @@ func (s *Server) serveConn(nc net.Conn) {
 // goroutine (idle, with many connections open).
 func (c *h1conn) serve() {
 	for {
-		if c.n == c.r && c.s.h1.count.Load() > manyConns {
-			go c.serveIdle()
-			return
+		if c.n == c.r && c.s.h1.count.Load() > c.s.manyConns && c.fd >= 0 && c.tlsHoldsNothing() {
+			if c.s.idle.park(c) {
+				return // its goroutine is started again when it turns readable
+			}
 		}
 		if !c.serveOne() {
 			c.close()
@@ -158,6 +163,34 @@ func (c *h1conn) serve() {
 			return
 		}
 	}
+}
+
+// tlsHoldsNothing says, for a TLS connection, that crypto/tls holds none
+// of the client's bytes, so the socket tells when more come: a read with a
+// deadline in the past returns at once, with what it holds (kept in the
+// input buffer, for the next head) or a timeout. Plain connections hold
+// nothing beyond the input buffer.
+func (c *h1conn) tlsHoldsNothing() bool {
+	if !c.tls {
+		return true
+	}
+	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.getIn()
+	c.in = (*c.inp)[:0]
+	k, _ := c.nc.Read(c.in[:cap(c.in)])
+	c.nc.SetReadDeadline(time.Time{})
+	if c.phase.Load() == phExpired {
+		c.nc.SetReadDeadline(aLongTimeAgo) // the tick's expiry, not to be undone
+	}
+	if k > 0 {
+		ok, m := c.f.Scan(c.in[:k])
+		c.n, c.ok = m, ok
+		c.in = c.in[:m]
+		return false
+	}
+	c.putIn(nil)
+	c.in = nil
+	return true
 }
 
 func (c *h1conn) serveIdle() {
@@ -207,7 +240,8 @@ func (c *h1conn) release(q *h1req) {
 	if c.hijacked {
 		return
 	}
-	q.ctx.c, q.body.c, q.w.c, q.w.req = nil, nil, nil, nil
+	q.ctx.c, q.w.c, q.w.req = nil, nil, nil
+	q.body = h1body{} // no 100 Continue or error left for the next request
 	q.req.Body = nil
 	if cap(q.w.head) > 8<<10 {
 		q.w.head = nil
@@ -498,18 +532,23 @@ func (c *h1conn) markGone() {
 	c.goneMu.Do(func() { close(c.gone) })
 }
 
-// check is the tick's look at one connection (now: the coarse clock).
-func (c *h1conn) check(now int64) {
+// check is the tick's look at one connection (now: the coarse clock). It
+// returns true for a parked connection it took back to close: the caller
+// closes it, outside the lock of the connection set.
+func (c *h1conn) check(now int64) bool {
 	ph := c.phase.Load()
 	since := c.since.Load()
 	var limit time.Duration
 	switch ph {
 	case phIdle:
-		if c.s.shut.Load() {
+		if c.s.shut.Load() || now-since > int64(c.s.to.idle) {
+			if c.parked.Load() {
+				return c.s.idle.unpark(c)
+			}
 			c.expire(ph, true)
-			return
+			return false
 		}
-		limit = c.s.to.idle
+		return false
 	case phHead:
 		limit = c.s.to.head
 	case phBody:
@@ -517,26 +556,27 @@ func (c *h1conn) check(now int64) {
 		// timeout since the last read, whichever comes first.
 		if dl := c.rdl.Load(); dl != 0 && now > dl {
 			c.expire(ph, true)
-			return
+			return false
 		}
 		limit = c.s.to.body
 	case phWrite:
 		if dl := c.wdl.Load(); dl != 0 && now > dl {
 			c.expire(ph, false)
-			return
+			return false
 		}
 		limit = c.s.to.send
 	case phHandler:
 		if c.rc != nil && rawsock.PeerGone(c.rc) {
 			c.markGone()
 		}
-		return
+		return false
 	default:
-		return
+		return false
 	}
 	if now-since > int64(limit) {
 		c.expire(ph, ph != phWrite)
 	}
+	return false
 }
 
 // expire wakes whoever waits on the socket with a timeout error.
@@ -1299,12 +1339,19 @@ func (h *h1conns) remove(c *h1conn) {
 	}
 }
 
-// sweep runs check on every connection.
+// sweep runs check on every connection, and closes the parked ones it
+// took back.
 func (h *h1conns) sweep(now int64) {
+	var closing []*h1conn
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	for c := range h.conns {
-		c.check(now)
+		if c.check(now) {
+			closing = append(closing, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range closing {
+		c.close()
 	}
 }
 
@@ -1369,11 +1416,8 @@ func (s *Server) shutdownH1(ctx context.Context) error {
 	} else {
 		h.idle = idle
 	}
-	now := s.clock.Load()
-	for c := range h.conns {
-		c.check(now)
-	}
 	h.mu.Unlock()
+	h.sweep(s.clock.Load())
 	select {
 	case <-idle:
 		return nil

@@ -3,10 +3,13 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -239,5 +242,111 @@ func TestConnRefusedHeadLingers(t *testing.T) {
 	}
 	if fw.requests.Load() != 0 {
 		t.Fatal("the worker got the refused request")
+	}
+}
+
+// TestConnParkedIdle: with every idle connection parked in the epoll set
+// (idlepark.go), keep-alive requests, pipelined bytes that arrive while
+// parked, the idle timeout and Shutdown all still work, and a parked
+// connection holds no goroutine.
+func TestConnParkedIdle(t *testing.T) {
+	const limit = 300 * time.Millisecond
+	fw := startFake(t, "w1", 2, echo)
+	h := startProxyWith(t, defaultConfig(), func(s *Server) {
+		s.manyConns = 0
+		s.to.idle = limit
+	}, fw)
+	read := func(br *bufio.Reader) string {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	before := runtime.NumGoroutine()
+	const n = 50
+	conns := make([]net.Conn, n)
+	brs := make([]*bufio.Reader, n)
+	for i := range conns {
+		conns[i], brs[i] = rawConn(t, h, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na")
+		if got := read(brs[i]); got != "a" {
+			t.Fatalf("first request: %q", got)
+		}
+	}
+	waitFor(t, "the idle connections to park", 5*time.Second, func() bool {
+		h.srv.idle.mu.Lock()
+		defer h.srv.idle.mu.Unlock()
+		return len(h.srv.idle.conns) == n
+	})
+	if g := runtime.NumGoroutine() - before; g > 5 {
+		t.Errorf("%d goroutines more with %d parked connections", g, n)
+	}
+	// A second request on each, one sent in two pieces.
+	for i, c := range conns {
+		io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+		if i == 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		io.WriteString(c, "bc")
+		if got := read(brs[i]); got != "bc" {
+			t.Fatalf("request after parking: %q", got)
+		}
+	}
+	// The idle timeout closes parked connections.
+	if closed, _ := closedWithin(conns[0], brs[0], 5*time.Second); !closed {
+		t.Fatal("a parked connection outlived the idle timeout")
+	}
+	waitFor(t, "every connection closed", 5*time.Second, func() bool { return h.srv.h1.count.Load() == 0 })
+}
+
+// TestConnParkedIdleTLS: a TLS connection parks only when crypto/tls
+// holds none of the client's bytes: two requests sent back to back, one
+// record each (the second read into crypto/tls with the first), are both
+// answered.
+func TestConnParkedIdleTLS(t *testing.T) {
+	fw := startFake(t, "w1", 2, echo)
+	h := startProxyWith(t, tlsConfig(testCert(t, "localhost")), func(s *Server) { s.manyConns = 0 }, fw)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go h.srv.ServeTLS(l)
+	const n = 10
+	for i := 0; i < n; i++ {
+		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req := func(body string) string {
+			return "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+		}
+		for round, bodies := range [][]string{{"a"}, {"bc", "def"}} {
+			// One TLS record each, sent back to back: crypto/tls reads
+			// the second along with the first.
+			for _, b := range bodies {
+				io.WriteString(c, req(b))
+			}
+			for _, want := range bodies {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("connection %d round %d: %v", i, round, err)
+				}
+				got, _ := io.ReadAll(resp.Body)
+				if string(got) != want {
+					t.Fatalf("connection %d round %d: %q, want %q", i, round, got, want)
+				}
+			}
+			if round == 0 {
+				waitFor(t, "the connection to park", 5*time.Second, func() bool {
+					h.srv.idle.mu.Lock()
+					defer h.srv.idle.mu.Unlock()
+					return len(h.srv.idle.conns) == i+1
+				})
+			}
+		}
 	}
 }

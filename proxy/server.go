@@ -110,14 +110,18 @@ type Server struct {
 
 	h1    h1conns   // HTTP/1.1 connections and listeners (conn.go)
 	files openFiles // static files kept open (openfiles.go)
+	idle  idlePark  // idle connections waiting without a goroutine (idlepark.go)
+	// manyConns is the open connections past which idle ones park;
+	// manyConns by default (tests park every one with 0).
+	manyConns int64
 	to    timeouts
 	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
 	// for timestamps on the request path; date is the Date field of that
 	// second, "Date: ...\r\n".
 	clock atomic.Int64
 	date  atomic.Pointer[[]byte]
-	acme acmeState // ACME: certificates from an ACME CA (acme.go)
-	h3   h3State   // HTTP/3 (h3.go)
+	acme  acmeState // ACME: certificates from an ACME CA (acme.go)
+	h3    h3State   // HTTP/3 (h3.go)
 }
 
 // New returns a Server with the zero configuration (no static files, no
@@ -153,6 +157,7 @@ func New(opts Options) *Server {
 	s.reqPool.New = func() any { return new(reqState) }
 	s.tickClock(time.Now())
 	s.to = defaultTimeouts
+	s.manyConns = manyConns
 	// HTTP/1.1 is conn.go's; this http.Server only carries HTTP/2's
 	// settings and its graceful shutdown hook (tls.go).
 	s.http = &http.Server{
