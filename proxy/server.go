@@ -114,7 +114,7 @@ type Server struct {
 	// manyConns is the open connections past which idle ones park;
 	// manyConns by default (tests park every one with 0).
 	manyConns int64
-	to    timeouts
+	to        timeouts
 	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
 	// for timestamps on the request path; date is the Date field of that
 	// second, "Date: ...\r\n".
