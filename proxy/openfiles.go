@@ -14,7 +14,9 @@ package proxy
 import (
 	"io"
 	"io/fs"
+	"net/http"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +35,10 @@ type openFile struct {
 	// refs: requests using it, plus one while the cache holds it; the
 	// descriptor closes at 0.
 	refs atomic.Int32
+	// The response fields of the file as it is, made once and shared by
+	// every request (a header value slice is never written in place):
+	// Content-Type, ETag, Last-Modified, Content-Length.
+	ctype, etag, lastMod, length []string
 }
 
 func (of *openFile) release() {
@@ -88,6 +94,11 @@ func (c *openFiles) open(m *mount, rel string) (*staticFile, error) {
 		return nil, fs.ErrNotExist
 	}
 	of.refs.Store(2) // the cache's and this request's
+	fi := fileInfo{of}
+	of.ctype = []string{contentType(rel)}
+	of.etag = []string{nginxETag(fi, "")}
+	of.lastMod = []string{fi.ModTime().UTC().Format(http.TimeFormat)}
+	of.length = []string{strconv.FormatInt(of.st.Size, 10)}
 	c.mu.Lock()
 	if c.m == nil {
 		c.m = map[fileKey]*openFile{}
