@@ -72,59 +72,70 @@ func idleConns(ctx context.Context, n int, target string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	conns := make([]net.Conn, n)
+	req := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\n\r\n"
+	return openMany(n, "idle connections", func() (func(), error) {
+		d := net.Dialer{Timeout: 10 * time.Second}
+		var c net.Conn
+		var err error
+		if u.Scheme == "https" {
+			c, err = (&tls.Dialer{NetDialer: &d, Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}).DialContext(ctx, "tcp", u.Host)
+		} else {
+			c, err = d.DialContext(ctx, "tcp", u.Host)
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err = io.WriteString(c, req); err == nil {
+			var resp *http.Response
+			if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				if err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+		}
+		c.SetDeadline(time.Time{})
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return func() { c.Close() }, nil
+	})
+}
+
+// openMany opens n of something, 64 at a time, and returns a function
+// closing them all; on any failure it closes what it opened.
+func openMany(n int, what string, open func() (close func(), err error)) (func(), error) {
+	closers := make([]func(), n)
 	var wg sync.WaitGroup
 	var firstErr atomic.Value
 	sem := make(chan struct{}, 64)
-	req := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\n\r\n"
-	for i := range conns {
+	for i := range closers {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			d := net.Dialer{Timeout: 10 * time.Second}
-			var c net.Conn
-			var err error
-			if u.Scheme == "https" {
-				c, err = (&tls.Dialer{NetDialer: &d, Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}}).DialContext(ctx, "tcp", u.Host)
-			} else {
-				c, err = d.DialContext(ctx, "tcp", u.Host)
-			}
-			if err == nil {
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				if _, err = io.WriteString(c, req); err == nil {
-					var resp *http.Response
-					if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
-						_, err = io.Copy(io.Discard, resp.Body)
-						if err == nil && resp.StatusCode != 200 {
-							err = fmt.Errorf("status %d", resp.StatusCode)
-						}
-					}
-				}
-				c.SetDeadline(time.Time{})
-			}
+			cl, err := open()
 			if err != nil {
 				firstErr.CompareAndSwap(nil, err)
-				if c != nil {
-					c.Close()
-				}
 				return
 			}
-			conns[i] = c
+			closers[i] = cl
 		}()
 	}
 	wg.Wait()
 	closeAll := func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
+		for _, cl := range closers {
+			if cl != nil {
+				cl()
 			}
 		}
 	}
 	if e, ok := firstErr.Load().(error); ok {
 		closeAll()
-		return nil, fmt.Errorf("open %d idle connections: %w", n, e)
+		return nil, fmt.Errorf("open %d %s: %w", n, what, e)
 	}
 	return closeAll, nil
 }

@@ -92,43 +92,19 @@ func runWSEcho(ctx context.Context, conns int, d time.Duration, url string) (wrk
 // the app has accepted it, and returns a function closing them all.
 func idleWebsockets(ctx context.Context, n int, url string) (func(), error) {
 	url = "ws" + strings.TrimPrefix(url, "http")
-	conns := make([]*websocket.Conn, n)
-	var wg sync.WaitGroup
-	var firstEr atomic.Value
-	sem := make(chan struct{}, 64)
-	for i := range conns {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, _, err := websocket.Dial(ctx, url, nil)
-			if err == nil {
-				if err = c.Write(ctx, websocket.MessageText, []byte("hi")); err == nil {
-					_, _, err = c.Read(ctx)
-				}
+	return openMany(n, "idle websockets", func() (func(), error) {
+		c, _, err := websocket.Dial(ctx, url, nil)
+		if err == nil {
+			if err = c.Write(ctx, websocket.MessageText, []byte("hi")); err == nil {
+				_, _, err = c.Read(ctx)
 			}
-			if err != nil {
-				firstEr.CompareAndSwap(nil, err)
-				if c != nil {
-					c.CloseNow()
-				}
-				return
-			}
-			conns[i] = c
-		}()
-	}
-	wg.Wait()
-	closeAll := func() {
-		for _, c := range conns {
+		}
+		if err != nil {
 			if c != nil {
 				c.CloseNow()
 			}
+			return nil, err
 		}
-	}
-	if e, ok := firstEr.Load().(error); ok {
-		closeAll()
-		return nil, fmt.Errorf("open %d idle websockets: %w", n, e)
-	}
-	return closeAll, nil
+		return func() { c.CloseNow() }, nil
+	})
 }

@@ -752,7 +752,7 @@ func (b *h1body) chunk(p []byte) (k int, ok bool) {
 		ch := c.in[c.r]
 		switch b.st {
 		case csSize:
-			if v, isHex := unhexDigit(ch); isHex {
+			if v, isHex := http1.Unhex(ch); isHex {
 				b.left = b.left<<4 | int64(v)
 				c.r++
 				continue
@@ -801,17 +801,6 @@ func (b *h1body) chunk(p []byte) (k int, ok bool) {
 	return 0, false
 }
 
-func unhexDigit(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
 
 // discardBuffered consumes what is left of the body when all of it is
 // already here; false means some is still on its way.

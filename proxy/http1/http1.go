@@ -214,7 +214,7 @@ func (f *Framer) chunkSizeByte(c byte) bool {
 	}
 	switch f.phase {
 	case 0: // digits
-		if v, ok := unhex(c); ok {
+		if v, ok := Unhex(c); ok {
 			if f.digits == 16 || f.left > 0x7ffffffffffffff {
 				return false
 			}
@@ -262,7 +262,8 @@ func (f *Framer) chunkSizeByte(c byte) bool {
 	}
 }
 
-func unhex(c byte) (byte, bool) {
+// Unhex is the value of a hex digit.
+func Unhex(c byte) (byte, bool) {
 	switch {
 	case c >= '0' && c <= '9':
 		return c - '0', true
