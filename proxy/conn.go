@@ -801,7 +801,6 @@ func (b *h1body) chunk(p []byte) (k int, ok bool) {
 	return 0, false
 }
 
-
 // discardBuffered consumes what is left of the body when all of it is
 // already here; false means some is still on its way.
 func (b *h1body) discardBuffered() bool {
