@@ -103,6 +103,13 @@ var yamlLineErr = regexp.MustCompile(`(?s)^yaml: line (\d+): (.*)$`)
 // document parses data into its root node; nil when the file holds no
 // settings at all (empty, only comments, or a lone null).
 func (d *decoder) document(data []byte) (*yaml.Node, error) {
+	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) ||
+		bytes.HasPrefix(data, []byte{0, 0, 0xfe, 0xff}) {
+		// yaml.v3 would read UTF-16 and UTF-32, but every line number
+		// berth reports is counted in UTF-8 (and editors differ on
+		// UTF-16's line separators): one encoding, said plainly.
+		return nil, ErrorList{{File: d.file, Line: 1, Msg: "the file is UTF-16 or UTF-32 (it starts with a byte order mark); save it as UTF-8"}}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {

@@ -318,7 +318,9 @@ func TestAccessReloadUnderLoad(t *testing.T) {
 		}(i)
 	}
 	time.Sleep(time.Second)
-	writeFileAtomic(t, b.cfgPath, strings.ReplaceAll(readFile(t, b.cfgPath), "20/s", "100000/s"))
+	// A burst to match: nginx's arithmetic refills in whole milliseconds,
+	// and this load sends more than 10 requests within one.
+	writeFileAtomic(t, b.cfgPath, strings.ReplaceAll(strings.ReplaceAll(readFile(t, b.cfgPath), "burst: 10", "burst: 1000"), "20/s", "100000/s"))
 	waitFor(t, 10*time.Second, "responses of the new config", newGen.Load)
 	time.Sleep(time.Second)
 	close(stop)
