@@ -137,6 +137,14 @@ func runGoLoad(ctx context.Context, spec loadSpec) (wrkResult, error) {
 		return r, fmt.Errorf("go load %s %s: %w%s", spec.Proto, spec.URL, err, errb.String())
 	}
 	r.CPU = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	if r.SockErrors > 0 {
+		// The table counts errors; the log says what the first was, so a
+		// peer's limit (or berth's bug) can be told from the client's.
+		var rep loadReport
+		if json.Unmarshal(bytes.TrimSpace(out.Bytes()), &rep) == nil && rep.FirstError != "" {
+			fmt.Fprintf(os.Stderr, "bench: go load %s %s: %d errors, the first: %s\n", spec.Proto, spec.URL, rep.Errors, rep.FirstError)
+		}
+	}
 	return r, nil
 }
 
