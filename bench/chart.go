@@ -80,10 +80,7 @@ func drawChart(w io.Writer, rep *report) error {
 	cols := min(n, maxCols)
 	rows := (n + cols - 1) / cols
 
-	var stacks []string
-	for _, s := range rep.Scenarios[0].Stacks {
-		stacks = append(stacks, s.Stack)
-	}
+	stacks := chartStacks(rep)
 	names := make([]string, len(stacks))
 	legendW := 0
 	for i, s := range stacks {
@@ -112,6 +109,21 @@ func drawChart(w io.Writer, rep *report) error {
 		drawPanel(img, px, py, sc)
 	}
 	return png.Encode(w, img)
+}
+
+// chartStacks are the stacks the legend names: every one that has a bar
+// in some panel, not only the first panel's, which may be a scenario a
+// peer sits out (https-h3 is berth's alone).
+func chartStacks(rep *report) []string {
+	var stacks []string
+	for _, sc := range rep.Scenarios {
+		for _, s := range sc.Stacks {
+			if !contains(stacks, s.Stack) {
+				stacks = append(stacks, s.Stack)
+			}
+		}
+	}
+	return stacks
 }
 
 func stackLabel(s string) string {

@@ -105,6 +105,10 @@ func splitList(s string) []string {
 }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == goloadFlag {
+		// The Go load generator's child (goload.go), not the bench.
+		os.Exit(goloadChild(os.Args[2], os.Stdout, os.Stderr))
+	}
 	o, err := parseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		if err == flag.ErrHelp {

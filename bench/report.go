@@ -100,6 +100,8 @@ func summarize(o options, m machine, runs []runResult, elapsed time.Duration) *r
 	rep := &report{Machine: m, Runs: runs, Elapsed: elapsed.Round(time.Second).String(), Settings: map[string]string{
 		"repeat": fmt.Sprint(o.repeat), "duration": o.duration.String(), "warmup": o.warmup.String(),
 		"wrk":     fmt.Sprintf("-t%d -c%d --latency --timeout %s", o.threads, o.conns, wrkTimeout),
+		"h2load":  fmt.Sprintf("-t%d -c%d -m%d", o.threads, o.conns, h2Streams),
+		"goload":  fmt.Sprintf("-c%d -m%d, timeout %v (h1: %d connections of 1 request)", o.conns, h2Streams, loadTimeout, o.conns*h2Streams),
 		"workers": fmt.Sprint(o.workers), "slow_clients": fmt.Sprint(o.slow),
 		"stacks": strings.Join(o.stacks, ","), "scenarios": strings.Join(o.scenarios, ","),
 	}}

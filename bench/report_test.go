@@ -168,3 +168,45 @@ func TestParseStat(t *testing.T) {
 		t.Error("parseStat accepted a truncated line")
 	}
 }
+
+// https-h3 has no peer: its rows are berth's alone, with no ratio, and the
+// rest of the report (other scenarios' peers, the chart's legend) is as
+// it would be without it.
+func TestSummarizeCopesWithABerthOnlyScenario(t *testing.T) {
+	o := options{scenarios: []string{"https-h3", "https-go-h2"}, stacks: []string{"berth", "uwsgi"}, repeat: 2, duration: 10 * time.Second, conns: 32}
+	if sc := findScenario("https-h3"); !sc.serves("berth") || sc.serves("uwsgi") || sc.serves("gunicorn") || sc.serves("uvicorn") {
+		t.Fatalf("https-h3 must be berth's alone")
+	}
+	var runs []runResult
+	for round := 1; round <= 2; round++ {
+		runs = append(runs, wrkRun("https-h3", "berth", round, 900, 0),
+			wrkRun("https-go-h2", "berth", round, 1000, 0), wrkRun("https-go-h2", "uwsgi", round, 2000, 0))
+	}
+	rep := summarize(o, machine{CPUs: 2}, runs, time.Minute)
+	h3 := rep.Scenarios[0]
+	if len(h3.Stacks) != 1 || h3.Stacks[0].Stack != "berth" || h3.Stacks[0].RPS != 900 || fmtRatio(h3.Stacks[0]) != "-" {
+		t.Errorf("https-h3 summary %+v, want berth alone at 900 req/s and no ratio", h3.Stacks)
+	}
+	if u := rep.find("https-go-h2", "uwsgi"); u == nil || u.Ratio != 0.5 {
+		t.Errorf("https-go-h2 uwsgi %+v, want ratio 0.5", u)
+	}
+	if len(rep.Targets) != 0 {
+		t.Errorf("targets %+v, want none", rep.Targets)
+	}
+	var out bytes.Buffer
+	rep.printTables(&out)
+	for _, s := range []string{"| https-h3    | berth |", "| https-go-h2 | uwsgi | 2000", "0.50×"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("tables lack %q:\n%s", s, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "| https-h3    | uwsgi") {
+		t.Errorf("a uwsgi row for https-h3:\n%s", out.String())
+	}
+	if got := chartStacks(rep); strings.Join(got, ",") != "berth,uwsgi" {
+		t.Errorf("chart legend %v, want berth and uwsgi", got)
+	}
+	if err := drawChart(&bytes.Buffer{}, rep); err != nil {
+		t.Error(err)
+	}
+}

@@ -45,14 +45,22 @@ type scenario struct {
 	// idle: a memory scenario of idle keep-alive connections (idle.go):
 	// the figure is what idleConnCount of them add to the front.
 	idle bool
+	// load: the bench's own Go client (goload.go) drives the scenario over
+	// HTTPS in this protocol, instead of wrk or h2load.
+	load loadProto
+	// berthOnly: no peer takes part (https-h3: nginx 1.22 has no HTTP/3).
+	berthOnly bool
 }
 
 // serves says whether stack takes part in the scenario: WSGI scenarios
 // compare berth with nginx + uWSGI and nginx + Gunicorn, ASGI ones with
-// nginx + Uvicorn.
+// nginx + Uvicorn, berth-only ones with nobody.
 func (sc *scenario) serves(stack string) bool {
 	if stack == "berth" {
 		return true
+	}
+	if sc.berthOnly {
+		return false
 	}
 	return sc.asgi == (stack == "uvicorn")
 }
@@ -67,6 +75,9 @@ var scenarios = []*scenario{
 	{Name: "edge", Desc: "hello through an edge (berth, or nginx for every peer stack) in front of 3 berth backends, round robin, keep-alive to them", Kind: kindThroughput, app: appHello, path: "/", edge: true},
 	{Name: "https", Desc: "hello over HTTPS, HTTP/1.1 keep-alive (same certificate and ciphers)", Kind: kindThroughput, app: appHello, path: "/", tls: true},
 	{Name: "https-h2", Desc: "hello over HTTPS, HTTP/2 (h2load, 10 streams a connection; p50 = mean, p99 = max)", Kind: kindThroughput, app: appHello, path: "/", tls: true, h2: true},
+	{Name: "https-h3", Desc: "hello over HTTPS, HTTP/3 (the bench's Go client, quic-go: -c connections, 10 streams each as https-h2); berth only: nginx 1.22 has no HTTP/3", Kind: kindThroughput, app: appHello, path: "/", tls: true, load: protoH3, berthOnly: true},
+	{Name: "https-go-h1", Desc: "hello over HTTPS, HTTP/1.1 with the same Go client (-c × 10 connections, one request in flight each), to set against https-h3", Kind: kindThroughput, app: appHello, path: "/", tls: true, load: protoH1},
+	{Name: "https-go-h2", Desc: "hello over HTTPS, HTTP/2 with the same Go client (-c connections, 10 streams each), to set against https-h3", Kind: kindThroughput, app: appHello, path: "/", tls: true, load: protoH2},
 	{Name: "microcache", Desc: "Django view with cache_control(max_age=1), microcached by the front (berth cache, nginx uwsgi_cache/proxy_cache)", Kind: kindThroughput, app: appDjango, path: "/micro"},
 	{Name: "gzip", Desc: "50 KB Django HTML page gzipped by the front (level 5, Accept-Encoding: gzip)", Kind: kindThroughput, app: appDjango, path: "/page", script: "gzip.lua"},
 	{Name: "slowclients", Desc: "hello while slow clients trickle headers at 1 byte/s", Kind: kindSlow, app: appHello, path: "/"},
@@ -229,6 +240,11 @@ func (sc *scenario) up(ctx context.Context, e *benchEnv, stack string, spec stac
 }
 
 func (sc *scenario) wrk(ctx context.Context, e *benchEnv, in *instance, d time.Duration) (wrkResult, error) {
+	if sc.load != "" {
+		// h2load's -c and -m, so that https-go-h2 and https-h3 compare
+		// with https-h2.
+		return runGoLoad(ctx, loadSpec{Proto: sc.load, Conns: e.o.conns, Streams: h2Streams, Duration: d, Timeout: loadTimeout, URL: in.tlsURL + sc.path})
+	}
 	if sc.h2 {
 		return runH2load(ctx, e.o.threads, e.o.conns, d, in.tlsURL+sc.path)
 	}
@@ -265,7 +281,7 @@ func (sc *scenario) measure(ctx context.Context, e *benchEnv, in *instance, res 
 }
 
 func (sc *scenario) throughput(ctx context.Context, e *benchEnv, stack string, res *runResult) error {
-	in, err := sc.up(ctx, e, stack, stackSpec{app: sc.app})
+	in, err := sc.up(ctx, e, stack, stackSpec{app: sc.app, http3: sc.load == protoH3})
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type stackSpec struct {
 	maxRequests int  // recycle each worker after this many requests; 0 = never
 	reloadable  bool // uWSGI: add the touch-reload file the reload scenario touches
 	workers     int  // worker processes; 0 = -workers
+	http3       bool // berth: tls.http3 on the HTTPS listener's port (UDP)
 }
 
 // tmplData fills the templates in bench/stacks/.
@@ -56,7 +57,8 @@ type tmplData struct {
 	TouchReload string
 	Env         map[string]string
 	Backends    []string // the edge scenario's upstream servers, host:port
-	TLSPort     int      // HTTPS port on 127.0.0.1 (HTTP/1.1 and HTTP/2)
+	TLSPort     int      // HTTPS port on 127.0.0.1 (HTTP/1.1 and HTTP/2; HTTP/3 over UDP with HTTP3)
+	HTTP3       bool     // berth: tls.http3
 	Cert, Key   string   // the bench's self-signed certificate
 }
 
@@ -141,6 +143,24 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// freeTCPUDPPort is a loopback port free for both TCP and UDP.
+func freeTCPUDPPort() (int, error) {
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("find a free udp port: %w", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		pc.Close()
+		if err == nil {
+			l.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("find a port free for both tcp and udp: 20 tries failed")
+}
+
 func render(name string, data tmplData, dst string) error {
 	b, err := assets.ReadFile("stacks/" + name)
 	if err != nil {
@@ -192,9 +212,16 @@ func start(ctx context.Context, e *benchEnv, stack string, spec stackSpec) (*ins
 		return nil, err
 	}
 	inst.url = "http://127.0.0.1:" + strconv.Itoa(d.Port)
-	if d.TLSPort, err = freePort(); err != nil {
+	if spec.http3 {
+		// HTTP/3 is served on the same port number over UDP.
+		d.TLSPort, err = freeTCPUDPPort()
+	} else {
+		d.TLSPort, err = freePort()
+	}
+	if err != nil {
 		return nil, err
 	}
+	d.HTTP3 = spec.http3
 	inst.tlsURL = "https://127.0.0.1:" + strconv.Itoa(d.TLSPort)
 	d.Cert, d.Key = e.certFile, e.keyFile
 	ok := false

@@ -84,8 +84,7 @@ func runWSEcho(ctx context.Context, conns int, d time.Duration, url string) (wrk
 		return wrkResult{}, fmt.Errorf("websocket echo: no round trip")
 	}
 	sort.Float64s(lat)
-	pct := func(p float64) float64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	return wrkResult{Requests: trips.Load(), RPS: float64(trips.Load()) / elapsed, P50: pct(0.50), P99: pct(0.99), SockErrors: errs.Load()}, nil
+	return wrkResult{Requests: trips.Load(), RPS: float64(trips.Load()) / elapsed, P50: percentile(lat, 0.50), P99: percentile(lat, 0.99), SockErrors: errs.Load()}, nil
 }
 
 // idleWebsockets opens n websockets to url, each echoing one message so
