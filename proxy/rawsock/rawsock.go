@@ -48,6 +48,7 @@ type Sock struct {
 	put        func([]byte)
 	pooledFn   func(uintptr) bool
 	iov        [][]byte
+	more       bool // WritevMore: sendmsg with MSG_MORE instead of writev
 	writevFn   func(uintptr) bool
 	infd       int
 	sfOff      *int64
@@ -126,6 +127,19 @@ func (s *Sock) Writev(iov [][]byte) (int64, error) {
 	return int64(done), err
 }
 
+// WritevMore is Writev telling the kernel more follows at once (MSG_MORE,
+// as nginx's tcp_nopush corks a head before sendfile): the last partial
+// segment waits for the next write without the flag, which carries it.
+// So a response head and a file go out in as few segments as their bytes
+// need, not one more for the head. The caller must write again promptly,
+// with Writev or Sendfile; closing the socket sends what waits too.
+func (s *Sock) WritevMore(iov [][]byte) (int64, error) {
+	s.more = true
+	n, err := s.Writev(iov)
+	s.more = false
+	return n, err
+}
+
 func (s *Sock) doWritev(fd uintptr) bool {
 	var vec [8]syscall.Iovec
 	for {
@@ -146,7 +160,16 @@ func (s *Sock) doWritev(fd uintptr) bool {
 				n++
 			}
 		}
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vec[0])), uintptr(n))
+		var r uintptr
+		var e syscall.Errno
+		if s.more {
+			// x/sys's Msghdr: its Iovlen's type differs between architectures.
+			msg := unix.Msghdr{Iov: (*unix.Iovec)(unsafe.Pointer(&vec[0]))}
+			msg.SetIovlen(n)
+			r, _, e = syscall.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		} else {
+			r, _, e = syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vec[0])), uintptr(n))
+		}
 		switch e {
 		case 0:
 			s.wdone += int(r)

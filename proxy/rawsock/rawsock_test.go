@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair is a connected unix socket pair: a Sock on one end, a net.Conn on
@@ -91,5 +93,85 @@ func TestLargeWrite(t *testing.T) {
 	}
 	if all := <-got; len(all) != len(big) || all[12345] != big[12345] {
 		t.Fatalf("the peer got %d bytes", len(all))
+	}
+}
+
+// A head written with WritevMore waits for the file sent after it, so the
+// two share a segment (nginx's tcp_nopush), where Writev sends the head
+// in a segment of its own. Counted with TCP_INFO on loopback.
+func TestWritevMoreSharesASegmentWithTheFile(t *testing.T) {
+	file := make([]byte, 20<<10) // with the head, well within loopback's 64 KiB MSS
+	for i := range file {
+		file[i] = byte(i)
+	}
+	path := t.TempDir() + "/f"
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	head := []byte("HTTP/1.1 200 OK\r\nContent-Length: 20480\r\n\r\n")
+	for _, tc := range []struct {
+		more bool
+		segs uint32
+	}{{true, 1}, {false, 2}} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err := ln.Accept()
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _ := server.(syscall.Conn).SyscallConn()
+		s := New(rc)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var before, after uint32
+		info := func() uint32 {
+			var n uint32
+			rc.Control(func(fd uintptr) {
+				ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n = ti.Data_segs_out
+			})
+			return n
+		}
+		before = info()
+		iov := [][]byte{head}
+		if tc.more {
+			_, err = s.WritevMore(iov)
+		} else {
+			_, err = s.Writev(iov)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var off int64
+		if n, err := s.Sendfile(int(f.Fd()), &off, int64(len(file))); n != int64(len(file)) || err != nil {
+			t.Fatalf("Sendfile = %d, %v", n, err)
+		}
+		got := make([]byte, len(head)+len(file))
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(client, got); err != nil {
+			t.Fatalf("more=%v: the client read: %v", tc.more, err)
+		}
+		if string(got[:len(head)]) != string(head) || string(got[len(head):]) != string(file) {
+			t.Fatalf("more=%v: the client got other bytes than the head and the file", tc.more)
+		}
+		after = info()
+		if segs := after - before; segs != tc.segs {
+			t.Errorf("more=%v: head and file went out in %d segments, want %d", tc.more, segs, tc.segs)
+		}
+		f.Close()
+		client.Close()
+		server.Close()
 	}
 }
