@@ -253,7 +253,7 @@ func TestConnParkedIdle(t *testing.T) {
 	const limit = 300 * time.Millisecond
 	fw := startFake(t, "w1", 2, echo)
 	h := startProxyWith(t, defaultConfig(), func(s *Server) {
-		s.manyConns = 0
+		s.manyConns, s.parkAfter = 0, 0
 		s.to.idle = limit
 	}, fw)
 	read := func(br *bufio.Reader) string {
@@ -301,13 +301,52 @@ func TestConnParkedIdle(t *testing.T) {
 	waitFor(t, "every connection closed", 5*time.Second, func() bool { return h.srv.h1.count.Load() == 0 })
 }
 
+// TestConnBusyNeverParks: a keep-alive connection with requests coming
+// back to back is never parked while many connections are open but few
+// are idle (slow clients trickling heads); one left idle past parkAfter
+// is. Parking at every idle moment cost each request an epoll_ctl and a
+// goroutine start.
+func TestConnBusyNeverParks(t *testing.T) {
+	fw := startFake(t, "w1", 2, echo)
+	h := startProxyWith(t, defaultConfig(), func(s *Server) {
+		s.manyConns, s.parkAfter = 2, 400*time.Millisecond
+	}, fw)
+	for range 3 {
+		rawConn(t, h, "GET / HTTP/1.1\r\n") // a head begun, not finished
+	}
+	waitFor(t, "three slow connections open", 5*time.Second, func() bool { return h.srv.h1.count.Load() == 3 })
+	c, br := rawConn(t, h, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na")
+	read := func() {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	read()
+	// Requests for a second, more than twice parkAfter, each sent as soon
+	// as the one before is answered.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nb")
+		read()
+	}
+	if n := h.srv.idle.parks.Load(); n != 0 {
+		t.Fatalf("a busy connection was parked %d times", n)
+	}
+	waitFor(t, "the idle connection to park", 5*time.Second, func() bool { return h.srv.idle.parks.Load() == 1 })
+	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nc")
+	read()
+}
+
 // TestConnParkedIdleTLS: a TLS connection parks only when crypto/tls
 // holds none of the client's bytes: two requests sent back to back, one
 // record each (the second read into crypto/tls with the first), are both
 // answered.
 func TestConnParkedIdleTLS(t *testing.T) {
 	fw := startFake(t, "w1", 2, echo)
-	h := startProxyWith(t, tlsConfig(testCert(t, "localhost")), func(s *Server) { s.manyConns = 0 }, fw)
+	h := startProxyWith(t, tlsConfig(testCert(t, "localhost")), func(s *Server) { s.manyConns, s.parkAfter = 0, 0 }, fw)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

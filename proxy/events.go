@@ -106,7 +106,7 @@ func (s *Server) housekeeping() {
 		}
 		s.alog.flush()
 		if tick%2 == 0 {
-			s.h1.sweep(s.clock.Load())
+			s.h1.sweep(s.clock.Load(), s.manyConns)
 		}
 		for _, rt := range s.routers() {
 			rt.kick()

@@ -14,6 +14,7 @@ package proxy
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +26,7 @@ type idlePark struct {
 	epfd  int // -1: parking is not available (the epoll set could not be made)
 	mu    sync.Mutex
 	conns map[int32]*h1conn // by socket descriptor
+	parks atomic.Int64      // connections parked so far
 }
 
 // start makes the epoll set and its goroutine, once.
@@ -49,7 +51,9 @@ func (p *idlePark) start(s *Server) bool {
 			return
 		}
 		p.epfd = fd
+		p.mu.Lock() // conns may be looked at (tests) before the first park
 		p.conns = map[int32]*h1conn{}
+		p.mu.Unlock()
 		go p.loop(f, rc)
 	})
 	return p.epfd >= 0
@@ -88,6 +92,7 @@ func (p *idlePark) park(c *h1conn) bool {
 	p.conns[c.fd] = c
 	c.parked.Store(true)
 	p.mu.Unlock()
+	p.parks.Add(1)
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: c.fd}
 	err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev)
 	if err == unix.ENOENT {

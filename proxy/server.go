@@ -111,9 +111,11 @@ type Server struct {
 	h1    h1conns   // HTTP/1.1 connections and listeners (conn.go)
 	files openFiles // static files kept open (openfiles.go)
 	idle  idlePark  // idle connections waiting without a goroutine (idlepark.go)
-	// manyConns is the open connections past which idle ones park;
-	// manyConns by default (tests park every one with 0).
+	// manyConns is the open connections past which idle ones park, once
+	// idle for parkAfter; manyConns and parkAfter by default (tests park
+	// every one at the next sweep with 0 and 0).
 	manyConns int64
+	parkAfter time.Duration
 	to        timeouts
 	// clock is the coarse time (unix nanos) the housekeeping tick keeps,
 	// for timestamps on the request path; date is the Date field of that
@@ -158,6 +160,7 @@ func New(opts Options) *Server {
 	s.tickClock(time.Now())
 	s.to = defaultTimeouts
 	s.manyConns = manyConns
+	s.parkAfter = parkAfter
 	// HTTP/1.1 is conn.go's; this http.Server only carries HTTP/2's
 	// settings and its graceful shutdown hook (tls.go).
 	s.http = &http.Server{
