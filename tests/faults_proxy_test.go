@@ -137,6 +137,52 @@ func TestKillWorkerMidRequestUnderLoad(t *testing.T) {
 	}
 }
 
+// A worker killed in the middle of the first request it reads on a reused
+// connection: that request was read, so it fails (502) and is not run
+// again on the replacement. The proxy used to take the end of stream for a
+// pooled connection the worker had closed, since the worker had not yet
+// answered on a reused one, and replayed it (seen once in the gate as
+// TestKillWorkerMidRequestUnderLoad's killed request answered 200).
+func TestKillWorkerOnItsFirstReusedConnection(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "slow.pid")
+	b := startBerth(t, berthOpts{host: true, // the pid the app writes is the host's
+		config: "workers: {count: 1, timeout: 60s}\nproxy: {access_log: off}\n",
+		env:    []string{"SLOW_PID_FILE=" + pidFile},
+		app:    map[string]string{"wsgi.py": deathApp}})
+	if code, body := b.get("/"); code != 200 || body != "ok" {
+		t.Fatalf("GET /: %d %q", code, body) // the proxy now holds an idle connection to the worker
+	}
+	slow := make(chan int, 1)
+	go func() {
+		code, _ := b.get("/slow")
+		slow <- code
+	}()
+	var pid int
+	waitFor(t, 10*time.Second, "the slow request to start", func() bool {
+		data, err := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(string(data))
+		return err == nil && pid > 0
+	})
+	os.Remove(pidFile)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-slow:
+		if code != 502 {
+			t.Errorf("the killed worker's request: %d, want 502 (not replayed)", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the killed worker's request got no answer in 20 s: replayed on the replacement")
+	}
+	if _, err := os.Stat(pidFile); err == nil {
+		t.Error("the replacement worker ran /slow again")
+	}
+	if !strings.Contains(b.logs.String(), "not replayed") {
+		t.Errorf("berth's log does not say the request was not replayed:\n%s", b.logs.String())
+	}
+}
+
 // The proxy under a tiny RLIMIT_NOFILE: requests it cannot serve get 503,
 // it does not crash, and it serves again once descriptors are free.
 func TestProxyOutOfFileDescriptors(t *testing.T) {
