@@ -90,9 +90,12 @@ async def ws_echo(websocket):
     finally:
         if tag and MARKS:
             # How many messages this connection handed the app: the test
-            # checks the client got an answer to each.
-            with open(os.path.join(MARKS, 'ws.' + tag), 'w') as f:
+            # checks the client got an answer to each. Written whole, then
+            # renamed: the test may look as soon as the name exists.
+            path = os.path.join(MARKS, 'ws.' + tag)
+            with open(path + '.tmp', 'w') as f:
                 f.write(str(received))
+            os.rename(path + '.tmp', path)
 
 
 async def ws_refuse(websocket):
