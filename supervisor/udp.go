@@ -72,7 +72,7 @@ func (g *udpGroup) add(n int) (*udpSock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http3: listen udp %s: %w; free the UDP port (HTTP/3 uses the https:// listener's port number over UDP) or set tls.http3: false", g.addr, err)
 	}
-	f, err := pc.(*net.UDPConn).File()
+	f, err := quietCopy(pc.(*net.UDPConn), g.addr)
 	pc.Close() // f holds the socket
 	if err != nil {
 		return nil, fmt.Errorf("http3: udp %s: %w", g.addr, err)
@@ -158,10 +158,8 @@ func (g *udpGroup) steer() error {
 // udpAddrOf is the address a TLS listener's UDP group binds: its own, as
 // bound (a :0 port is then the port the kernel chose).
 func udpAddrOf(l *listener) string {
-	if l.ln != nil {
-		if a, ok := l.ln.Addr().(*net.TCPAddr); ok {
-			return a.String()
-		}
+	if l.tcp != nil {
+		return l.tcp.String()
 	}
 	return ""
 }

@@ -374,3 +374,90 @@ func TestHTTP3ReloadAndStop(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM", code)
 	}
 }
+
+// TestSupervisorDoesNotPollItsSockets: the supervisor holds the listening
+// sockets and the HTTP/3 UDP sockets only to hand them to proxies; none of
+// them may sit in its epoll sets. They did (net's File() registers its
+// copy), and PID 1 was woken for every new connection and for every
+// datagram the proxy sent or received: 13.8 µs of its CPU per HTTP/3
+// request in the bench.
+func TestSupervisorDoesNotPollItsSockets(t *testing.T) {
+	b, port := startH3Berth(t, "")
+	c, tr := h3Client("h3.test")
+	defer tr.Close()
+	resp, err := c.Get(fmt.Sprintf("https://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatalf("HTTP/3 GET: %v\n%s", err, b.logs.String())
+	}
+	resp.Body.Close()
+	_, plainPort, _ := net.SplitHostPort(b.addr)
+	pp, _ := strconv.Atoi(plainPort)
+	theirs := map[string]string{} // socket inode -> what it is
+	for _, f := range []struct {
+		file  string
+		port  int
+		state string // "" = any
+	}{{"/proc/net/tcp", port, "0A"}, {"/proc/net/tcp", pp, "0A"}, {"/proc/net/udp", port, ""}} {
+		for ino := range socketInodes(t, f.file, f.port, f.state) {
+			theirs[ino] = fmt.Sprintf("%s port %d", f.file, f.port)
+		}
+	}
+	if len(theirs) < 4 {
+		t.Fatalf("found %d listening sockets (%v), want the two TCP listeners and at least two UDP sockets", len(theirs), theirs)
+	}
+	pid := b.berthPid()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	polled := 0
+	for _, e := range fds {
+		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if link != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 || f[0] != "tfd:" {
+				continue
+			}
+			polled++
+			target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, f[1]))
+			ino := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
+			if what, ok := theirs[ino]; ok {
+				t.Errorf("the supervisor's epoll set %s watches fd %s, the socket on %s", e.Name(), f[1], what)
+			}
+		}
+	}
+	if polled == 0 {
+		t.Fatal("found no descriptor in the supervisor's epoll sets: the check looked at nothing")
+	}
+}
+
+// socketInodes reads /proc/net/{tcp,udp}: the inodes of the sockets bound
+// to port on any address, in state (hex, "" = any).
+func socketInodes(t *testing.T, file string, port int, state string) map[string]bool {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 {
+			continue
+		}
+		_, hexPort, _ := strings.Cut(f[1], ":")
+		p, err := strconv.ParseInt(hexPort, 16, 32)
+		if err != nil || int(p) != port || state != "" && f[3] != state {
+			continue
+		}
+		out[f[9]] = true
+	}
+	return out
+}
