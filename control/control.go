@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/berth-dev/berth/config"
 	"github.com/berth-dev/berth/acme"
+	"github.com/berth-dev/berth/config"
 )
 
 // Message types. Supervisor → proxy: TypeConfig, TypeWorkers.

@@ -133,14 +133,6 @@ func nginxETag(fi fs.FileInfo, suffix string) string {
 	return `"` + strconv.FormatInt(fi.ModTime().Unix(), 16) + "-" + strconv.FormatInt(fi.Size(), 16) + suffix + `"`
 }
 
-func plainError(w http.ResponseWriter, code int, body string) {
-	h := w.Header()
-	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	h["X-Content-Type-Options"] = []string{"nosniff"}
-	w.WriteHeader(code)
-	w.Write([]byte(body))
-}
-
 // dirRefresh is how long a mount's directory handle is used before it is
 // opened again, so a directory replaced by a deploy is picked up.
 const dirRefresh = time.Second

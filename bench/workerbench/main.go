@@ -508,12 +508,8 @@ func waitNotify(c *net.UnixConn, key string) (map[string]string, error) {
 	}
 }
 
-// packet is what the proxy would send for GET o.path with wrk's headers
-// (to a uWSGI server, -uwsgi: its own encoding).
-func packet(o options) ([]byte, error) {
-	return packetFor(o, !o.plain)
-}
-
+// packetFor is what the proxy would send for GET o.path with wrk's
+// headers: compact vars, or (to a uWSGI server, -uwsgi) uWSGI's own.
 func packetFor(o options, compact bool) ([]byte, error) {
 	u, err := url.ParseRequestURI(o.path)
 	if err != nil {
