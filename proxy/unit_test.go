@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"testing"
+	"time"
 
 	"github.com/berth-dev/berth/control"
 )
@@ -110,5 +111,32 @@ func TestRealIP(t *testing.T) {
 		if got != tc.want || ok != tc.ok {
 			t.Errorf("realIP(%q) = %q %v, want %q %v", tc.vals, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+// The pool's measured service time, which admission divides the queue by:
+// a few answers read late (a goroutine behind thousands in a burst) move it
+// little, and a slower app still shows within a few dozen answers.
+func TestRouterServiceTime(t *testing.T) {
+	rt := &router{}
+	for range 50 {
+		rt.observe(300 * time.Microsecond)
+	}
+	for range 5 {
+		rt.observe(80 * time.Millisecond)
+	}
+	if rt.svc > time.Millisecond {
+		t.Errorf("five late answers lifted 300us to %v", rt.svc)
+	}
+	n := 0
+	for rt.svc < 40*time.Millisecond {
+		rt.observe(50 * time.Millisecond)
+		n++
+		if n > 100 {
+			t.Fatalf("after 100 answers of 50ms the average is %v", rt.svc)
+		}
+	}
+	if n > 60 {
+		t.Errorf("%d answers of 50ms before the average passed 40ms", n)
 	}
 }
