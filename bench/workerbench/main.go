@@ -550,41 +550,39 @@ func (cl *client) doOnce() error {
 		cl.br = bufio.NewReaderSize(nil, 64<<10)
 	}
 	cl.br.Reset(c)
-	resp, err := http.ReadResponse(cl.br, nil)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	return nil
+	_, err = readOK(cl.br)
+	return err
 }
 
 func (cl *client) do() error {
 	if _, err := cl.c.Write(cl.pkt); err != nil {
 		return err
 	}
-	resp, err := http.ReadResponse(cl.br, nil)
+	resp, err := readOK(cl.br)
 	if err != nil {
 		return err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("status %s", resp.Status)
 	}
 	if resp.Close {
 		return errors.New("the worker closed a kept-alive connection")
 	}
 	return nil
+}
+
+// readOK reads one response whole and wants it 200.
+func readOK(br *bufio.Reader) (*http.Response, error) {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("status %s", resp.Status)
+	}
+	return resp, nil
 }
 
 // drive sends n requests over the clients, each connection one request at a

@@ -117,14 +117,10 @@ func (s *Sock) doReadPooled(fd uintptr) bool {
 // takes them, waiting in the netpoller while its buffer is full. The
 // slices of iov are advanced as they are written.
 func (s *Sock) Writev(iov [][]byte) (int64, error) {
-	s.iov, s.wdone, s.werrno = iov, 0, 0
-	err := s.rc.Write(s.writevFn)
-	done, errno := s.wdone, s.werrno
+	s.iov, s.wdone = iov, 0
+	err := s.write(s.writevFn)
 	s.iov = nil
-	if err == nil && errno != 0 {
-		err = errno
-	}
-	return int64(done), err
+	return int64(s.wdone), err
 }
 
 // WritevMore is Writev telling the kernel more follows at once (MSG_MORE,
@@ -196,14 +192,10 @@ func (s *Sock) doWritev(fd uintptr) bool {
 // socket buffer is full. It returns the bytes sent; fewer than n with a
 // nil error means the file ended.
 func (s *Sock) Sendfile(infd int, off *int64, n int64) (int64, error) {
-	s.infd, s.sfOff, s.sfLeft, s.sfDone, s.werrno = infd, off, n, 0, 0
-	err := s.rc.Write(s.sendfileFn)
-	done, errno := s.sfDone, s.werrno
+	s.infd, s.sfOff, s.sfLeft, s.sfDone = infd, off, n, 0
+	err := s.write(s.sendfileFn)
 	s.sfOff = nil
-	if err == nil && errno != 0 {
-		err = errno
-	}
-	return done, err
+	return s.sfDone, err
 }
 
 func (s *Sock) doSendfile(fd uintptr) bool {
@@ -267,14 +259,22 @@ func (s *Sock) doRead(fd uintptr) bool {
 // Write writes all of p, waiting in the netpoller while the socket buffer
 // is full.
 func (s *Sock) Write(p []byte) (int, error) {
-	s.wbuf, s.wdone, s.werrno = p, 0, 0
-	err := s.rc.Write(s.writeFn)
-	done, errno := s.wdone, s.werrno
+	s.wbuf, s.wdone = p, 0
+	err := s.write(s.writeFn)
 	s.wbuf = nil
-	if err == nil && errno != 0 {
-		err = errno
+	return s.wdone, err
+}
+
+// write runs fn (doWrite, doWritev, doSendfile) until it is done, waiting
+// in the netpoller while the socket buffer is full; the error is the
+// poller's or the errno fn recorded.
+func (s *Sock) write(fn func(uintptr) bool) error {
+	s.werrno = 0
+	err := s.rc.Write(fn)
+	if err == nil && s.werrno != 0 {
+		err = s.werrno
 	}
-	return done, err
+	return err
 }
 
 func (s *Sock) doWrite(fd uintptr) bool {
