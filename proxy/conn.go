@@ -385,13 +385,13 @@ func (c *h1conn) nextHead() ([]byte, *http1.Rejection, error) {
 			return nil, rej, nil
 		}
 		if ph := c.phase.Load(); c.n > c.r && (ph == phIdle || ph == phPark) {
-			if !c.phase.CompareAndSwap(phIdle, phHead) && !c.unpark(phHead) {
+			if !c.phase.CompareAndSwap(phIdle, phHead) && !c.cancelPark(phHead) {
 				return nil, nil, os.ErrDeadlineExceeded
 			}
 			c.since.Store(c.s.clock.Load())
 		}
 		if err := c.fill(); err != nil {
-			if c.unpark(phIdle) {
+			if c.cancelPark(phIdle) {
 				c.rerr = nil // the tick's deadline, not the client's doing
 				return nil, nil, errPark
 			}
@@ -403,10 +403,10 @@ func (c *h1conn) nextHead() ([]byte, *http1.Rejection, error) {
 // errPark: the tick woke an idle connection's read to park it.
 var errPark = errors.New("idle: to be parked")
 
-// unpark undoes the tick's phPark, moving to phase ph with the read
+// cancelPark undoes the tick's phPark, moving to phase ph with the read
 // deadline cleared (a timeout the tick itself set then wins: phExpired).
 // False when the connection was not in phPark.
-func (c *h1conn) unpark(ph int32) bool {
+func (c *h1conn) cancelPark(ph int32) bool {
 	c.parkMu.Lock()
 	defer c.parkMu.Unlock()
 	if !c.phase.CompareAndSwap(phPark, ph) {

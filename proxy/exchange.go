@@ -252,14 +252,11 @@ func (s *Server) uwsgiExchange(rs *reqState, r *http.Request, st *settings, g gr
 			wk.rt.release(wk, c, false)
 			return failed502, response{}
 		}
-		if c.reused && !wk.compact && !wk.rt.provenKeepalive(wk) {
+		if c.reused && !wk.rt.provenKeepalive(wk) {
 			// A worker that never answered on a reused connection (plain
 			// uWSGI closes after each response, even a framed one) closed
-			// this one as we wrote: stale, whatever the method. Not berth's
-			// own workers (compact): they keep connections alive, so an
-			// end of stream after the whole request went out means the
-			// worker read it and died, even on its first reused
-			// connection; one that closed without reading resets (below).
+			// this one as we wrote: stale, whatever the method. (berth's
+			// own workers count as proven from the start: setWorkers.)
 			c = s.staleConn(wk, c)
 			continue
 		}

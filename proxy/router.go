@@ -52,7 +52,7 @@ type worker struct {
 	timeoutSent bool
 	compact     bool // reads modCompact packets (control.Worker.Compact); immutable
 	noKeepalive bool // its connections are close-delimited: do not pool
-	keepaliveOK bool // a reused connection carried a whole response: it keeps connections alive
+	keepaliveOK bool // it keeps connections alive: a reused connection carried a whole response, or it is berth's (compact)
 	staleStreak int
 	idle        []*upConn // LIFO: the warmest connection first
 	reqCounter  prometheus.Counter
@@ -553,8 +553,12 @@ func (rt *router) setWorkers(ws []control.Worker) error {
 			w = nil
 		}
 		if w == nil {
+			// berth's own workers (compact) keep connections alive: an end
+			// of stream on a reused connection after the whole request
+			// went out means the worker read it and died, even before it
+			// has answered on one (a query of death, never replayed).
 			w = &worker{id: cw.ID, socket: cw.Socket, compact: cw.Compact, asgi: cw.Interface == "asgi", rt: rt,
-				reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
+				keepaliveOK: cw.Compact, reqCounter: rt.m.workerRequests.WithLabelValues(cw.ID)}
 			rt.byID[cw.ID] = w
 		}
 		w.capacity = capacity
